@@ -1,0 +1,265 @@
+"""The original scripts' command-line flags, with each source's own defaults, and what they build.
+
+guided-diffusion and improved-diffusion parse the same flag names with different defaults
+(improved-diffusion rescales timesteps and learned sigmas by default, guided-diffusion does not),
+and derive the network's channel multipliers and attention levels from the image size. This
+module reproduces those derivations: flags in, the original classes' constructor kwargs out.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+SOURCES = ("guided-diffusion", "improved-diffusion")
+NUM_CLASSES = 1000
+
+_GUIDED_MODEL = dict(
+    image_size=64,
+    num_channels=128,
+    num_res_blocks=2,
+    num_heads=4,
+    num_heads_upsample=-1,
+    num_head_channels=-1,
+    attention_resolutions="16,8",
+    channel_mult="",
+    dropout=0.0,
+    class_cond=False,
+    use_checkpoint=False,
+    use_scale_shift_norm=True,
+    resblock_updown=False,
+    use_fp16=False,
+    use_new_attention_order=False,
+)
+_GUIDED_DIFFUSION = dict(
+    learn_sigma=False,
+    sigma_small=False,
+    diffusion_steps=1000,
+    noise_schedule="linear",
+    timestep_respacing="",
+    use_kl=False,
+    predict_xstart=False,
+    rescale_timesteps=False,
+    rescale_learned_sigmas=False,
+)
+_GUIDED_CLASSIFIER = dict(
+    classifier_use_fp16=False,
+    classifier_width=128,
+    classifier_depth=2,
+    classifier_attention_resolutions="32,16,8",
+    classifier_use_scale_shift_norm=True,
+    classifier_resblock_updown=True,
+    classifier_pool="attention",
+)
+_IMPROVED_MODEL = dict(
+    image_size=64,
+    num_channels=128,
+    num_res_blocks=2,
+    num_heads=4,
+    num_heads_upsample=-1,
+    attention_resolutions="16,8",
+    dropout=0.0,
+    class_cond=False,
+    use_checkpoint=False,
+    use_scale_shift_norm=True,
+)
+_IMPROVED_DIFFUSION = dict(_GUIDED_DIFFUSION, rescale_timesteps=True, rescale_learned_sigmas=True)
+_SUPER_RES = dict(large_size=256, small_size=64)
+# Flags of the sampling and training scripts: accepted (so README command lines paste as they
+# are) and kept, but they do not change the network.
+_SCRIPT = dict(
+    clip_denoised=True,
+    num_samples=10000,
+    batch_size=16,
+    use_ddim=False,
+    model_path="",
+    classifier_path="",
+    classifier_scale=1.0,
+    base_samples="",
+    data_dir="",
+    val_data_dir="",
+    schedule_sampler="uniform",
+    lr=1e-4,
+    weight_decay=0.0,
+    lr_anneal_steps=0,
+    microbatch=-1,
+    ema_rate="0.9999",
+    log_interval=10,
+    save_interval=10000,
+    resume_checkpoint="",
+    fp16_scale_growth=1e-3,
+    iterations=150000,
+    anneal_lr=False,
+    noised=True,
+    eval_interval=5,
+)
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "guided-diffusion": {**_GUIDED_MODEL, **_GUIDED_DIFFUSION, **_GUIDED_CLASSIFIER, **_SUPER_RES, **_SCRIPT},
+    "improved-diffusion": {**_IMPROVED_MODEL, **_IMPROVED_DIFFUSION, **_SUPER_RES, **_SCRIPT},
+}
+
+
+def _check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise ValueError(f"expected source in {SOURCES}, got {source!r}")
+
+
+def _str2bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("yes", "true", "t", "y", "1"):
+        return True
+    if text in ("no", "false", "f", "n", "0"):
+        return False
+    raise ValueError(f"expected a boolean for --{name}, got {value!r}")
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        return _str2bool(name, value)
+    try:
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a {type(default).__name__} for --{name}, got {value!r}") from None
+    return "" if value is None else str(value)
+
+
+def split_flag_string(flags: str) -> dict[str, str]:
+    """``"--num_channels 256 --class_cond True"`` (or ``--name=value``) to ``{name: value}``."""
+    tokens = shlex.split(flags)
+    parsed: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise ValueError(f"expected a flag like --name value, got {token!r} in {flags!r}")
+        if "=" in token:
+            name, value = token[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                raise ValueError(f"expected a value after {token} in {flags!r}")
+            name, value = token[2:], tokens[i + 1]
+            i += 2
+        parsed[name] = value
+    return parsed
+
+
+def given_flags(flags: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The flags the user actually gave, as a dict (no defaults applied)."""
+    if flags is None:
+        return {}
+    if isinstance(flags, str):
+        return split_flag_string(flags)
+    return {str(k).lstrip("-"): v for k, v in flags.items()}
+
+
+def parse_flags(flags: str | Mapping[str, Any] | None, source: str = "guided-diffusion") -> dict[str, Any]:
+    """Every flag of ``source`` with its default, overridden by ``flags`` and typed as the original parsers type them.
+
+    Args:
+        flags: A flag string as passed to the original scripts, or a mapping of flag names to values.
+        source: ``"guided-diffusion"`` or ``"improved-diffusion"`` (their defaults differ).
+    """
+    _check_source(source)
+    defaults = DEFAULTS[source]
+    given = given_flags(flags)
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"expected {source} flags, got unknown flags {', '.join('--' + u for u in unknown)}")
+    parsed = dict(defaults)
+    for name, value in given.items():
+        parsed[name] = _coerce(name, value, defaults[name])
+    return parsed
+
+
+def _attention_downsample_factors(resolutions: str, image_size: int) -> tuple[int, ...]:
+    return tuple(image_size // int(res) for res in str(resolutions).split(",") if res.strip())
+
+
+def _default_channel_mult(image_size: int, table: dict[int, tuple[float, ...]], what: str) -> tuple[float, ...]:
+    if image_size not in table:
+        raise ValueError(f"expected {what} in {sorted(table)} (or an explicit channel_mult), got {image_size}")
+    return table[image_size]
+
+
+_GUIDED_UNET_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
+_GUIDED_SR_MULT = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
+_GUIDED_CLASSIFIER_MULT = _GUIDED_UNET_MULT
+_IMPROVED_UNET_MULT = {256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2)}
+_IMPROVED_SR_MULT = {256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
+
+
+def is_super_res(flags: str | Mapping[str, Any] | None) -> bool:
+    """A super-resolution model is recognised from ``large_size``/``small_size`` among the given flags."""
+    given = given_flags(flags)
+    return "large_size" in given or "small_size" in given
+
+
+def unet_kwargs_from_flags(flags: str | Mapping[str, Any] | None, source: str = "guided-diffusion") -> dict[str, Any]:
+    """The original UNetModel/SuperResModel constructor kwargs the source's create_model builds from ``flags``.
+
+    A super-resolution model (``large_size``/``small_size`` given) gets ``large_size``/``small_size`` keys too.
+    """
+    f = parse_flags(flags, source)
+    guided = source == "guided-diffusion"
+    super_res = is_super_res(flags)
+    image_size = f["large_size"] if super_res else f["image_size"]
+    if super_res:
+        channel_mult = _default_channel_mult(
+            image_size, _GUIDED_SR_MULT if guided else _IMPROVED_SR_MULT, "large_size"
+        )
+    elif guided and f["channel_mult"]:
+        channel_mult = tuple(int(m) for m in str(f["channel_mult"]).split(","))
+    else:
+        channel_mult = _default_channel_mult(
+            image_size, _GUIDED_UNET_MULT if guided else _IMPROVED_UNET_MULT, "image_size"
+        )
+    kwargs = dict(
+        image_size=image_size,
+        in_channels=3,
+        model_channels=f["num_channels"],
+        out_channels=6 if f["learn_sigma"] else 3,
+        num_res_blocks=f["num_res_blocks"],
+        attention_resolutions=_attention_downsample_factors(f["attention_resolutions"], image_size),
+        dropout=f["dropout"],
+        channel_mult=channel_mult,
+        num_classes=NUM_CLASSES if f["class_cond"] else None,
+        num_heads=f["num_heads"],
+        num_heads_upsample=f["num_heads_upsample"],
+        use_scale_shift_norm=f["use_scale_shift_norm"],
+    )
+    if guided:
+        kwargs.update(
+            num_head_channels=f["num_head_channels"],
+            resblock_updown=f["resblock_updown"],
+            use_new_attention_order=False if super_res else f["use_new_attention_order"],
+        )
+    if super_res:
+        kwargs.update(large_size=f["large_size"], small_size=f["small_size"])
+    return kwargs
+
+
+def classifier_kwargs_from_flags(flags: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """guided-diffusion's create_classifier: the EncoderUNetModel constructor kwargs."""
+    f = parse_flags(flags, "guided-diffusion")
+    image_size = f["image_size"]
+    return dict(
+        image_size=image_size,
+        in_channels=3,
+        model_channels=f["classifier_width"],
+        out_channels=NUM_CLASSES,
+        num_res_blocks=f["classifier_depth"],
+        attention_resolutions=_attention_downsample_factors(f["classifier_attention_resolutions"], image_size),
+        channel_mult=_default_channel_mult(image_size, _GUIDED_CLASSIFIER_MULT, "image_size"),
+        num_head_channels=64,
+        use_scale_shift_norm=f["classifier_use_scale_shift_norm"],
+        resblock_updown=f["classifier_resblock_updown"],
+        pool=f["classifier_pool"],
+    )
