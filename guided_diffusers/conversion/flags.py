@@ -126,7 +126,8 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if isinstance(default, float):
             return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"expected a {type(default).__name__} for --{name}, got {value!r}") from None
+        kind = "an integer" if isinstance(default, int) else "a number"
+        raise ValueError(f"expected {kind} for --{name}, got {value!r}") from None
     return "" if value is None else str(value)
 
 
