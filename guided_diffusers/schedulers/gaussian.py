@@ -1,0 +1,904 @@
+"""The Gaussian diffusion math of DDPM, improved-diffusion and guided-diffusion, written once.
+
+Everything the schedulers, the training losses and the pipelines need lives here:
+
+- beta schedules: the named ``linear`` (scaled by 1000/T) and ``cosine`` ones of improved-diffusion and
+  guided-diffusion, the original DDPM ones (``quad``, ``linear``, ``warmup10``, ``warmup50``, ``const``, ``jsd``)
+  and explicit betas;
+- timestep respacing from the originals' spec strings (``"250"``, ``"10,15,20"``, ``"ddim25"``);
+- [`GaussianDiffusion`], a process (full or respaced) holding its float64 tables and giving the forward process,
+  the posterior, the model's reverse step p(x_{t-1} | x_t) from a model output, the conversions between epsilon,
+  x_0 and x_{t-1}, DDIM steps and inversion, the model-facing timestep and the classifier-guidance shifts.
+
+Tables are kept in float64 and cast to the sample's dtype at the moment they are used, exactly as the originals do,
+so the results agree with them to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "BETA_SCHEDULES",
+    "MEAN_TYPES",
+    "VARIANCE_TYPES",
+    "GaussianDiffusion",
+    "ReverseStepPrediction",
+    "betas_for_alpha_bar",
+    "get_beta_schedule",
+    "get_ddpm_beta_schedule",
+    "get_named_beta_schedule",
+    "respace_betas",
+    "scheduler_config_from_diffusion_flags",
+    "space_timesteps",
+]
+
+#: Names accepted by [`get_beta_schedule`] (and the schedulers' ``beta_schedule``).
+BETA_SCHEDULES = ("linear", "cosine", "quad", "warmup10", "warmup50", "const", "jsd")
+#: What the model predicts: noise, x_0, or x_{t-1}.
+MEAN_TYPES = ("epsilon", "sample", "previous_sample")
+#: How the reverse-step variance is chosen.
+VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
+#: Variance types whose models output twice the image channels (prediction, then variance values).
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+
+_DDPM_SCHEDULES = ("quad", "linear", "warmup10", "warmup50", "const", "jsd")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Beta schedules
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def betas_for_alpha_bar(
+    num_diffusion_timesteps: int, alpha_bar: Callable[[float], float], max_beta: float = 0.999
+) -> np.ndarray:
+    """Discretise a continuous alpha-bar function of t in [0, 1] into betas.
+
+    Args:
+        num_diffusion_timesteps (`int`): the number of betas to produce.
+        alpha_bar (`Callable[[float], float]`): the cumulative product of (1 - beta) as a function of t in [0, 1].
+        max_beta (`float`, defaults to 0.999): the cap on each beta, avoiding the singularity at t = 1.
+
+    Returns:
+        `np.ndarray`: float64 betas, beta_i = min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta).
+    """
+    betas = []
+    for i in range(num_diffusion_timesteps):
+        start, end = i / num_diffusion_timesteps, (i + 1) / num_diffusion_timesteps
+        betas.append(min(1 - alpha_bar(end) / alpha_bar(start), max_beta))
+    return np.array(betas, dtype=np.float64)
+
+
+def _cosine_alpha_bar(t: float) -> float:
+    return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+
+def _check_num_timesteps(num_diffusion_timesteps: Any) -> int:
+    if isinstance(num_diffusion_timesteps, bool) or not isinstance(num_diffusion_timesteps, (int, np.integer)):
+        raise ValueError(f"num_diffusion_timesteps must be a positive int, got {num_diffusion_timesteps!r}")
+    if num_diffusion_timesteps < 1:
+        raise ValueError(f"num_diffusion_timesteps must be a positive int, got {num_diffusion_timesteps}")
+    return int(num_diffusion_timesteps)
+
+
+def _scaled_linear_schedule(num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
+    scale = 1000 / num_timesteps
+    if max(beta_start, beta_end) * scale > 1:
+        raise ValueError(
+            f"the linear schedule scales betas by 1000 / T: at T = {num_timesteps} beta_end becomes "
+            f"{beta_end * scale:g}, expected at most 1 (use more steps or another schedule)"
+        )
+    return np.linspace(scale * beta_start, scale * beta_end, num_timesteps, dtype=np.float64)
+
+
+def get_named_beta_schedule(schedule_name: str, num_diffusion_timesteps: int) -> np.ndarray:
+    """The named schedules of improved-diffusion and guided-diffusion.
+
+    Args:
+        schedule_name (`str`): ``"linear"`` (DDPM's 1e-4 to 0.02 at T = 1000, both ends scaled by 1000 / T so any T
+            works) or ``"cosine"`` (alpha-bar = cos^2((t + 0.008) / 1.008 * pi / 2), betas capped at 0.999).
+        num_diffusion_timesteps (`int`): T.
+
+    Returns:
+        `np.ndarray`: T float64 betas.
+    """
+    num_diffusion_timesteps = _check_num_timesteps(num_diffusion_timesteps)
+    if schedule_name == "linear":
+        return _scaled_linear_schedule(num_diffusion_timesteps, 0.0001, 0.02)
+    if schedule_name == "cosine":
+        return betas_for_alpha_bar(num_diffusion_timesteps, _cosine_alpha_bar)
+    raise ValueError(f"unknown named beta schedule {schedule_name!r}; expected one of 'linear', 'cosine'")
+
+
+def get_ddpm_beta_schedule(
+    schedule_name: str, *, beta_start: float, beta_end: float, num_diffusion_timesteps: int
+) -> np.ndarray:
+    """The beta schedules of the original DDPM code (Ho et al.).
+
+    Args:
+        schedule_name (`str`): ``"quad"`` (linear in sqrt(beta)), ``"linear"``, ``"warmup10"`` / ``"warmup50"``
+            (linear over the first 10% / 50% of steps, then constant at beta_end), ``"const"`` (beta_end everywhere)
+            or ``"jsd"`` (1/T, 1/(T-1), ..., 1).
+        beta_start (`float`): the first beta.
+        beta_end (`float`): the last beta.
+        num_diffusion_timesteps (`int`): T.
+
+    Returns:
+        `np.ndarray`: T float64 betas.
+    """
+    num = _check_num_timesteps(num_diffusion_timesteps)
+    if schedule_name == "quad":
+        betas = np.linspace(beta_start**0.5, beta_end**0.5, num, dtype=np.float64) ** 2
+    elif schedule_name == "linear":
+        betas = np.linspace(beta_start, beta_end, num, dtype=np.float64)
+    elif schedule_name in ("warmup10", "warmup50"):
+        warmup_steps = int(num * (0.1 if schedule_name == "warmup10" else 0.5))
+        betas = beta_end * np.ones(num, dtype=np.float64)
+        betas[:warmup_steps] = np.linspace(beta_start, beta_end, warmup_steps, dtype=np.float64)
+    elif schedule_name == "const":
+        betas = beta_end * np.ones(num, dtype=np.float64)
+    elif schedule_name == "jsd":
+        betas = 1.0 / np.linspace(num, 1, num, dtype=np.float64)
+    else:
+        raise ValueError(f"unknown DDPM beta schedule {schedule_name!r}; expected one of {', '.join(_DDPM_SCHEDULES)}")
+    return betas
+
+
+def get_beta_schedule(
+    beta_schedule: str,
+    num_train_timesteps: int,
+    beta_start: float = 0.0001,
+    beta_end: float = 0.02,
+    trained_betas: Sequence[float] | np.ndarray | torch.Tensor | None = None,
+) -> np.ndarray:
+    """One entry point for every schedule, as the schedulers' configs name them.
+
+    Args:
+        beta_schedule (`str`): one of [`BETA_SCHEDULES`]. ``"linear"`` is the named linear schedule: beta_start to
+            beta_end at T = 1000, both scaled by 1000 / T (at T = 1000 it is exactly DDPM's linear schedule).
+            ``"cosine"`` ignores beta_start and beta_end. ``"quad"``, ``"warmup10"``, ``"warmup50"``, ``"const"`` and
+            ``"jsd"`` are DDPM's, unscaled.
+        num_train_timesteps (`int`): T.
+        beta_start (`float`, defaults to 1e-4): the first beta (at T = 1000 for ``"linear"``).
+        beta_end (`float`, defaults to 0.02): the last beta (at T = 1000 for ``"linear"``).
+        trained_betas (array-like, *optional*): explicit betas; when given, the name is not used.
+
+    Returns:
+        `np.ndarray`: T float64 betas.
+    """
+    num_train_timesteps = _check_num_timesteps(num_train_timesteps)
+    if trained_betas is not None:
+        if isinstance(trained_betas, torch.Tensor):
+            trained_betas = trained_betas.detach().cpu().double().numpy()
+        betas = np.asarray(trained_betas, dtype=np.float64)
+        if betas.shape != (num_train_timesteps,):
+            raise ValueError(
+                f"trained_betas must have shape ({num_train_timesteps},) to match num_train_timesteps, "
+                f"got {tuple(betas.shape)}"
+            )
+        return betas
+    if beta_schedule == "linear":
+        return _scaled_linear_schedule(num_train_timesteps, beta_start, beta_end)
+    if beta_schedule == "cosine":
+        return get_named_beta_schedule("cosine", num_train_timesteps)
+    if beta_schedule in _DDPM_SCHEDULES:
+        return get_ddpm_beta_schedule(
+            beta_schedule, beta_start=beta_start, beta_end=beta_end, num_diffusion_timesteps=num_train_timesteps
+        )
+    raise ValueError(f"unknown beta_schedule {beta_schedule!r}; expected one of {', '.join(BETA_SCHEDULES)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Respacing
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _parse_section_counts(spec: str | int | Iterable[int]) -> list[int]:
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        return [int(spec)]
+    if isinstance(spec, str):
+        parts = [part.strip() for part in spec.split(",")]
+        try:
+            counts = [int(part) for part in parts]
+        except ValueError:
+            raise ValueError(
+                f"timestep respacing must be 'N', 'N1,N2,...' or 'ddimN' with integer counts, got {spec!r}"
+            ) from None
+    else:
+        try:
+            counts = [int(count) for count in spec]
+        except (TypeError, ValueError):
+            raise ValueError(f"timestep respacing must be a spec string or a list of ints, got {spec!r}") from None
+    if not counts or any(count < 0 for count in counts) or sum(counts) == 0:
+        raise ValueError(
+            f"timestep respacing needs non-negative section counts taking at least one step, got {spec!r}"
+        )
+    return counts
+
+
+def space_timesteps(num_timesteps: int, section_counts: str | int | Iterable[int]) -> list[int]:
+    """The timesteps of the original process that a respaced process keeps, as the originals choose them.
+
+    Args:
+        num_timesteps (`int`): T of the original process.
+        section_counts (`str`, `int` or list of `int`): ``"250"`` takes 250 evenly spaced steps (rounded);
+            ``"10,15,20"`` splits the process into three equal sections and takes 10, 15 and 20 evenly spaced steps
+            from them; ``"ddim25"`` takes ``range(0, T, stride)`` for the smallest integer stride giving exactly 25 steps.
+
+    Returns:
+        `list[int]`: the kept timesteps of the original process, ascending.
+
+    Raises:
+        `ValueError`: for a malformed spec, a section asked for more steps than it has, or a ``ddimN`` that no integer
+        stride can make.
+    """
+    num_timesteps = _check_num_timesteps(num_timesteps)
+    if isinstance(section_counts, str) and section_counts.strip().startswith("ddim"):
+        spec = section_counts.strip()
+        try:
+            desired_count = int(spec[len("ddim") :])
+        except ValueError:
+            raise ValueError(f"timestep respacing 'ddimN' needs an integer N, got {section_counts!r}") from None
+        for stride in range(1, num_timesteps + 1):
+            if len(range(0, num_timesteps, stride)) == desired_count:
+                return list(range(0, num_timesteps, stride))
+        raise ValueError(
+            f"cannot take exactly {desired_count} steps from {num_timesteps} with an integer stride ({spec!r})"
+        )
+    counts = _parse_section_counts(section_counts)
+    size_per_section, extra = divmod(num_timesteps, len(counts))
+    start = 0
+    steps: set[int] = set()
+    for i, count in enumerate(counts):
+        size = size_per_section + (1 if i < extra else 0)
+        if size < count:
+            raise ValueError(
+                f"cannot take {count} steps from a section of {size} steps "
+                f"(timestep respacing {section_counts!r} of {num_timesteps} steps)"
+            )
+        stride = 1 if count <= 1 else (size - 1) / (count - 1)
+        position = 0.0
+        for _ in range(count):
+            steps.add(start + round(position))
+            position += stride
+        start += size
+    return sorted(steps)
+
+
+def respace_betas(betas: np.ndarray | Sequence[float], use_timesteps: Iterable[int]) -> np.ndarray:
+    """The betas of the process that keeps only ``use_timesteps`` of the process with ``betas``.
+
+    The respaced process keeps the original alphas_cumprod at the kept steps: beta'_k = 1 - alpha_bar[t_k] /
+    alpha_bar[t_{k-1}].
+
+    Args:
+        betas (array-like): the original process's betas.
+        use_timesteps (iterable of `int`): the original timesteps to keep.
+
+    Returns:
+        `np.ndarray`: float64 betas, one per kept timestep, in ascending timestep order.
+    """
+    betas = np.asarray(betas, dtype=np.float64)
+    keep = set(int(t) for t in use_timesteps)
+    if not keep:
+        raise ValueError("use_timesteps must keep at least one timestep, got none")
+    out_of_range = sorted(t for t in keep if not 0 <= t < len(betas))
+    if out_of_range:
+        raise ValueError(f"use_timesteps must lie in [0, {len(betas)}), got {out_of_range}")
+    alphas_cumprod = np.cumprod(1.0 - betas, axis=0)
+    last_alpha_cumprod = 1.0
+    new_betas = []
+    for i, alpha_cumprod in enumerate(alphas_cumprod):
+        if i in keep:
+            new_betas.append(1 - alpha_cumprod / last_alpha_cumprod)
+            last_alpha_cumprod = alpha_cumprod
+    return np.array(new_betas, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The process
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReverseStepPrediction:
+    """The model's reverse step p(x_{t-1} | x_t) at one timestep.
+
+    Args:
+        mean (`torch.Tensor`): the mean of x_{t-1}.
+        variance (`torch.Tensor`): its variance, broadcast to the sample's shape.
+        log_variance (`torch.Tensor`): the log of ``variance`` (clipped at t = 0 for fixed_small, as the originals do).
+        pred_original_sample (`torch.Tensor`): the prediction of x_0 (after ``denoised_fn`` and clipping).
+    """
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+    log_variance: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+class GaussianDiffusion:
+    """A Gaussian diffusion process, full or respaced, with float64 tables.
+
+    Timestep arguments ``t`` of the methods index *this* process (0 .. num_timesteps - 1). For a respaced process,
+    [`model_timesteps`] gives what the model sees: the original timestep (``timestep_map[t]``), rescaled to
+    t * 1000 / original_num_timesteps when ``rescale_timesteps``. ``t`` may be an int, a 0-d tensor or a (batch,)
+    tensor.
+
+    Args:
+        betas (array-like): the process's betas, each in (0, 1].
+        mean_type (`str`, defaults to ``"epsilon"``): what the model predicts: ``"epsilon"``, ``"sample"`` (x_0) or
+            ``"previous_sample"`` (x_{t-1}).
+        variance_type (`str`, defaults to ``"fixed_small"``): ``"fixed_small"`` (posterior variance, log clipped at
+            t = 0), ``"fixed_large"`` (betas, first entry from the posterior variance), ``"learned"`` (the model gives
+            the log variance) or ``"learned_range"`` (the model gives v in [-1, 1] interpolating log beta_t and the
+            clipped posterior log variance).
+        rescale_timesteps (`bool`, defaults to False): the model sees t * 1000 / original_num_timesteps (floats).
+        timestep_map (sequence of `int`, *optional*): the original timestep of each step of this process (respacing);
+            the identity when absent.
+        original_num_timesteps (`int`, *optional*): T of the original process; ``len(betas)`` when absent.
+    """
+
+    def __init__(
+        self,
+        betas: np.ndarray | Sequence[float] | torch.Tensor,
+        *,
+        mean_type: str = "epsilon",
+        variance_type: str = "fixed_small",
+        rescale_timesteps: bool = False,
+        timestep_map: Sequence[int] | None = None,
+        original_num_timesteps: int | None = None,
+    ):
+        if mean_type not in MEAN_TYPES:
+            raise ValueError(f"unknown mean type {mean_type!r}; expected one of {', '.join(MEAN_TYPES)}")
+        if variance_type not in VARIANCE_TYPES:
+            raise ValueError(f"unknown variance type {variance_type!r}; expected one of {', '.join(VARIANCE_TYPES)}")
+        if isinstance(betas, torch.Tensor):
+            betas = betas.detach().cpu().double().numpy()
+        betas = np.array(betas, dtype=np.float64)
+        if betas.ndim != 1 or len(betas) == 0:
+            raise ValueError(f"betas must be a non-empty 1-D array, got shape {tuple(betas.shape)}")
+        if not ((betas > 0).all() and (betas <= 1).all()):
+            raise ValueError(f"betas must lie in (0, 1], got min {betas.min()} and max {betas.max()}")
+        self.mean_type = mean_type
+        self.variance_type = variance_type
+        self.rescale_timesteps = bool(rescale_timesteps)
+        self.num_timesteps = len(betas)
+        self.original_num_timesteps = int(original_num_timesteps or self.num_timesteps)
+        if timestep_map is None:
+            timestep_map = range(self.num_timesteps)
+        self.timestep_map = torch.tensor(list(timestep_map), dtype=torch.long)
+        if self.timestep_map.shape != (self.num_timesteps,):
+            raise ValueError(
+                f"timestep_map must hold one original timestep per beta ({self.num_timesteps}), "
+                f"got {tuple(self.timestep_map.shape)}"
+            )
+
+        with np.errstate(divide="ignore", invalid="ignore"):  # a beta of 1 (DDPM's jsd) makes alpha_bar_T = 0
+            tables = self._tables(betas)
+        #: The float64 tables, by name, as torch tensors on the CPU (cast to the sample's dtype and device at use).
+        self.tables: dict[str, torch.Tensor] = {name: torch.from_numpy(value) for name, value in tables.items()}
+
+    def _tables(self, betas: np.ndarray) -> dict[str, np.ndarray]:
+        alphas = 1.0 - betas
+        alphas_cumprod = np.cumprod(alphas, axis=0)
+        alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+        alphas_cumprod_next = np.append(alphas_cumprod[1:], 0.0)
+        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        # The posterior variance is 0 at t = 0: its log (and fixed_large's first variance) take the t = 1 value.
+        first_variance = posterior_variance[1] if self.num_timesteps > 1 else betas[0]
+        posterior_log_variance_clipped = np.log(np.append(first_variance, posterior_variance[1:]))
+        fixed_large_variance = np.append(first_variance, betas[1:])
+        posterior_mean_coef1 = betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        posterior_mean_coef2 = (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod)
+
+        tables = {
+            "betas": betas,
+            "log_betas": np.log(betas),
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": alphas_cumprod_prev,
+            "alphas_cumprod_next": alphas_cumprod_next,
+            "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod),
+            "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - alphas_cumprod),
+            "log_one_minus_alphas_cumprod": np.log(1.0 - alphas_cumprod),
+            "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod),
+            "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod - 1),
+            "posterior_variance": posterior_variance,
+            "posterior_log_variance_clipped": posterior_log_variance_clipped,
+            "posterior_mean_coef1": posterior_mean_coef1,
+            "posterior_mean_coef2": posterior_mean_coef2,
+            "recip_posterior_mean_coef1": 1.0 / posterior_mean_coef1,
+            "posterior_mean_coef2_over_coef1": posterior_mean_coef2 / posterior_mean_coef1,
+            "fixed_large_variance": fixed_large_variance,
+            "fixed_large_log_variance": np.log(fixed_large_variance),
+        }
+        return tables
+
+    # -- construction ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls, config: Mapping[str, Any], use_timesteps: Iterable[int] | None = None
+    ) -> GaussianDiffusion:
+        """The process a scheduler config describes, respaced to ``use_timesteps`` when given.
+
+        Args:
+            config (mapping): a [`GuidedDDPMScheduler`] / [`GuidedDDIMScheduler`] config (``num_train_timesteps``,
+                ``beta_schedule``, ``beta_start``, ``beta_end``, ``trained_betas``, ``prediction_type``,
+                ``variance_type``, ``rescale_timesteps``).
+            use_timesteps (iterable of `int`, *optional*): original timesteps to keep; all when absent.
+        """
+        num_train_timesteps = config.get("num_train_timesteps", 1000)
+        betas = get_beta_schedule(
+            config.get("beta_schedule", "linear"),
+            num_train_timesteps,
+            beta_start=config.get("beta_start", 0.0001),
+            beta_end=config.get("beta_end", 0.02),
+            trained_betas=config.get("trained_betas"),
+        )
+        timestep_map = None
+        if use_timesteps is not None:
+            timestep_map = sorted(set(int(t) for t in use_timesteps))
+            betas = respace_betas(betas, timestep_map)
+        return cls(
+            betas,
+            mean_type=config.get("prediction_type", "epsilon"),
+            variance_type=config.get("variance_type", "fixed_small"),
+            rescale_timesteps=config.get("rescale_timesteps", False),
+            timestep_map=timestep_map,
+            original_num_timesteps=num_train_timesteps,
+        )
+
+    # -- tables and timesteps -------------------------------------------------------------------------------------
+
+    @property
+    def betas(self) -> torch.Tensor:
+        """The process's betas (float64)."""
+        return self.tables["betas"]
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """The cumulative products of (1 - beta) (float64)."""
+        return self.tables["alphas_cumprod"]
+
+    def timestep_batch(
+        self, t: int | torch.Tensor, batch_size: int, device: torch.device | None = None
+    ) -> torch.Tensor:
+        """``t`` as a (batch_size,) int64 tensor of this process's steps, checked to lie in [0, num_timesteps).
+
+        Args:
+            t (`int` or `torch.Tensor`): one step for the whole batch (int, 0-d tensor) or one per sample ((batch,)).
+            batch_size (`int`): the batch size.
+            device (`torch.device`, *optional*): where the result goes.
+        """
+        if isinstance(t, torch.Tensor):
+            if t.is_floating_point() or t.is_complex():
+                if not torch.equal(t, t.round()):
+                    raise ValueError(f"timesteps must be integers, got {t.tolist()}")
+            t = t.to(device=device, dtype=torch.long)
+            if t.ndim == 0:
+                t = t.expand(batch_size)
+            elif t.ndim != 1 or t.shape[0] not in (1, batch_size):
+                raise ValueError(f"timesteps must be a scalar or have shape ({batch_size},), got {tuple(t.shape)}")
+            elif t.shape[0] == 1:
+                t = t.expand(batch_size)
+        else:
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                raise ValueError(f"timestep must be an int or an integer tensor, got {t!r}")
+            t = torch.full((batch_size,), int(t), dtype=torch.long, device=device)
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
+            bad = t[(t < 0) | (t >= self.num_timesteps)].unique().tolist()
+            raise ValueError(f"timestep out of range: this process has steps 0..{self.num_timesteps - 1}, got {bad}")
+        return t
+
+    def extract(self, name: str, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The float64 table ``name`` at steps ``t``, cast to ``like``'s dtype and shaped to broadcast against it.
+
+        Args:
+            name (`str`): a key of [`tables`], e.g. ``"posterior_variance"``.
+            t (`int` or `torch.Tensor`): steps of this process, one for all or one per sample.
+            like (`torch.Tensor`): a (batch, ...) tensor giving batch size, dtype, device and rank.
+        """
+        t = self.timestep_batch(t, like.shape[0])
+        dtype = like.dtype if like.is_floating_point() else torch.float32
+        values = self.tables[name][t.cpu()].to(device=like.device, dtype=dtype)
+        return values.reshape(-1, *([1] * (like.ndim - 1))).expand(like.shape)
+
+    def model_timesteps(self, t: int | torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """What the model (and a noise-aware classifier) sees at steps ``t`` of this process.
+
+        The original timestep ``timestep_map[t]`` (int64), or ``timestep_map[t] * 1000 / original_num_timesteps``
+        (float32) when ``rescale_timesteps``.
+
+        Args:
+            t (`int` or `torch.Tensor`): steps of this process.
+            batch_size (`int`, *optional*): the batch size for an int ``t``; taken from ``t`` when it is a tensor.
+        """
+        device = t.device if isinstance(t, torch.Tensor) else None
+        if batch_size is None:
+            batch_size = t.shape[0] if isinstance(t, torch.Tensor) and t.ndim == 1 else 1
+        t = self.timestep_batch(t, batch_size, device=device)
+        original = self.timestep_map.to(t.device)[t]
+        if self.rescale_timesteps:
+            return original.float() * (1000.0 / self.original_num_timesteps)
+        return original
+
+    # -- forward process and posterior ----------------------------------------------------------------------------
+
+    def q_mean_variance(self, x_start: torch.Tensor, t: int | torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The distribution q(x_t | x_0): (mean, variance, log_variance), each shaped like ``x_start``."""
+        mean = self.extract("sqrt_alphas_cumprod", t, x_start) * x_start
+        variance = 1.0 - self.extract("alphas_cumprod", t, x_start)
+        log_variance = self.extract("log_one_minus_alphas_cumprod", t, x_start)
+        return mean, variance, log_variance
+
+    def q_sample(
+        self,
+        x_start: torch.Tensor,
+        t: int | torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Diffuse ``x_start`` to step ``t``: sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise.
+
+        Args:
+            x_start (`torch.Tensor`): clean samples.
+            t (`int` or `torch.Tensor`): steps of this process.
+            noise (`torch.Tensor`, *optional*): the standard normal noise; drawn (with ``generator``) when absent.
+            generator (`torch.Generator`, *optional*): for the drawn noise.
+        """
+        if noise is None:
+            noise = torch.randn(x_start.shape, generator=generator, device=x_start.device, dtype=x_start.dtype)
+        if noise.shape != x_start.shape:
+            raise ValueError(f"noise must have x_start's shape {tuple(x_start.shape)}, got {tuple(noise.shape)}")
+        return (
+            self.extract("sqrt_alphas_cumprod", t, x_start) * x_start
+            + self.extract("sqrt_one_minus_alphas_cumprod", t, x_start) * noise
+        )
+
+    def q_posterior_mean_variance(
+        self, x_start: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The posterior q(x_{t-1} | x_t, x_0): (mean, variance, clipped log variance)."""
+        if x_start.shape != x_t.shape:
+            raise ValueError(
+                f"x_start and x_t must have the same shape, got {tuple(x_start.shape)} and {tuple(x_t.shape)}"
+            )
+        mean = (
+            self.extract("posterior_mean_coef1", t, x_t) * x_start
+            + self.extract("posterior_mean_coef2", t, x_t) * x_t
+        )
+        variance = self.extract("posterior_variance", t, x_t)
+        log_variance = self.extract("posterior_log_variance_clipped", t, x_t)
+        return mean, variance, log_variance
+
+    # -- conversions ----------------------------------------------------------------------------------------------
+
+    def predict_start_from_noise(self, x_t: torch.Tensor, t: int | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_0 from x_t and the noise: sqrt(1 / alpha_bar) x_t - sqrt(1 / alpha_bar - 1) eps."""
+        return (
+            self.extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+            - self.extract("sqrt_recipm1_alphas_cumprod", t, x_t) * noise
+        )
+
+    def predict_noise_from_start(
+        self, x_t: torch.Tensor, t: int | torch.Tensor, pred_original_sample: torch.Tensor
+    ) -> torch.Tensor:
+        """The noise from x_t and x_0: (sqrt(1 / alpha_bar) x_t - x_0) / sqrt(1 / alpha_bar - 1)."""
+        return (self.extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - pred_original_sample) / self.extract(
+            "sqrt_recipm1_alphas_cumprod", t, x_t
+        )
+
+    def predict_start_from_previous(
+        self, x_t: torch.Tensor, t: int | torch.Tensor, previous_sample: torch.Tensor
+    ) -> torch.Tensor:
+        """x_0 from x_t and the posterior mean x_{t-1}: (x_{t-1} - coef2 x_t) / coef1."""
+        return (
+            self.extract("recip_posterior_mean_coef1", t, x_t) * previous_sample
+            - self.extract("posterior_mean_coef2_over_coef1", t, x_t) * x_t
+        )
+
+    # -- the model's reverse step ---------------------------------------------------------------------------------
+
+    @property
+    def learns_variance(self) -> bool:
+        """Whether the model outputs variance values after its prediction (twice the image channels)."""
+        return self.variance_type in LEARNED_VARIANCE_TYPES
+
+    def split_model_output(
+        self, model_output: torch.Tensor, x_t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model's prediction and its variance values (None for fixed variances), checking the channel count."""
+        channels = x_t.shape[1]
+        expected = 2 * channels if self.learns_variance else channels
+        if (
+            model_output.ndim != x_t.ndim
+            or model_output.shape[0] != x_t.shape[0]
+            or model_output.shape[2:] != x_t.shape[2:]
+        ):
+            raise ValueError(
+                f"model output must have shape {(x_t.shape[0], expected, *x_t.shape[2:])} for a sample of shape "
+                f"{tuple(x_t.shape)}, got {tuple(model_output.shape)}"
+            )
+        if model_output.shape[1] != expected:
+            hint = (
+                " (prediction then variance values)"
+                if self.learns_variance
+                else "; a learned-sigma model needs variance_type 'learned_range' or 'learned'"
+            )
+            raise ValueError(
+                f"variance type {self.variance_type!r} expects a model output with {expected} channels for "
+                f"{channels}-channel samples{hint}, got {model_output.shape[1]}"
+            )
+        if self.learns_variance:
+            prediction, variance_values = torch.split(model_output, channels, dim=1)
+            return prediction, variance_values
+        return model_output, None
+
+    def model_variance(
+        self, x_t: torch.Tensor, t: int | torch.Tensor, variance_values: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reverse step's (variance, log_variance) for the process's variance type.
+
+        Args:
+            x_t (`torch.Tensor`): the sample at step t (gives shape and dtype).
+            t (`int` or `torch.Tensor`): steps of this process.
+            variance_values (`torch.Tensor`, *optional*): the model's variance channels (learned types only).
+        """
+        if self.variance_type == "learned":
+            log_variance = variance_values
+        elif self.variance_type == "learned_range":
+            min_log = self.extract("posterior_log_variance_clipped", t, x_t)
+            max_log = self.extract("log_betas", t, x_t)
+            fraction = (variance_values + 1) / 2  # [-1, 1] -> [min, max]
+            log_variance = fraction * max_log + (1 - fraction) * min_log
+        elif self.variance_type == "fixed_large":
+            return self.extract("fixed_large_variance", t, x_t), self.extract("fixed_large_log_variance", t, x_t)
+        else:
+            return self.extract("posterior_variance", t, x_t), self.extract("posterior_log_variance_clipped", t, x_t)
+        if log_variance is None:
+            raise ValueError(f"variance type {self.variance_type!r} needs the model's variance values, got None")
+        return torch.exp(log_variance), log_variance
+
+    def pred_original_sample(
+        self,
+        prediction: torch.Tensor,
+        x_t: torch.Tensor,
+        t: int | torch.Tensor,
+        clip_denoised: bool = True,
+        denoised_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        clip_range: float = 1.0,
+    ) -> torch.Tensor:
+        """x_0 from the model's prediction (its first channels) by the mean type, then ``denoised_fn``, then clipping.
+
+        Args:
+            prediction (`torch.Tensor`): the model's prediction, shaped like ``x_t`` (variance channels split off).
+            x_t (`torch.Tensor`): the sample at step t.
+            t (`int` or `torch.Tensor`): steps of this process.
+            clip_denoised (`bool`, defaults to True): clamp x_0 to [-clip_range, clip_range].
+            denoised_fn (`Callable`, *optional*): applied to x_0 before clipping.
+            clip_range (`float`, defaults to 1.0): the clipping bound.
+        """
+        if self.mean_type == "previous_sample":
+            pred_start = self.predict_start_from_previous(x_t, t, prediction)
+        elif self.mean_type == "sample":
+            pred_start = prediction
+        else:
+            pred_start = self.predict_start_from_noise(x_t, t, prediction)
+        if denoised_fn is not None:
+            pred_start = denoised_fn(pred_start)
+        if clip_denoised:
+            pred_start = pred_start.clamp(-clip_range, clip_range)
+        return pred_start
+
+    def p_mean_variance(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: int | torch.Tensor,
+        clip_denoised: bool = True,
+        denoised_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        clip_range: float = 1.0,
+    ) -> ReverseStepPrediction:
+        """The model's p(x_{t-1} | x_t) from its output at step t.
+
+        Args:
+            model_output (`torch.Tensor`): the raw model output: C channels for fixed variances, 2C (prediction, then
+                variance values) for learned ones.
+            x_t (`torch.Tensor`): the sample at step t, (batch, C, ...).
+            t (`int` or `torch.Tensor`): steps of this process.
+            clip_denoised (`bool`, defaults to True): clamp the x_0 prediction to [-clip_range, clip_range].
+            denoised_fn (`Callable`, *optional*): applied to the x_0 prediction before clipping.
+            clip_range (`float`, defaults to 1.0): the clipping bound.
+
+        Returns:
+            [`ReverseStepPrediction`]: mean, variance, log_variance and pred_original_sample.
+        """
+        prediction, variance_values = self.split_model_output(model_output, x_t)
+        variance, log_variance = self.model_variance(x_t, t, variance_values)
+        pred_start = self.pred_original_sample(prediction, x_t, t, clip_denoised, denoised_fn, clip_range)
+        if self.mean_type == "previous_sample":
+            mean = prediction
+        else:
+            mean, _, _ = self.q_posterior_mean_variance(pred_start, x_t, t)
+        return ReverseStepPrediction(
+            mean=mean, variance=variance, log_variance=log_variance, pred_original_sample=pred_start
+        )
+
+    def _nonzero_mask(self, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        t = self.timestep_batch(t, like.shape[0], device=like.device)
+        return (t != 0).to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+    def p_sample(
+        self, prediction: ReverseStepPrediction, t: int | torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """Ancestral sampling: mean + exp(log_variance / 2) * noise, with no noise at step 0."""
+        mean = prediction.mean
+        if noise.shape != mean.shape:
+            raise ValueError(f"noise must have the sample's shape {tuple(mean.shape)}, got {tuple(noise.shape)}")
+        return mean + self._nonzero_mask(t, mean) * torch.exp(0.5 * prediction.log_variance) * noise
+
+    # -- classifier guidance --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def guided_mean(mean: torch.Tensor, variance: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+        """Sohl-Dickstein et al.'s guidance (guided-diffusion's ``condition_mean``): mean + variance * gradient.
+
+        Args:
+            mean (`torch.Tensor`): the reverse step's mean.
+            variance (`torch.Tensor`): the reverse step's variance.
+            gradient (`torch.Tensor`): the (scaled) gradient of log p(y | x_t) with respect to x_t.
+        """
+        dtype = torch.promote_types(mean.dtype, torch.float32)
+        return mean.to(dtype) + variance.to(dtype) * gradient.to(dtype)
+
+    def guided_noise(self, noise: torch.Tensor, t: int | torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+        """Song et al.'s score guidance on epsilon: eps - sqrt(1 - alpha_bar_t) * gradient.
+
+        Usable with any epsilon predictor, including under stock diffusers schedulers (``t`` then indexes this
+        process, e.g. the full process of a scheduler's config).
+        """
+        alpha_bar = self.extract("alphas_cumprod", t, noise)
+        return noise - (1 - alpha_bar).sqrt() * gradient
+
+    def condition_mean(self, prediction: ReverseStepPrediction, gradient: torch.Tensor) -> ReverseStepPrediction:
+        """The reverse step with its mean shifted by ``variance * gradient`` (DDPM classifier guidance)."""
+        return replace(prediction, mean=self.guided_mean(prediction.mean, prediction.variance, gradient))
+
+    def condition_score(
+        self, prediction: ReverseStepPrediction, x_t: torch.Tensor, t: int | torch.Tensor, gradient: torch.Tensor
+    ) -> ReverseStepPrediction:
+        """The reverse step as if the model's epsilon were shifted by -sqrt(1 - alpha_bar) * gradient (DDIM guidance).
+
+        epsilon is re-derived from the (clipped) x_0 prediction, shifted, and x_0 and the posterior mean are
+        recomputed from it; the new x_0 is not clipped again (as in guided-diffusion).
+        """
+        pred_start = self.guided_pred_original_sample(prediction.pred_original_sample, x_t, t, gradient)
+        mean, _, _ = self.q_posterior_mean_variance(pred_start, x_t, t)
+        return replace(prediction, mean=mean, pred_original_sample=pred_start)
+
+    def guided_pred_original_sample(
+        self, pred_original_sample: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor, gradient: torch.Tensor
+    ) -> torch.Tensor:
+        """x_0 after score guidance: epsilon from ``pred_original_sample``, shifted, turned back into x_0."""
+        noise = self.predict_noise_from_start(x_t, t, pred_original_sample)
+        noise = self.guided_noise(noise, t, gradient)
+        return self.predict_start_from_noise(x_t, t, noise)
+
+    # -- DDIM -----------------------------------------------------------------------------------------------------
+
+    def ddim_sigma(self, t: int | torch.Tensor, like: torch.Tensor, eta: float) -> torch.Tensor:
+        """DDIM's noise scale: eta * sqrt((1 - ab_prev) / (1 - ab)) * sqrt(1 - ab / ab_prev), ab = alpha_bar."""
+        alpha_bar = self.extract("alphas_cumprod", t, like)
+        alpha_bar_prev = self.extract("alphas_cumprod_prev", t, like)
+        return eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
+
+    def ddim_step(
+        self,
+        pred_original_sample: torch.Tensor,
+        x_t: torch.Tensor,
+        t: int | torch.Tensor,
+        eta: float = 0.0,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One DDIM step x_t -> x_{t-1} (Song et al., equation 12), epsilon re-derived from x_0.
+
+        Args:
+            pred_original_sample (`torch.Tensor`): the (clipped, possibly guided) x_0 prediction.
+            x_t (`torch.Tensor`): the sample at step t.
+            t (`int` or `torch.Tensor`): steps of this process.
+            eta (`float`, defaults to 0.0): 0 is deterministic DDIM, 1 matches the DDPM posterior variance.
+            noise (`torch.Tensor`, *optional*): the standard normal noise (needed when eta > 0).
+        """
+        noise_pred = self.predict_noise_from_start(x_t, t, pred_original_sample)
+        alpha_bar_prev = self.extract("alphas_cumprod_prev", t, x_t)
+        sigma = self.ddim_sigma(t, x_t, eta)
+        mean = pred_original_sample * torch.sqrt(alpha_bar_prev) + torch.sqrt(
+            (1 - alpha_bar_prev - sigma**2).clamp(min=0)
+        ) * noise_pred
+        if noise is None:
+            if eta != 0:
+                raise ValueError(f"DDIM with eta={eta} needs noise, got None")
+            return mean
+        if noise.shape != x_t.shape:
+            raise ValueError(f"noise must have the sample's shape {tuple(x_t.shape)}, got {tuple(noise.shape)}")
+        return mean + self._nonzero_mask(t, x_t) * sigma * noise
+
+    def ddim_reverse_step(
+        self, pred_original_sample: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor
+    ) -> torch.Tensor:
+        """The deterministic DDIM inversion step x_t -> x_{t+1} (the reverse ODE; alpha_bar after the last step is 0).
+
+        Args:
+            pred_original_sample (`torch.Tensor`): the x_0 prediction at step t.
+            x_t (`torch.Tensor`): the sample at step t.
+            t (`int` or `torch.Tensor`): steps of this process.
+        """
+        noise_pred = (
+            self.extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - pred_original_sample
+        ) / self.extract("sqrt_recipm1_alphas_cumprod", t, x_t)
+        alpha_bar_next = self.extract("alphas_cumprod_next", t, x_t)
+        return pred_original_sample * torch.sqrt(alpha_bar_next) + torch.sqrt(1 - alpha_bar_next) * noise_pred
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The originals' flags
+# ---------------------------------------------------------------------------------------------------------------------
+
+_DIFFUSION_FLAG_DEFAULTS = {
+    "steps": 1000,
+    "learn_sigma": False,
+    "sigma_small": False,
+    "noise_schedule": "linear",
+    "use_kl": False,
+    "predict_xstart": False,
+    "rescale_timesteps": False,
+    "rescale_learned_sigmas": False,
+    "timestep_respacing": "",
+}
+
+
+def scheduler_config_from_diffusion_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """A scheduler config from the keyword arguments of the originals' ``create_gaussian_diffusion``.
+
+    Missing flags take that function's defaults (the same in improved-diffusion and guided-diffusion; note the
+    scripts' own defaults differ: improved-diffusion's set rescale_timesteps and rescale_learned_sigmas).
+    ``diffusion_steps`` is accepted for ``steps``. The loss flags (``use_kl``, ``rescale_learned_sigmas``) are not part
+    of the scheduler; see ``guided_diffusers.training.losses.loss_type_from_flags``.
+
+    Args:
+        flags (mapping): ``steps``, ``learn_sigma``, ``sigma_small``, ``noise_schedule``, ``predict_xstart``,
+            ``rescale_timesteps``, ``timestep_respacing`` (and the loss flags, ignored here).
+
+    Returns:
+        `dict`: ``num_train_timesteps``, ``beta_schedule``, ``prediction_type``, ``variance_type``,
+        ``rescale_timesteps``, ``timestep_respacing``.
+    """
+    flags = dict(flags)
+    if "diffusion_steps" in flags:
+        flags.setdefault("steps", flags.pop("diffusion_steps"))
+    unknown = sorted(set(flags) - set(_DIFFUSION_FLAG_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown diffusion flags {unknown}; expected some of {sorted(_DIFFUSION_FLAG_DEFAULTS)}")
+    values = {**_DIFFUSION_FLAG_DEFAULTS, **flags}
+    if values["noise_schedule"] not in ("linear", "cosine"):
+        raise ValueError(f"unknown noise_schedule {values['noise_schedule']!r}; expected 'linear' or 'cosine'")
+    if values["learn_sigma"]:
+        variance_type = "learned_range"
+    else:
+        variance_type = "fixed_small" if values["sigma_small"] else "fixed_large"
+    return {
+        "num_train_timesteps": int(values["steps"]),
+        "beta_schedule": values["noise_schedule"],
+        "prediction_type": "sample" if values["predict_xstart"] else "epsilon",
+        "variance_type": variance_type,
+        "rescale_timesteps": bool(values["rescale_timesteps"]),
+        "timestep_respacing": values["timestep_respacing"] or None,
+    }
