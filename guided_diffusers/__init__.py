@@ -2,6 +2,22 @@
 
 __version__ = "0.1.0"
 
-from .models import ADMClassifier, ADMSuperResUNet2DModel, ADMUNet2DModel
+# diffusers' component loader accepts a library's classes only if the library exposes these two base classes.
+from diffusers import ModelMixin, SchedulerMixin
 
-__all__ = ["ADMClassifier", "ADMSuperResUNet2DModel", "ADMUNet2DModel"]
+from .models import ADMClassifier, ADMSuperResUNet2DModel, ADMUNet2DModel
+from .pipelines import ADMUpsamplingPipeline, ClassifierGuidedPipeline, DDIMInversionPipeline
+from .schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler
+
+__all__ = [
+    "ADMClassifier",
+    "ADMSuperResUNet2DModel",
+    "ADMUNet2DModel",
+    "ADMUpsamplingPipeline",
+    "ClassifierGuidedPipeline",
+    "DDIMInversionPipeline",
+    "GuidedDDIMScheduler",
+    "GuidedDDPMScheduler",
+    "ModelMixin",
+    "SchedulerMixin",
+]

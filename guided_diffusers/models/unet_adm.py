@@ -51,6 +51,9 @@ class ADMUNet2DModel(UNet2DModel):
             attention, as the originals' constructor takes them (image_size // resolution).
         dropout (`float`, defaults to 0.0): Dropout inside the residual blocks.
         num_classes (`int`, *optional*): Number of class labels for a class-conditional model.
+        class_dropout_prob (`float`, defaults to 0.0): The label dropout the model was trained with for
+            classifier-free guidance; when positive the class embedding has one more row, the null label
+            ``num_classes``.
         num_heads (`int`, defaults to 4): Attention heads where ``num_head_channels`` is not set.
         num_head_channels (`int`, *optional*): A fixed head width; the head count then varies per level.
         num_heads_upsample (`int`, *optional*): Heads of the decoder attention (defaults to ``num_heads``).
@@ -76,6 +79,7 @@ class ADMUNet2DModel(UNet2DModel):
         attention_downsample_factors: Sequence[int] = (2, 4, 8),
         dropout: float = 0.0,
         num_classes: int | None = None,
+        class_dropout_prob: float = 0.0,
         num_heads: int = 4,
         num_head_channels: int | None = None,
         num_heads_upsample: int | None = None,
@@ -98,7 +102,8 @@ class ADMUNet2DModel(UNet2DModel):
 
         self.time_proj = Timesteps(model_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(model_channels, time_embed_dim)
-        self.class_embedding = nn.Embedding(num_classes, time_embed_dim) if num_classes else None
+        null_class = 1 if num_classes and class_dropout_prob > 0 else 0
+        self.class_embedding = nn.Embedding(num_classes + null_class, time_embed_dim) if num_classes else None
 
         settings = ADMBlockSettings(
             temb_channels=time_embed_dim,

@@ -71,6 +71,8 @@ class GuidedSchedulerMixin:
             timesteps (sequence of `int`, *optional*): explicit original timesteps to keep (instead of the above).
         """
         num_train_timesteps = self.config.num_train_timesteps
+        if num_inference_steps is None and timesteps is None:
+            num_inference_steps = self.config.timestep_respacing
         if timesteps is not None:
             if num_inference_steps is not None:
                 raise ValueError("pass either num_inference_steps or timesteps, got both")
