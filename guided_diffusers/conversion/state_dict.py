@@ -96,6 +96,10 @@ class StateDictMapper:
         for name in ("weight", "bias"):
             key = f"{source}.qkv.{name}"
             fused = self.take(key)
+            expected = self.target.get(f"{prefix}.to_q.{name}")
+            if fused is not None and expected is not None and fused.reshape(fused.shape[0], -1).shape != (3 * expected.shape[0], expected.reshape(expected.shape[0], -1).shape[1]):
+                self.mismatched.append(f"{key} {tuple(fused.shape)} -> {prefix}.to_q/k/v.{name} 3 x {tuple(expected.shape)}")
+                fused = None
             for i, part in enumerate(("to_q", "to_k", "to_v")):
                 tensor = None
                 if fused is not None:

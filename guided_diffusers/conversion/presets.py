@@ -1,0 +1,311 @@
+"""Every released original checkpoint: its flags (from the original READMEs), recommended sampling, and card facts."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GUIDED = "guided-diffusion"
+IMPROVED = "improved-diffusion"
+DDPM = "ddpm"
+
+# Results tables of the original READMEs / papers, for the model cards: (dataset, metrics...)
+_GUIDED_RESULTS_HEADER = ("Dataset", "FID", "Precision", "Recall")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One released checkpoint.
+
+    Args:
+        name: the preset name (``--preset``).
+        family: ``guided-diffusion``, ``improved-diffusion`` or ``ddpm``.
+        kind: ``unet``, ``super_res`` or ``classifier``.
+        flags: the original scripts' model and diffusion flags (ADM families), exactly as the READMEs give them.
+        constructor_kwargs: the DDPM port's Model kwargs (DDPM family).
+        scheduler: scheduler settings beyond the flags (DDPM's betas and variance).
+        sampling: recommended sampling: ``timestep_respacing``, ``use_ddim``, ``classifier_scale``.
+        classifier: the preset of the classifier released to guide this model, if any.
+        dataset: the training data.
+        paper: the paper's title and link.
+        description: one paragraph for the model card.
+        results: the original README's results for this model: a header row and rows.
+        file_names: the released file names (matched to pick a preset from a checkpoint path).
+    """
+
+    name: str
+    family: str
+    kind: str
+    flags: str = ""
+    constructor_kwargs: dict[str, Any] | None = None
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=dict)
+    classifier: str | None = None
+    dataset: str = ""
+    paper: str = ""
+    description: str = ""
+    results: tuple[tuple[str, ...], ...] = ()
+    file_names: tuple[str, ...] = ()
+
+    @property
+    def source(self) -> str:
+        return self.family
+
+
+_ADM_PAPER = "[Diffusion Models Beat GANs on Image Synthesis](https://arxiv.org/abs/2105.05233) (Dhariwal & Nichol, 2021)"
+_IDDPM_PAPER = "[Improved Denoising Diffusion Probabilistic Models](https://arxiv.org/abs/2102.09672) (Nichol & Dhariwal, 2021)"
+_DDPM_PAPER = "[Denoising Diffusion Probabilistic Models](https://arxiv.org/abs/2006.11239) (Ho, Jain & Abbeel, 2020)"
+
+_CLASSIFIER_FLAGS = (
+    "--image_size {size} --classifier_attention_resolutions 32,16,8 --classifier_depth {depth} --classifier_width 128 "
+    "--classifier_pool attention --classifier_resblock_updown True --classifier_use_scale_shift_norm True"
+)
+_ADM_256 = (
+    "--attention_resolutions 32,16,8 --class_cond {cond} --diffusion_steps 1000 --image_size 256 --learn_sigma True "
+    "--noise_schedule linear --num_channels 256 --num_head_channels 64 --num_res_blocks 2 --resblock_updown True "
+    "--use_fp16 True --use_scale_shift_norm True"
+)
+_LSUN = (
+    "--attention_resolutions 32,16,8 --class_cond False --diffusion_steps 1000 --dropout {dropout} --image_size 256 "
+    "--learn_sigma True --noise_schedule linear --num_channels 256 --num_head_channels 64 --num_res_blocks 2 "
+    "--resblock_updown True --use_fp16 True --use_scale_shift_norm True"
+)
+_GUIDED_IMAGENET = dict(family=GUIDED, dataset="imagenet-1k", paper=_ADM_PAPER)
+
+
+def _guided_results(*rows: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    return (_GUIDED_RESULTS_HEADER, *rows)
+
+
+_PRESETS: list[Preset] = [
+    # -- guided-diffusion: ImageNet diffusion models (ADM-G) ---------------------------------------------------------
+    Preset(
+        "64x64_diffusion", kind="unet", classifier="64x64_classifier",
+        flags="--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --dropout 0.1 --image_size 64 "
+        "--learn_sigma True --noise_schedule cosine --num_channels 192 --num_head_channels 64 --num_res_blocks 3 "
+        "--resblock_updown True --use_new_attention_order True --use_fp16 True --use_scale_shift_norm True",
+        sampling=dict(timestep_respacing="250", classifier_scale=1.0),
+        description="Class-conditional ImageNet 64x64 ADM diffusion model.",
+        results=_guided_results(("ImageNet 64x64 (with classifier guidance)", "2.07", "0.74", "0.63")),
+        file_names=("64x64_diffusion.pt",), **_GUIDED_IMAGENET,
+    ),
+    Preset(
+        "128x128_diffusion", kind="unet", classifier="128x128_classifier",
+        flags="--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --image_size 128 --learn_sigma True "
+        "--noise_schedule linear --num_channels 256 --num_heads 4 --num_res_blocks 2 --resblock_updown True --use_fp16 True "
+        "--use_scale_shift_norm True",
+        sampling=dict(timestep_respacing="250", classifier_scale=0.5),
+        description="Class-conditional ImageNet 128x128 ADM diffusion model.",
+        results=_guided_results(("ImageNet 128x128 (with classifier guidance)", "2.97", "0.78", "0.59")),
+        file_names=("128x128_diffusion.pt",), **_GUIDED_IMAGENET,
+    ),
+    Preset(
+        "256x256_diffusion", kind="unet", classifier="256x256_classifier", flags=_ADM_256.format(cond="True"),
+        sampling=dict(timestep_respacing="250", classifier_scale=1.0),
+        description="Class-conditional ImageNet 256x256 ADM diffusion model.",
+        results=_guided_results(
+            ("ImageNet 256x256 (with classifier guidance)", "4.59", "0.82", "0.52"),
+            ("ImageNet 256x256 (64->256 upsampling and guidance)", "3.94", "0.83", "0.53"),
+        ),
+        file_names=("256x256_diffusion.pt",), **_GUIDED_IMAGENET,
+    ),
+    Preset(
+        "256x256_diffusion_uncond", kind="unet", classifier="256x256_classifier", flags=_ADM_256.format(cond="False"),
+        sampling=dict(timestep_respacing="250", classifier_scale=10.0),
+        description="Class-unconditional ImageNet 256x256 ADM diffusion model; the original samples it guided by the "
+        "256x256 classifier at scale 10.",
+        file_names=("256x256_diffusion_uncond.pt",), **_GUIDED_IMAGENET,
+    ),
+    Preset(
+        "512x512_diffusion", kind="unet", classifier="512x512_classifier",
+        flags="--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --image_size 512 --learn_sigma True "
+        "--noise_schedule linear --num_channels 256 --num_head_channels 64 --num_res_blocks 2 --resblock_updown True "
+        "--use_fp16 False --use_scale_shift_norm True",
+        sampling=dict(timestep_respacing="250", classifier_scale=4.0),
+        description="Class-conditional ImageNet 512x512 ADM diffusion model.",
+        results=_guided_results(
+            ("ImageNet 512x512 (with classifier guidance)", "7.72", "0.87", "0.42"),
+            ("ImageNet 512x512 (128->512 upsampling and guidance)", "3.85", "0.84", "0.53"),
+        ),
+        file_names=("512x512_diffusion.pt",), **_GUIDED_IMAGENET,
+    ),
+    # -- guided-diffusion: noisy classifiers ---------------------------------------------------------------------------
+    *[
+        Preset(
+            f"{size}x{size}_classifier", kind="classifier",
+            flags=_CLASSIFIER_FLAGS.format(size=size, depth=4 if size == 64 else 2),
+            description=f"Noisy ImageNet {size}x{size} classifier, trained on noised images x_t to guide the {size}x{size} "
+            "ADM diffusion models (ADM-G).",
+            file_names=(f"{size}x{size}_classifier.pt",), **_GUIDED_IMAGENET,
+        )
+        for size in (64, 128, 256, 512)
+    ],
+    # -- guided-diffusion: upsamplers (ADM-U) ------------------------------------------------------------------------
+    Preset(
+        "64_256_upsampler", kind="super_res",
+        flags="--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --large_size 256 --small_size 64 "
+        "--learn_sigma True --noise_schedule linear --num_channels 192 --num_heads 4 --num_res_blocks 2 --resblock_updown True "
+        "--use_fp16 True --use_scale_shift_norm True",
+        sampling=dict(timestep_respacing="250"),
+        description="Class-conditional ImageNet 64x64 -> 256x256 upsampling diffusion model (ADM-U).",
+        results=_guided_results(("ImageNet 256x256 (64->256 upsampling and guidance)", "3.94", "0.83", "0.53")),
+        file_names=("64_256_upsampler.pt",), **_GUIDED_IMAGENET,
+    ),
+    Preset(
+        "128_512_upsampler", kind="super_res",
+        flags="--attention_resolutions 32,16 --class_cond True --diffusion_steps 1000 --large_size 512 --small_size 128 "
+        "--learn_sigma True --noise_schedule linear --num_channels 192 --num_head_channels 64 --num_res_blocks 2 "
+        "--resblock_updown True --use_fp16 True --use_scale_shift_norm True",
+        sampling=dict(timestep_respacing="250"),
+        description="Class-conditional ImageNet 128x128 -> 512x512 upsampling diffusion model (ADM-U).",
+        results=_guided_results(("ImageNet 512x512 (128->512 upsampling and guidance)", "3.85", "0.84", "0.53")),
+        file_names=("128_512_upsampler.pt",), **_GUIDED_IMAGENET,
+    ),
+    # -- guided-diffusion: LSUN ----------------------------------------------------------------------------------------
+    *[
+        Preset(
+            name, family=GUIDED, kind="unet", flags=_LSUN.format(dropout=dropout), dataset=f"lsun-{category}",
+            paper=_ADM_PAPER, sampling=dict(timestep_respacing="1000"),
+            description=f"Unconditional LSUN {category} 256x256 ADM diffusion model"
+            + (" (trained without dropout)." if dropout == "0.0" else ".")
+            + " The original README notes the best samples come from all 1000 steps.",
+            results=_guided_results((f"LSUN {category.title()}", fid, precision, recall)) if fid else (),
+            file_names=(f"{name}.pt",),
+        )
+        for name, category, dropout, fid, precision, recall in (
+            ("lsun_bedroom", "bedroom", "0.1", "1.90", "0.66", "0.51"),
+            ("lsun_cat", "cat", "0.1", "5.57", "0.63", "0.52"),
+            ("lsun_horse", "horse", "0.1", "2.57", "0.71", "0.55"),
+            ("lsun_horse_nodropout", "horse", "0.0", "", "", ""),
+        )
+    ],
+    # -- improved-diffusion ----------------------------------------------------------------------------------------------
+    Preset(
+        "imagenet64_uncond_100M_1500K", family=IMPROVED, kind="unet", dataset="imagenet-1k", paper=_IDDPM_PAPER,
+        flags="--image_size 64 --num_channels 128 --num_res_blocks 3 --learn_sigma True --diffusion_steps 4000 --noise_schedule cosine",
+        sampling=dict(timestep_respacing="250"),
+        description="Unconditional ImageNet 64x64 IDDPM trained with L_hybrid and the cosine schedule (learned variances).",
+        file_names=("imagenet64_uncond_100M_1500K.pt",),
+    ),
+    Preset(
+        "cifar10_uncond_50M_500K", family=IMPROVED, kind="unet", dataset="cifar10", paper=_IDDPM_PAPER,
+        flags="--image_size 32 --num_channels 128 --num_res_blocks 3 --learn_sigma True --dropout 0.3 --diffusion_steps 4000 "
+        "--noise_schedule cosine",
+        sampling=dict(timestep_respacing="250"),
+        description="Unconditional CIFAR-10 IDDPM trained with L_hybrid and the cosine schedule (learned variances).",
+        file_names=("cifar10_uncond_50M_500K.pt",),
+    ),
+    Preset(
+        "imagenet64_cond_270M_250K", family=IMPROVED, kind="unet", dataset="imagenet-1k", paper=_IDDPM_PAPER,
+        flags="--image_size 64 --num_channels 192 --num_res_blocks 3 --learn_sigma True --class_cond True --diffusion_steps 4000 "
+        "--noise_schedule cosine --rescale_learned_sigmas False --rescale_timesteps False",
+        sampling=dict(timestep_respacing="250"),
+        description="Class-conditional ImageNet 64x64 IDDPM (270M parameters, 250K iterations).",
+        file_names=("imagenet64_cond_270M_250K.pt",),
+    ),
+    Preset(
+        "upsample_cond_500K", family=IMPROVED, kind="super_res", dataset="imagenet-1k", paper=_IDDPM_PAPER,
+        # The README omits large_size/small_size: the script's defaults (256 and 64) apply.
+        flags="--large_size 256 --small_size 64 --num_channels 192 --num_res_blocks 2 --learn_sigma True --class_cond True "
+        "--diffusion_steps 4000 --noise_schedule linear --rescale_learned_sigmas False --rescale_timesteps False",
+        sampling=dict(timestep_respacing="250"),
+        description="Class-conditional ImageNet 64x64 -> 256x256 IDDPM upsampler (280M parameters, 500K iterations).",
+        file_names=("upsample_cond_500K.pt",),
+    ),
+    *[
+        Preset(
+            name, family=IMPROVED, kind="unet", dataset="lsun-bedroom", paper=_IDDPM_PAPER,
+            flags="--image_size 256 --num_channels 128 --num_res_blocks 2 --num_heads 1 --learn_sigma True "
+            "--use_scale_shift_norm False --attention_resolutions 16 --diffusion_steps 1000 --noise_schedule linear "
+            "--rescale_learned_sigmas False --rescale_timesteps False",
+            sampling=dict(timestep_respacing="1000"),
+            description=f"Unconditional LSUN bedroom 256x256 IDDPM ({detail}).",
+            file_names=(f"{name}.pt",),
+        )
+        for name, detail in (
+            ("lsun_uncond_100M_1200K_bs128", "lr 1e-4, batch 128, 1.2M iterations"),
+            ("lsun_uncond_100M_2400K_bs64", "lr 2e-5, 2.4M iterations"),
+        )
+    ],
+    Preset(
+        "imagenet64_uncond_vlb_100M_1500K", family=IMPROVED, kind="unet", dataset="imagenet-1k", paper=_IDDPM_PAPER,
+        flags="--image_size 64 --num_channels 128 --num_res_blocks 3 --learn_sigma True --diffusion_steps 4000 "
+        "--noise_schedule cosine --use_kl True",
+        sampling=dict(timestep_respacing="250"),
+        description="Unconditional ImageNet 64x64 IDDPM trained with L_vlb (importance-sampled) and the cosine schedule; "
+        "the model for likelihood (bits/dim) evaluation.",
+        file_names=("imagenet64_uncond_vlb_100M_1500K.pt",),
+    ),
+    Preset(
+        "cifar10_uncond_vlb_50M_500K", family=IMPROVED, kind="unet", dataset="cifar10", paper=_IDDPM_PAPER,
+        flags="--image_size 32 --num_channels 128 --num_res_blocks 3 --learn_sigma True --dropout 0.3 --diffusion_steps 4000 "
+        "--noise_schedule cosine --use_kl True",
+        sampling=dict(timestep_respacing="250"),
+        description="Unconditional CIFAR-10 IDDPM trained with L_vlb (importance-sampled) and the cosine schedule; the "
+        "model for likelihood (bits/dim) evaluation.",
+        file_names=("cifar10_uncond_vlb_50M_500K.pt",),
+    ),
+    # -- DDPM (the PyTorch port of the original TensorFlow checkpoints) --------------------------------------------------
+    *[
+        Preset(
+            name + suffix, family=DDPM, kind="unet", dataset=dataset, paper=_DDPM_PAPER,
+            constructor_kwargs=dict(kwargs),
+            scheduler=dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02, variance_type=variance),
+            sampling=dict(timestep_respacing="1000"),
+            description=f"DDPM trained on {label}" + (" (EMA weights)." if suffix else " (raw weights)."),
+            results=results,
+            file_names=(f"{'ema_' if suffix else ''}diffusion_{name}_model",),
+        )
+        for name, label, dataset, variance, kwargs, results in (
+            ("cifar10", "CIFAR-10 32x32", "cifar10", "fixed_large",
+             dict(ch=128, out_ch=3, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1, resolution=32, in_channels=3),
+             (("Dataset", "IS", "FID", "NLL (bits/dim)"), ("CIFAR-10", "9.46", "3.17", "<= 3.75"))),
+            ("lsun_bedroom", "LSUN bedroom 256x256", "lsun-bedroom", "fixed_small",
+             dict(ch=128, out_ch=3, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attn_resolutions=(16,), dropout=0.0, resolution=256, in_channels=3),
+             (("Dataset", "FID"), ("LSUN Bedroom", "6.36"))),
+            ("lsun_cat", "LSUN cat 256x256", "lsun-cat", "fixed_small",
+             dict(ch=128, out_ch=3, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attn_resolutions=(16,), dropout=0.0, resolution=256, in_channels=3),
+             (("Dataset", "FID"), ("LSUN Cat", "19.75"))),
+            ("lsun_church", "LSUN church 256x256", "lsun-church", "fixed_small",
+             dict(ch=128, out_ch=3, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attn_resolutions=(16,), dropout=0.0, resolution=256, in_channels=3),
+             (("Dataset", "FID"), ("LSUN Church", "7.89"))),
+        )
+        for suffix in ("", "_ema")
+    ],
+]
+
+#: The presets of each converter: ``"adm"`` (guided-diffusion and improved-diffusion) and ``"ddpm"``. Names are unique
+#: within a converter only (both have an ``lsun_bedroom``).
+CONVERTERS = ("adm", "ddpm")
+PRESETS: dict[str, dict[str, Preset]] = {
+    converter: {p.name: p for p in _PRESETS if (p.family == DDPM) == (converter == "ddpm")} for converter in CONVERTERS
+}
+
+
+def _check_converter(converter: str) -> dict[str, Preset]:
+    if converter not in CONVERTERS:
+        raise ValueError(f"expected converter in {CONVERTERS}, got {converter!r}")
+    return PRESETS[converter]
+
+
+def get_preset(name: str, converter: str) -> Preset:
+    """A preset of ``converter`` (``"adm"`` or ``"ddpm"``) by name, or a one-line error listing the names."""
+    presets = _check_converter(converter)
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; expected one of: {', '.join(presets)}")
+    return presets[name]
+
+
+def preset_from_path(path: str | Path, converter: str) -> Preset | None:
+    """The preset of ``converter`` whose released file name the checkpoint path carries (longest match), or None."""
+    text = str(path).replace("\\", "/").lower()
+    best: tuple[int, Preset] | None = None
+    for preset in _check_converter(converter).values():
+        for file_name in preset.file_names:
+            # DDPM checkpoints live in folders named after the model: ema_diffusion_cifar10_model/model-790000.ckpt
+            tail = r"(/|$)" if preset.family == DDPM else r"$"
+            if re.search(r"(^|/)" + re.escape(file_name.lower()) + tail, text) and (best is None or len(file_name) > best[0]):
+                best = (len(file_name), preset)
+    return best[1] if best else None
