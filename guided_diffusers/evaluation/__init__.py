@@ -1,0 +1,65 @@
+"""Sample-quality evaluation as the originals' evaluator defines it: IS, FID, sFID, precision and recall.
+
+The FID Inception-v3 (TensorFlow's 2015-12-05 graph) is implemented in PyTorch in :mod:`.inception`; its weights
+come from a local file, ``$GUIDED_DIFFUSERS_INCEPTION_WEIGHTS``, or the Hub (``INCEPTION_HUB_REPO_ID``).
+``scripts/evaluate.py`` is the command line.
+"""
+
+from .batches import ImageBatchInfo, inspect_image_batch, iterate_image_batches, read_precomputed_statistics
+from .evaluator import (
+    SampleQualityResults,
+    compute_activations,
+    compute_class_logits,
+    evaluate_image_batches,
+)
+from .inception import (
+    INCEPTION_HUB_FILENAME,
+    INCEPTION_HUB_REPO_ID,
+    INCEPTION_WEIGHTS_ENV,
+    INCEPTION_WEIGHTS_URL,
+    FIDInceptionFeatures,
+    FIDInceptionV3,
+    InceptionWeightsUnavailableError,
+    load_fid_inception,
+    random_fid_inception,
+    resize_bilinear_like_tensorflow1,
+    resolve_inception_weights,
+)
+from .metrics import (
+    FIDStatistics,
+    compute_statistics,
+    frechet_distance,
+    inception_score,
+    manifold_radii,
+    pairwise_squared_distances,
+    precision_recall,
+)
+
+__all__ = [
+    "INCEPTION_HUB_FILENAME",
+    "INCEPTION_HUB_REPO_ID",
+    "INCEPTION_WEIGHTS_ENV",
+    "INCEPTION_WEIGHTS_URL",
+    "FIDInceptionFeatures",
+    "FIDInceptionV3",
+    "FIDStatistics",
+    "ImageBatchInfo",
+    "InceptionWeightsUnavailableError",
+    "SampleQualityResults",
+    "compute_activations",
+    "compute_class_logits",
+    "compute_statistics",
+    "evaluate_image_batches",
+    "frechet_distance",
+    "inception_score",
+    "inspect_image_batch",
+    "iterate_image_batches",
+    "load_fid_inception",
+    "manifold_radii",
+    "pairwise_squared_distances",
+    "precision_recall",
+    "random_fid_inception",
+    "read_precomputed_statistics",
+    "resize_bilinear_like_tensorflow1",
+    "resolve_inception_weights",
+]

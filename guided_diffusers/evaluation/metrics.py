@@ -1,0 +1,307 @@
+"""The originals' sample-quality metrics on Inception features: FID, sFID, Inception Score, precision and recall.
+
+Definitions follow guided-diffusion's ``evaluations/evaluator.py``:
+
+- FID / sFID: the Fréchet distance between Gaussians fitted to the pool (2048-d) or spatial (2023-d) features,
+  ``|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr sqrtm(sigma1 sigma2)``, with ``sigma`` from ``np.cov``.
+- Inception Score: ``exp(E_x KL(p(y|x) || p(y)))`` over consecutive splits of 5000 samples, averaged over splits.
+- Precision / recall (Kynkäänniemi et al. 2019): each feature vector gets a ball whose squared radius is the squared
+  distance to its 3rd nearest neighbour in its own set (itself excluded); precision is the fraction of samples
+  inside some reference ball, recall the fraction of references inside some sample ball. Distances are computed in
+  row x column blocks, so memory stays bounded; the block sizes change the memory used, not the result. They are
+  float32 (the original tries float16 first and falls back to float32 when that overflows).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# The original evaluator's defaults.
+INCEPTION_SCORE_SPLIT_SIZE = 5000
+MANIFOLD_NUM_NEIGHBOURS = 3
+MANIFOLD_BATCH_SIZE = 10000
+
+
+@dataclass(eq=False)  # arrays have no single truth value to compare by
+class FIDStatistics:
+    """Mean and covariance of a set of feature vectors (a Gaussian fit, as FID uses it).
+
+    Attributes:
+        mu: ``(D,)`` mean.
+        sigma: ``(D, D)`` covariance.
+        factor: optional ``(N, D)`` matrix ``F`` with ``sigma = F^T F`` (the centred activations over
+            ``sqrt(N - 1)``), kept by :func:`compute_statistics` when N <= D: the Fréchet distance then solves an
+            N x N eigenproblem instead of two D x D ones, with the same value.
+    """
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    factor: np.ndarray | None = None
+
+    def frechet_distance(self, other: FIDStatistics, eps: float = 1e-6) -> float:
+        """The Fréchet distance to ``other``; see :func:`frechet_distance`."""
+        return frechet_distance(
+            self.mu, self.sigma, other.mu, other.sigma, eps=eps, sigma1_factor=self.factor, sigma2_factor=other.factor
+        )
+
+
+def compute_statistics(activations: np.ndarray) -> FIDStatistics:
+    """Fit mean and covariance (``np.cov``: unbiased, float64) to ``(N, D)`` activations.
+
+    Args:
+        activations: ``(N, D)`` with N >= 2.
+
+    Returns:
+        the :class:`FIDStatistics` (with its low-rank ``factor`` when N <= D).
+    """
+    activations = np.asarray(activations, dtype=np.float64)
+    if activations.ndim != 2 or activations.shape[0] < 2:
+        raise ValueError(f"expected activations of shape (N >= 2, D), got {activations.shape}")
+    num_vectors, dim = activations.shape
+    mu = activations.mean(axis=0)
+    factor = (activations - mu) / np.sqrt(num_vectors - 1) if num_vectors <= dim else None
+    return FIDStatistics(mu, np.cov(activations, rowvar=False), factor)
+
+
+def _sum_sqrt_eigenvalues(symmetric: np.ndarray) -> float:
+    eigenvalues = np.linalg.eigvalsh((symmetric + symmetric.T) / 2)
+    # A singular product (fewer samples than dimensions) has eigenvalues that are zero up to rounding, with either
+    # sign; below the usual numerical-rank tolerance they are zero, rather than adding sqrt(rounding) each.
+    tolerance = np.abs(eigenvalues).max(initial=0.0) * eigenvalues.shape[0] * np.finfo(np.float64).eps
+    return float(np.sqrt(eigenvalues[eigenvalues > tolerance]).sum())
+
+
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    # tr sqrtm(s1 s2) is the sum of the square roots of s1 s2's eigenvalues, which are those of the symmetric
+    # positive semi-definite s1^1/2 s2 s1^1/2: symmetric eigendecompositions instead of a general sqrtm, finite
+    # and real also for singular covariances, where sqrtm needs an eps on the diagonal.
+    eigenvalues1, eigenvectors1 = np.linalg.eigh(sigma1)
+    sqrt_sigma1 = (eigenvectors1 * np.sqrt(np.clip(eigenvalues1, 0.0, None))) @ eigenvectors1.T
+    return _sum_sqrt_eigenvalues(sqrt_sigma1 @ sigma2 @ sqrt_sigma1)
+
+
+def frechet_distance(
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    eps: float = 1e-6,
+    *,
+    sigma1_factor: np.ndarray | None = None,
+    sigma2_factor: np.ndarray | None = None,
+) -> float:
+    """Fréchet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)``, the FID formula, in float64.
+
+    ``|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr sqrtm(sigma1 sigma2)``. The trace of the matrix square root
+    is the sum of the square roots of the eigenvalues of ``sigma1 sigma2``, computed from the symmetric form
+    ``sigma1^1/2 sigma2 sigma1^1/2`` (same eigenvalues), which is finite and real for any positive semi-definite
+    pair. Given a factor ``F`` (``N x D``, ``sigma = F^T F``) of either covariance, the same eigenvalues come from
+    the ``N x N`` matrix ``F sigma_other F^T`` instead. As in the original, ``eps`` is added to both diagonals
+    (with a warning) only if the result is not finite.
+
+    Args:
+        mu1, mu2: ``(D,)`` means.
+        sigma1, sigma2: ``(D, D)`` covariances.
+        eps: the diagonal offset of the fallback.
+        sigma1_factor, sigma2_factor: optional ``(N, D)`` factors of ``sigma1``/``sigma2`` (see
+            :func:`compute_statistics`).
+
+    Returns:
+        the distance (>= 0 up to rounding).
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, dtype=np.float64)), np.atleast_1d(np.asarray(mu2, dtype=np.float64))
+    sigma1 = np.atleast_2d(np.asarray(sigma1, dtype=np.float64))
+    sigma2 = np.atleast_2d(np.asarray(sigma2, dtype=np.float64))
+    if mu1.shape != mu2.shape or mu1.ndim != 1:
+        raise ValueError(f"expected two mean vectors of one length, got shapes {mu1.shape} and {mu2.shape}")
+    dim = mu1.shape[0]
+    if sigma1.shape != sigma2.shape or sigma1.shape != (dim, dim):
+        raise ValueError(f"expected two ({dim}, {dim}) covariances, got shapes {sigma1.shape} and {sigma2.shape}")
+    for name, value in (("mu1", mu1), ("mu2", mu2), ("sigma1", sigma1), ("sigma2", sigma2)):
+        if not np.isfinite(value).all():
+            raise ValueError(f"expected finite statistics, got non-finite values in {name}")
+    # The smaller factor gives the smaller eigenproblem; the other covariance is used whole.
+    factors = [
+        (np.asarray(factor, dtype=np.float64), other_sigma)
+        for factor, other_sigma in ((sigma1_factor, sigma2), (sigma2_factor, sigma1))
+        if factor is not None
+    ]
+    for factor, _ in factors:
+        if factor.ndim != 2 or factor.shape[1] != dim:
+            raise ValueError(f"expected a covariance factor of shape (N, {dim}), got {factor.shape}")
+    # Covariances are symmetric; averaging with the transpose removes storage asymmetry (eigh reads one triangle).
+    sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
+    diff = mu1 - mu2
+    try:
+        if factors:
+            factor, other_sigma = min(factors, key=lambda pair: pair[0].shape[0])
+            trace_covmean = _sum_sqrt_eigenvalues(factor @ other_sigma @ factor.T)
+        else:
+            trace_covmean = _trace_sqrt_product(sigma1, sigma2)
+    except np.linalg.LinAlgError:
+        trace_covmean = float("nan")
+    if not np.isfinite(trace_covmean):
+        warnings.warn(f"fid calculation produces singular product; adding {eps} to diagonal of cov estimates")
+        offset = np.eye(dim) * eps
+        trace_covmean = _trace_sqrt_product(sigma1 + offset, sigma2 + offset)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_covmean)
+
+
+def inception_score(class_logits: np.ndarray, split_size: int = INCEPTION_SCORE_SPLIT_SIZE) -> float:
+    """Inception Score of ``(N, C)`` classifier logits: ``exp(mean_x KL(p(y|x) || p(y)))`` per split, averaged.
+
+    Splits are consecutive runs of ``split_size`` samples (the last may be shorter), as in the original. The
+    class probabilities are ``softmax(logits)`` in float64, with ``log_softmax`` for their logs, and a class of
+    probability 0 contributes 0 to the KL (the original's ``p * log(p)`` would give NaN there).
+
+    Args:
+        class_logits: ``(N, C)`` logits (the evaluator's: ``pool_3`` times the classifier matrix, no bias).
+        split_size: samples per split (5000 in the original).
+
+    Returns:
+        the score (1 for constant predictions, up to C).
+    """
+    logits = torch.as_tensor(np.asarray(class_logits), dtype=torch.float64)
+    if logits.ndim != 2 or logits.shape[0] < 1:
+        raise ValueError(f"expected class logits of shape (N >= 1, C), got {tuple(logits.shape)}")
+    if split_size < 1:
+        raise ValueError(f"expected split_size >= 1, got {split_size}")
+    scores = []
+    for start in range(0, logits.shape[0], split_size):
+        log_probs = torch.log_softmax(logits[start : start + split_size], dim=1)
+        probs = log_probs.exp()
+        log_marginal = torch.log(probs.mean(dim=0, keepdim=True))
+        # p log(p / p_marginal) is 0 where p is 0 (0 * -inf would be NaN where a class has no mass in the split).
+        kl_terms = torch.where(probs > 0, probs * (log_probs - log_marginal), torch.zeros_like(probs))
+        kl = kl_terms.sum(dim=1).mean()
+        scores.append(float(torch.exp(kl)))
+    return float(np.mean(scores))
+
+
+def pairwise_squared_distances(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances ``|u|^2 - 2 u.v + |v|^2`` between two sets of vectors, clamped at 0.
+
+    Args:
+        rows: ``(R, D)``.
+        columns: ``(C, D)``.
+
+    Returns:
+        ``(R, C)``, in the inputs' dtype.
+    """
+    row_norms = rows.square().sum(dim=1, keepdim=True)
+    column_norms = columns.square().sum(dim=1)[None, :]
+    return (row_norms - 2 * rows @ columns.T + column_norms).clamp_min(0.0)
+
+
+def _as_features(features: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    features = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
+    if features.ndim != 2:
+        raise ValueError(f"expected feature vectors of shape (N, D), got {tuple(features.shape)}")
+    # float32, as the original's distance computation (which tries float16 first and falls back to float32).
+    return features.to(device=device, dtype=torch.float32)
+
+
+def _check_batch_sizes(row_batch_size: int, col_batch_size: int) -> None:
+    if row_batch_size < 1 or col_batch_size < 1:
+        raise ValueError(f"expected batch sizes >= 1, got row {row_batch_size}, column {col_batch_size}")
+
+
+def manifold_radii(
+    features: np.ndarray | torch.Tensor,
+    num_neighbours: int = MANIFOLD_NUM_NEIGHBOURS,
+    row_batch_size: int = MANIFOLD_BATCH_SIZE,
+    col_batch_size: int = MANIFOLD_BATCH_SIZE,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Squared radius of each vector's k-NN ball: squared distance to its k-th nearest neighbour in the same set.
+
+    Each vector's distance to itself (0) is the 0th smallest of its row, so the k-th smallest is the k-th
+    neighbour other than itself, as in the original's ``ManifoldEstimator.manifold_radii``.
+
+    Args:
+        features: ``(N, D)`` with N > ``num_neighbours``.
+        num_neighbours: k (3 in the original).
+        row_batch_size: vectors whose distances are computed at once (memory: ``row_batch_size * N`` floats).
+        col_batch_size: columns per distance block (memory/speed trade-off only).
+        device: where the distances are computed.
+
+    Returns:
+        float32 ``(N,)`` squared radii.
+    """
+    _check_batch_sizes(row_batch_size, col_batch_size)
+    device = torch.device(device)
+    features = _as_features(features, device)
+    num_vectors = features.shape[0]
+    if num_vectors <= num_neighbours:
+        raise ValueError(
+            f"expected more than {num_neighbours} feature vectors for k={num_neighbours}, got {num_vectors}"
+        )
+    radii = torch.empty(num_vectors, dtype=torch.float32)
+    for row_start in range(0, num_vectors, row_batch_size):
+        rows = features[row_start : row_start + row_batch_size]
+        distances = torch.cat(
+            [
+                pairwise_squared_distances(rows, features[col_start : col_start + col_batch_size])
+                for col_start in range(0, num_vectors, col_batch_size)
+            ],
+            dim=1,
+        )
+        # kthvalue is 1-based: the (k + 1)-th smallest, counting the vector itself.
+        radii[row_start : row_start + rows.shape[0]] = distances.kthvalue(num_neighbours + 1, dim=1).values.cpu()
+    return radii.numpy()
+
+
+def precision_recall(
+    ref_features: np.ndarray | torch.Tensor,
+    sample_features: np.ndarray | torch.Tensor,
+    num_neighbours: int = MANIFOLD_NUM_NEIGHBOURS,
+    row_batch_size: int = MANIFOLD_BATCH_SIZE,
+    col_batch_size: int = MANIFOLD_BATCH_SIZE,
+    device: str | torch.device = "cpu",
+) -> tuple[float, float]:
+    """Improved precision and recall (k-NN manifolds), as the original evaluator's ``compute_prec_recall``.
+
+    Precision: the fraction of samples within (``<=``) some reference vector's k-NN ball. Recall: the fraction of
+    reference vectors within some sample's k-NN ball. Squared distances are compared with squared radii.
+
+    Args:
+        ref_features: ``(N_ref, D)`` reference pool features.
+        sample_features: ``(N_sample, D)`` sample pool features.
+        num_neighbours: k (3 in the original).
+        row_batch_size: reference vectors per distance block.
+        col_batch_size: sample vectors per distance block.
+        device: where the distances are computed.
+
+    Returns:
+        ``(precision, recall)``.
+    """
+    _check_batch_sizes(row_batch_size, col_batch_size)
+    device = torch.device(device)
+    ref = _as_features(ref_features, device)
+    samples = _as_features(sample_features, device)
+    if ref.shape[1] != samples.shape[1]:
+        raise ValueError(
+            f"expected features of one dimension, got {ref.shape[1]} (reference) and {samples.shape[1]} (samples)"
+        )
+    ref_radii = torch.from_numpy(manifold_radii(ref, num_neighbours, row_batch_size, col_batch_size, device)).to(device)
+    sample_radii = torch.from_numpy(
+        manifold_radii(samples, num_neighbours, row_batch_size, col_batch_size, device)
+    ).to(device)
+    ref_in_sample_manifold = torch.zeros(ref.shape[0], dtype=torch.bool, device=device)
+    sample_in_ref_manifold = torch.zeros(samples.shape[0], dtype=torch.bool, device=device)
+    for ref_start in range(0, ref.shape[0], row_batch_size):
+        ref_stop = ref_start + row_batch_size
+        for sample_start in range(0, samples.shape[0], col_batch_size):
+            sample_stop = sample_start + col_batch_size
+            distances = pairwise_squared_distances(ref[ref_start:ref_stop], samples[sample_start:sample_stop])
+            in_sample_balls = distances <= sample_radii[None, sample_start:sample_stop]
+            in_ref_balls = distances <= ref_radii[ref_start:ref_stop, None]
+            ref_in_sample_manifold[ref_start:ref_stop] |= in_sample_balls.any(dim=1)
+            sample_in_ref_manifold[sample_start:sample_stop] |= in_ref_balls.any(dim=0)
+    precision = sample_in_ref_manifold.to(torch.float64).mean().item()
+    recall = ref_in_sample_manifold.to(torch.float64).mean().item()
+    return precision, recall
