@@ -103,33 +103,6 @@ class GuidedDDIMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
     ):
         self._initialize()
 
-    def _pred_original_sample(
-        self,
-        model_output: torch.Tensor,
-        steps: torch.Tensor,
-        sample: torch.Tensor,
-        clip_sample: bool | None,
-        denoised_fn: Callable[[torch.Tensor], torch.Tensor] | None,
-    ) -> torch.Tensor:
-        process = self.sampling_diffusion
-        channels = sample.shape[1]
-        if (
-            not process.learns_variance
-            and model_output.ndim == sample.ndim
-            and model_output.ndim > 1
-            and model_output.shape[1] == 2 * channels
-        ):
-            model_output = model_output[:, :channels]  # a learned-sigma model under a fixed-variance config
-        prediction, _ = process.split_model_output(model_output, sample)
-        return process.pred_original_sample(
-            prediction,
-            sample,
-            steps,
-            clip_denoised=self._clip_settings(clip_sample),
-            denoised_fn=denoised_fn,
-            clip_range=self.config.clip_sample_range,
-        )
-
     def step(
         self,
         model_output: torch.Tensor,
@@ -166,7 +139,7 @@ class GuidedDDIMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
             raise ValueError(f"eta must be non-negative, got {eta}")
         process = self.sampling_diffusion
         steps = self._to_process_steps(timestep, sample)
-        pred_original_sample = self._pred_original_sample(model_output, steps, sample, clip_sample, denoised_fn)
+        pred_original_sample = self.pred_original_sample(model_output, timestep, sample, clip_sample, denoised_fn)
         if guidance_gradient is not None:
             if guidance_gradient.shape != sample.shape:
                 raise ValueError(
@@ -212,7 +185,7 @@ class GuidedDDIMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
             [`GuidedDDIMInverseOutput`] or `tuple`: (next_sample, pred_original_sample).
         """
         steps = self._to_process_steps(timestep, sample)
-        pred_original_sample = self._pred_original_sample(model_output, steps, sample, clip_sample, denoised_fn)
+        pred_original_sample = self.pred_original_sample(model_output, timestep, sample, clip_sample, denoised_fn)
         next_sample = self.sampling_diffusion.ddim_reverse_step(pred_original_sample, sample, steps)
         if not return_dict:
             return next_sample, pred_original_sample

@@ -4,7 +4,7 @@ and the mapping that builds stock diffusers schedulers from their config."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -142,6 +142,7 @@ class GuidedSchedulerMixin:
         timestep: int | torch.Tensor,
         sample: torch.Tensor,
         clip_sample: bool | None = None,
+        denoised_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x_0 predicted from the model's raw output at an original timestep, differentiable (no ``no_grad`` inside).
 
@@ -153,15 +154,21 @@ class GuidedSchedulerMixin:
             timestep (`int` or `torch.Tensor`): one of ``timesteps``.
             sample (`torch.Tensor`): x_t.
             clip_sample (`bool`, *optional*): clamp to the clipping range (default: the config's ``clip_sample``).
+            denoised_fn (`Callable`, *optional*): applied to x_0 before clipping.
         """
         process = self.sampling_diffusion
         channels = sample.shape[1]
-        if not process.learns_variance and model_output.shape[1] == 2 * channels:
+        if not process.learns_variance and model_output.ndim == sample.ndim and model_output.shape[1] == 2 * channels:
             model_output = model_output[:, :channels]  # a learned-sigma model under a fixed-variance config
         prediction, _ = process.split_model_output(model_output, sample)
         steps = self._to_process_steps(timestep, sample)
         return process.pred_original_sample(
-            prediction, sample, steps, clip_denoised=self._clip_settings(clip_sample), clip_range=self.config.clip_sample_range
+            prediction,
+            sample,
+            steps,
+            clip_denoised=self._clip_settings(clip_sample),
+            denoised_fn=denoised_fn,
+            clip_range=self.config.clip_sample_range,
         )
 
     def scale_model_input(self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None) -> torch.Tensor:
