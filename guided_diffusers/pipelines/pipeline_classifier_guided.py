@@ -14,11 +14,10 @@ from .sampling import (
     check_output_type,
     check_step_noise,
     classifier_gradient,
+    denoising_loop,
     initial_latents,
-    model_timestep,
     postprocess_images,
     predict_original_sample,
-    scheduler_step,
     set_sampling_timesteps,
 )
 
@@ -258,8 +257,7 @@ class ClassifierGuidedPipeline(DiffusionPipeline):
             unet_labels = torch.full((batch,), null_class_id(self.unet), device=device, dtype=torch.long)
         text = self._clip_text_embeddings(prompt, batch, device) if prompt is not None else None
 
-        for i, t in enumerate(self.progress_bar(timesteps)):
-            t_model = model_timestep(self.scheduler, t)
+        def predict(x: torch.Tensor, t: torch.Tensor, t_model: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             if text is not None:
                 output, gradient = self._clip_gradient(x, t, t_model, unet_labels, guidance_scale, text, clip_guidance_scale)
             else:
@@ -267,22 +265,12 @@ class ClassifierGuidedPipeline(DiffusionPipeline):
             if classifier_scale:
                 class_gradient = classifier_gradient(self.classifier, x, t_model, labels, classifier_scale)
                 gradient = class_gradient if gradient is None else gradient + class_gradient
-            x, pred_x0 = scheduler_step(
-                self.scheduler,
-                output,
-                t,
-                x,
-                guidance_gradient=gradient,
-                eta=eta,
-                clip_denoised=clip_denoised,
-                generator=generator,
-                variance_noise=None if step_noise is None else step_noise[i].to(device, torch.float32),
-            )
-            if callback_on_step_end is not None:
-                available = {"latents": x, "pred_original_sample": pred_x0}
-                result = callback_on_step_end(self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs})
-                x = (result or {}).get("latents", x)
+            return output, gradient
 
+        x = denoising_loop(
+            self, x, timesteps, predict, eta=eta, clip_denoised=clip_denoised, generator=generator, step_noise=step_noise,
+            callback_on_step_end=callback_on_step_end, callback_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
         images = postprocess_images(x, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

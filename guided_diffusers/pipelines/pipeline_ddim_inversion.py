@@ -11,7 +11,14 @@ from diffusers.utils import BaseOutput
 
 from ..schedulers import GuidedDDIMScheduler
 from .labels import ClassLabels, normalize_id2label, resolve_class_labels
-from .sampling import check_output_type, classifier_gradient, postprocess_images, set_sampling_timesteps, to_model_input
+from .sampling import (
+    check_output_type,
+    classifier_gradient,
+    denoising_loop,
+    postprocess_images,
+    set_sampling_timesteps,
+    to_model_input,
+)
 
 
 @dataclass
@@ -97,13 +104,12 @@ class DDIMInversionPipeline(DiffusionPipeline):
         labels = self._labels(class_labels, latents.shape[0], "class_labels")
         if classifier_scale and (self.classifier is None or labels is None):
             raise ValueError("expected a classifier and class_labels for classifier_scale, got " + ("no classifier" if self.classifier is None else "no labels"))
-        x = latents.float()
-        for t in self.progress_bar(self.scheduler.timesteps):
-            gradient = None
-            if classifier_scale:
-                gradient = classifier_gradient(self.classifier, x, self.scheduler.model_timestep(t), labels, classifier_scale)
-            x = self.scheduler.step(self._model_output(x, t, labels), t, x, eta=0.0, guidance_gradient=gradient, clip_sample=clip_denoised).prev_sample
-        return x
+
+        def predict(x: torch.Tensor, t: torch.Tensor, t_model: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            gradient = classifier_gradient(self.classifier, x, t_model, labels, classifier_scale) if classifier_scale else None
+            return self._model_output(x, t, labels), gradient
+
+        return denoising_loop(self, latents.float(), self.scheduler.timesteps, predict, eta=0.0, clip_denoised=clip_denoised)
 
     @torch.no_grad()
     def __call__(

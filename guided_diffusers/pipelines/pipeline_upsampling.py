@@ -12,10 +12,9 @@ from .labels import ClassLabels, normalize_id2label, resolve_class_labels
 from .sampling import (
     check_output_type,
     check_step_noise,
+    denoising_loop,
     initial_latents,
-    model_timestep,
     postprocess_images,
-    scheduler_step,
     set_sampling_timesteps,
     to_model_input,
 )
@@ -103,15 +102,15 @@ class ADMUpsamplingPipeline(DiffusionPipeline):
         x = initial_latents(latents, shape, generator, device)
         low_res = low_res.to(device)
         kwargs = {"class_labels": labels.to(device)} if labels is not None else {}
-        for i, t in enumerate(self.progress_bar(timesteps)):
-            output = self.unet(x.to(self.unet.dtype), model_timestep(self.scheduler, t), low_res=low_res.to(self.unet.dtype), **kwargs).sample.float()
-            x, pred_x0 = scheduler_step(
-                self.scheduler, output, t, x, eta=eta, clip_denoised=clip_denoised, generator=generator,
-                variance_noise=None if step_noise is None else step_noise[i].to(device, torch.float32),
-            )
-            if callback_on_step_end is not None:
-                result = callback_on_step_end(self, i, t, {"latents": x, "pred_original_sample": pred_x0})
-                x = (result or {}).get("latents", x)
+        low_res = low_res.to(self.unet.dtype)
+
+        def predict(x: torch.Tensor, t: torch.Tensor, t_model: torch.Tensor) -> tuple[torch.Tensor, None]:
+            return self.unet(x.to(self.unet.dtype), t_model, low_res=low_res, **kwargs).sample.float(), None
+
+        x = denoising_loop(
+            self, x, timesteps, predict, eta=eta, clip_denoised=clip_denoised, generator=generator, step_noise=step_noise,
+            callback_on_step_end=callback_on_step_end,
+        )
         images = postprocess_images(x, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -130,6 +130,49 @@ def scheduler_step(
     return output.prev_sample, pred_original_sample
 
 
+Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+"""(x_t, t, model_timestep) -> (model output in float32, guidance gradient or None)."""
+
+
+def denoising_loop(
+    pipeline: DiffusionPipeline,
+    x: torch.Tensor,
+    timesteps: torch.Tensor,
+    predict: Predictor,
+    *,
+    eta: float = 0.0,
+    clip_denoised: bool = True,
+    generator: Any = None,
+    step_noise: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+    callback_tensor_inputs: Sequence[str] = ("latents", "pred_original_sample"),
+) -> torch.Tensor:
+    """The reverse chain every sampling pipeline runs: predict, step (with guidance), call back; returns x_0.
+
+    Args:
+        pipeline: gives the scheduler and the progress bar.
+        x (`torch.Tensor`): x_T, float32.
+        timesteps (`torch.Tensor`): the scheduler's timesteps, descending.
+        predict (`Callable`): the model output and guidance gradient at (x_t, t, model timestep).
+        eta, clip_denoised, generator: as in [`scheduler_step`].
+        step_noise (*optional*): the noise of every step instead of drawing it.
+        callback_on_step_end (`Callable`, *optional*): ``callback(pipeline, step, t, tensors)``; may return
+            ``{"latents": ...}`` to replace x.
+        callback_tensor_inputs: which of ``latents`` and ``pred_original_sample`` the callback gets.
+    """
+    for i, t in enumerate(pipeline.progress_bar(timesteps)):
+        output, gradient = predict(x, t, model_timestep(pipeline.scheduler, t))
+        x, pred_x0 = scheduler_step(
+            pipeline.scheduler, output, t, x, guidance_gradient=gradient, eta=eta, clip_denoised=clip_denoised,
+            generator=generator, variance_noise=None if step_noise is None else step_noise[i].to(x.device, torch.float32),
+        )
+        if callback_on_step_end is not None:
+            available = {"latents": x, "pred_original_sample": pred_x0}
+            result = callback_on_step_end(pipeline, i, t, {k: available[k] for k in callback_tensor_inputs})
+            x = (result or {}).get("latents", x)
+    return x
+
+
 def classifier_gradient(
     classifier: torch.nn.Module, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor, scale: float
 ) -> torch.Tensor:
