@@ -12,7 +12,7 @@ TORCH_CPU_WHEEL := $(firstword $(wildcard /opt/wheels/torch-$(TORCH_VERSION)*.wh
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: test setup clean
+.PHONY: test setup clean app
 
 setup: $(STAMP)
 
@@ -28,6 +28,13 @@ endif
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The web demo on http://127.0.0.1:$(APP_PORT) (loopback only): the digits pipeline of `make demo` by default.
+APP_PIPELINE ?= demo_output/pipeline
+APP_PORT ?= 7860
+
+app: $(STAMP)
+	GRADIO_ANALYTICS_ENABLED=False $(PY) scripts/app.py --pipeline $(APP_PIPELINE) --host 127.0.0.1 --port $(APP_PORT)
 
 clean:
 	rm -rf $(VENV)

@@ -133,8 +133,16 @@ class ClassifierGuidedPipeline(DiffusionPipeline):
 
     # -- guidance -------------------------------------------------------------------------------------------------
 
-    def _unet_output(self, x: torch.Tensor, t_model: torch.Tensor, labels: torch.Tensor | None, guidance_scale: float | None) -> torch.Tensor:
-        """The U-Net's output, in float32; with classifier-free guidance, conditional and unconditional in one batch."""
+    def unet_output(self, x: torch.Tensor, t_model: torch.Tensor, labels: torch.Tensor | None, guidance_scale: float | None) -> torch.Tensor:
+        """The U-Net's output at x_t in float32; with classifier-free guidance, conditional and unconditional in one batch.
+
+        Args:
+            x (`torch.Tensor`): x_t.
+            t_model (`torch.Tensor`): the model-facing timestep (``scheduler.model_timestep(t)``).
+            labels (`torch.Tensor`, *optional*): the U-Net's class labels (None for unconditional U-Nets).
+            guidance_scale (`float`, *optional*): the classifier-free guidance weight; the variance channels of a
+                learned-sigma model are the conditional ones, as GLIDE does.
+        """
         unet = self.unet
         x_in = x.to(unet.dtype)
         if guidance_scale is None:
@@ -163,7 +171,7 @@ class ClassifierGuidedPipeline(DiffusionPipeline):
         """Model output and the gradient of the CLIP similarity of the predicted x_0 to the prompt, w.r.t. x_t."""
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
-            output = self._unet_output(x_in, t_model, labels, guidance_scale)
+            output = self.unet_output(x_in, t_model, labels, guidance_scale)
             pred_x0 = predict_original_sample(self.scheduler, output, t, x_in)
             size = self.clip_model.config.vision_config.image_size
             images = F.interpolate((pred_x0.clamp(-1, 1) + 1) / 2, size=(size, size), mode="bilinear", align_corners=False)
@@ -261,7 +269,7 @@ class ClassifierGuidedPipeline(DiffusionPipeline):
             if text is not None:
                 output, gradient = self._clip_gradient(x, t, t_model, unet_labels, guidance_scale, text, clip_guidance_scale)
             else:
-                output, gradient = self._unet_output(x, t_model, unet_labels, guidance_scale), None
+                output, gradient = self.unet_output(x, t_model, unet_labels, guidance_scale), None
             if classifier_scale:
                 class_gradient = classifier_gradient(self.classifier, x, t_model, labels, classifier_scale)
                 gradient = class_gradient if gradient is None else gradient + class_gradient

@@ -1,0 +1,305 @@
+"""The Gradio page of the web demo: controls, Generate, and Denoise / Diffuse / Reset over a :class:`DenoisingChain`.
+
+Served on loopback only, with Gradio's analytics off and no share link; every asset the page needs (fonts included)
+comes from the local server, so it renders with no network.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Gradio reads this when it is imported: no usage reports or version checks leave the machine.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import gradio as gr  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from .chain import DenoisingChain, Guidance  # noqa: E402
+from .images import to_grid_image  # noqa: E402
+from .options import UNCONDITIONAL, PipelineOptions, load_pipeline, parse_class_choice  # noqa: E402
+
+DEFAULT_PIPELINE = "demo_output/pipeline"
+
+__all__ = ["DEFAULT_PIPELINE", "build_demo", "check_loopback", "launch", "pipeline_message"]
+
+# Loaded pipelines by resolved folder, shared read-only by every visitor (each chain has its own scheduler).
+_PIPELINES: dict[str, Any] = {}
+_PIPELINES_LOCK = threading.Lock()
+
+
+def _get_pipeline(path: str) -> Any:
+    key = str(Path(path).expanduser().resolve())
+    with _PIPELINES_LOCK:
+        if key not in _PIPELINES:
+            _PIPELINES[key] = load_pipeline(key)
+        return _PIPELINES[key]
+
+
+def pipeline_message(path: str) -> tuple[Any | None, str]:
+    """Try to load ``path``; returns (pipeline or None, a Markdown line saying what was loaded or why not).
+
+    Args:
+        path: the pipeline folder.
+    """
+    try:
+        pipeline = _get_pipeline(path)
+    except FileNotFoundError:
+        other = "a pipeline folder (one written by `save_pretrained` or a converter) above and press *Load*"
+        if path == DEFAULT_PIPELINE:
+            hint = f"Run `make demo` to train and save the digits pipeline there, or enter {other}."
+        else:
+            hint = f"Enter {other}."
+        return None, f"**No pipeline folder at `{path}`.** {hint}"
+    except Exception as error:  # a broken folder must not take the page down: say what went wrong
+        return None, f"**Could not load `{path}`:** {error}"
+    options = PipelineOptions.from_pipeline(pipeline)
+    guidance = [name for name, on in (("classifier", options.has_classifier), ("classifier-free", options.has_null_class)) if on]
+    classes = sum(1 for _, value in options.class_choices if value != UNCONDITIONAL)
+    return pipeline, (
+        f"Loaded `{path}`: {options.image_size}x{options.image_size} px, "
+        f"{f'{classes} classes' if classes else 'unconditional'}, T = {options.num_train_timesteps}, "
+        f"guidance: {', '.join(guidance) or 'none'}."
+    )
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The UI's values, as the chain needs them."""
+
+    path: str
+    class_choice: Any
+    classifier_scale: float
+    guidance_scale: float
+    scheduler: str
+    steps: int
+    eta: float
+    batch_size: int
+    seed: int
+
+    def grid(self) -> tuple:
+        """What fixes a chain: changing any of these starts a fresh one. Guidance may change between steps."""
+        eta = float(self.eta or 0.0) if self.scheduler == "ddim" else 0.0
+        # A cleared number box arrives as None: fall back to the defaults shown at first.
+        return (self.path, self.scheduler, int(self.steps or 1), eta, int(self.batch_size or 1), int(self.seed or 0))
+
+    def guidance(self, options: PipelineOptions) -> Guidance:
+        label = parse_class_choice(self.class_choice)
+        if label is None:  # unconditional: there is nothing to guide toward
+            return Guidance()
+        classifier_scale = float(self.classifier_scale) if options.has_classifier else 0.0
+        # w = 1 is plain conditional sampling: skip the second (unconditional) U-Net pass.
+        guidance_scale = float(self.guidance_scale) if options.has_null_class and float(self.guidance_scale) != 1.0 else None
+        return Guidance(class_label=label, classifier_scale=classifier_scale, guidance_scale=guidance_scale)
+
+
+@dataclass
+class _Session:
+    """One visitor's chain and the grid it was made for."""
+
+    chain: DenoisingChain
+    grid: tuple
+
+
+def _new_session(settings: _Settings) -> _Session:
+    pipeline, message = pipeline_message(settings.path)
+    if pipeline is None:
+        raise gr.Error(message.replace("*", "").replace("`", ""))
+    path, scheduler, steps, eta, batch_size, seed = settings.grid()
+    try:
+        chain = DenoisingChain(pipeline, scheduler=scheduler, num_inference_steps=steps, eta=eta, batch_size=batch_size, seed=seed)
+    except ValueError as error:
+        raise gr.Error(str(error)) from None
+    return _Session(chain=chain, grid=settings.grid())
+
+
+def _render(session: _Session, settings: _Settings, note: str = "") -> tuple[_Session, Image.Image, Image.Image, str]:
+    chain = session.chain
+    options = PipelineOptions.from_pipeline(chain.pipeline)
+    try:
+        pred_x0 = chain.pred_original_sample(settings.guidance(options))
+    except ValueError as error:
+        raise gr.Error(str(error)) from None
+    path, scheduler, steps, eta, batch_size, seed = session.grid
+    eta_text = f", eta {eta:g}" if scheduler == "ddim" else ""
+    status = (
+        f"### {chain.describe()}\n{scheduler.upper()}, {chain.num_steps} steps{eta_text}, seed {seed}, "
+        f"{batch_size} image{'s' if batch_size > 1 else ''}{note}"
+    )
+    return session, to_grid_image(chain.sample), to_grid_image(pred_x0), status
+
+
+def _session_for(state: _Session | None, settings: _Settings) -> tuple[_Session, str]:
+    """The visitor's chain, or a fresh one when there is none yet or its grid settings changed."""
+    if state is not None and state.grid == settings.grid():
+        return state, ""
+    note = " · settings changed: started from a fresh x_T" if state is not None else ""
+    return _new_session(settings), note
+
+
+def _run(action: str, state: _Session | None, count: float | None, *values: Any) -> tuple:
+    settings = _Settings(*values)
+    note = ""
+    if action in ("generate", "reset"):
+        session = _new_session(settings)
+    else:
+        session, note = _session_for(state, settings)
+    chain = session.chain
+    options = PipelineOptions.from_pipeline(chain.pipeline)
+    try:
+        if action == "generate":
+            chain.denoise(chain.num_steps, settings.guidance(options))
+        elif action == "denoise":
+            chain.denoise(int(count or 0), settings.guidance(options))
+        elif action == "diffuse":
+            chain.diffuse(int(count or 0))
+    except ValueError as error:
+        raise gr.Error(str(error)) from None
+    return _render(session, settings, note)
+
+
+def _control_updates(path: str) -> tuple:
+    """New values for the pipeline-dependent controls after loading ``path``."""
+    pipeline, message = pipeline_message(path)
+    if pipeline is None:
+        return (path, None, message, gr.Dropdown(choices=[], value=None), gr.Slider(), gr.Slider(), gr.Slider())
+    options = PipelineOptions.from_pipeline(pipeline)
+    return (
+        path,
+        None,  # a new folder: drop the old chain
+        message,
+        gr.Dropdown(choices=list(options.class_choices), value=options.default_class),
+        gr.Slider(interactive=options.has_classifier, value=options.default_classifier_scale),
+        gr.Slider(interactive=options.has_null_class, value=3.0 if options.has_null_class else 1.0),
+        gr.Slider(maximum=options.num_train_timesteps, value=options.default_steps),
+    )
+
+
+def build_demo(pipeline_path: str = DEFAULT_PIPELINE) -> gr.Blocks:
+    """The page, for the pipeline folder ``pipeline_path`` (any other can be loaded from the page).
+
+    Args:
+        pipeline_path: the folder loaded at first; when it is absent the page says so and how to make it.
+    """
+    pipeline, message = pipeline_message(pipeline_path)
+    options = PipelineOptions.from_pipeline(pipeline) if pipeline is not None else None
+
+    with gr.Blocks(title="guided_diffusers: step through the chain", analytics_enabled=False) as demo:
+        gr.Markdown(
+            "# guided_diffusers: sample, and step through the chain\n"
+            "Pick a class and the guidance, then **Generate** a batch; or walk the chain by hand: **Reset** draws "
+            "x_T from the seed, **Denoise N steps** takes N reverse steps with the chosen guidance, **Diffuse N "
+            "steps** adds noise back up the same grid, from the current x_t. Changing the class or scales between "
+            "steps steers the rest of the chain; changing the scheduler, steps, eta, batch or seed starts afresh."
+        )
+        path_state = gr.State(pipeline_path)
+        chain_state = gr.State(None)
+        with gr.Row():
+            path_box = gr.Textbox(value=pipeline_path, label="Pipeline folder", scale=4, elem_id="pipeline-path")
+            load_button = gr.Button("Load", scale=1, elem_id="load-btn")
+        info = gr.Markdown(message, elem_id="pipeline-info")
+        with gr.Row():
+            with gr.Column():
+                class_choice = gr.Dropdown(
+                    choices=list(options.class_choices) if options else [],
+                    value=options.default_class if options else None,
+                    label="Class",
+                    elem_id="class-choice",
+                )
+                classifier_scale = gr.Slider(
+                    0.0, 20.0, step=0.5, label="Classifier scale (noisy classifier's gradient; 0 = off)",
+                    value=options.default_classifier_scale if options else 0.0,
+                    interactive=bool(options and options.has_classifier),
+                )
+                guidance_scale = gr.Slider(
+                    0.0, 10.0, step=0.5, label="Guidance scale (classifier-free; 1 = plain conditional)",
+                    value=3.0 if options and options.has_null_class else 1.0,
+                    interactive=bool(options and options.has_null_class),
+                )
+            with gr.Column():
+                scheduler = gr.Radio([("DDPM", "ddpm"), ("DDIM", "ddim")], value="ddpm", label="Scheduler")
+                steps = gr.Slider(
+                    1, options.num_train_timesteps if options else 1000, step=1, label="Steps (respacing)",
+                    value=options.default_steps if options else 50,
+                )
+                eta = gr.Slider(0.0, 1.0, step=0.1, value=0.0, label="eta (DDIM only; 0 = deterministic)")
+                with gr.Row():
+                    batch_size = gr.Slider(1, 16, step=1, value=4, label="Images")
+                    seed = gr.Number(value=0, precision=0, label="Seed")
+        with gr.Row():
+            generate_button = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+            reset_button = gr.Button("Reset to x_T", elem_id="reset-btn")
+        with gr.Row():
+            count = gr.Number(value=1, precision=0, minimum=1, label="N", scale=1, elem_id="step-count")
+            denoise_button = gr.Button("Denoise N steps", scale=2, elem_id="denoise-btn")
+            diffuse_button = gr.Button("Diffuse N steps", scale=2, elem_id="diffuse-btn")
+        status = gr.Markdown("Press **Generate** or **Reset** to start.", elem_id="step-counter")
+        with gr.Row():
+            image_args = dict(type="pil", format="png", interactive=False, height=320, buttons=["download", "fullscreen"])
+            sample_image = gr.Image(label="x_t (the current sample)", elem_id="xt-image", **image_args)
+            x0_image = gr.Image(label="predicted x_0 (from this x_t)", elem_id="x0-image", **image_args)
+
+        settings = [path_state, class_choice, classifier_scale, guidance_scale, scheduler, steps, eta, batch_size, seed]
+        outputs = [chain_state, sample_image, x0_image, status]
+        for button, action in (
+            (generate_button, "generate"),
+            (reset_button, "reset"),
+            (denoise_button, "denoise"),
+            (diffuse_button, "diffuse"),
+        ):
+            button.click(
+                functools.partial(_run, action),
+                inputs=[chain_state, count, *settings],
+                outputs=outputs,
+                api_name=action,
+            )
+        load_outputs = [path_state, chain_state, info, class_choice, classifier_scale, guidance_scale, steps]
+        load_button.click(_control_updates, inputs=[path_box], outputs=load_outputs, api_name="load")
+        path_box.submit(_control_updates, inputs=[path_box], outputs=load_outputs, api_name=False)
+    return demo
+
+
+def check_loopback(host: str) -> None:
+    """Refuse any address but loopback: the demo is for this machine only.
+
+    Args:
+        host: the address to bind (``127.0.0.1``, ``localhost``, ``::1``).
+    """
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"expected a loopback address to bind (127.0.0.1, localhost, ::1), got {host!r}")
+
+
+def launch(pipeline_path: str = DEFAULT_PIPELINE, host: str = "127.0.0.1", port: int = 7860, **kwargs: Any) -> None:
+    """Serve the page on ``host``:``port`` until interrupted.
+
+    Args:
+        pipeline_path: the folder loaded at first.
+        host: a loopback address.
+        port: the port.
+        kwargs: further ``gr.Blocks.launch`` arguments (e.g. ``prevent_thread_lock=True`` for tests).
+    """
+    check_loopback(host)
+    demo = build_demo(pipeline_path)
+    demo.queue(default_concurrency_limit=1)  # one chain step at a time: the 2-core CPU is the bottleneck
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        ssr_mode=False,
+        pwa=False,
+        mcp_server=False,
+        enable_monitoring=False,
+        show_error=True,
+        **kwargs,
+    )
