@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     path = run_sampling_job(pipeline, job, args.output_dir, accelerator)
     if path is not None:
-        print(f"saved {args.num_samples} samples to {path}")
+        print(f"saved {args.num_samples} samples to {path}; sampled with {accelerator.num_processes} processes")
 
 
 if __name__ == "__main__":

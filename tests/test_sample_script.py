@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from launch import accelerate_cpu_launcher
+
 from guided_diffusers import ADMUNet2DModel, ClassifierGuidedPipeline, GuidedDDPMScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +34,11 @@ def test_one_and_two_processes_give_the_same_samples(tmp_path):
     _save_pipeline(tmp_path / "pipe")
     common = ["--pipeline", str(tmp_path / "pipe"), "--num_samples", "5", "--batch_size", "2", "--seed", "7"]
     _run([sys.executable, str(ROOT / "scripts" / "sample.py"), *common, "--output_dir", str(tmp_path / "one")], ROOT)
-    _run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "scripts" / "sample.py"), *common,
-          "--output_dir", str(tmp_path / "two")], ROOT)
+    launcher, env = accelerate_cpu_launcher(2)
+    two = subprocess.run([*launcher, str(ROOT / "scripts" / "sample.py"), *common, "--output_dir", str(tmp_path / "two")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "sampled with 2 processes" in two.stdout
     one = np.load(tmp_path / "one" / "samples_5x8x8x3.npz")
     two = np.load(tmp_path / "two" / "samples_5x8x8x3.npz")
     assert one["arr_0"].dtype == np.uint8 and one["arr_0"].shape == (5, 8, 8, 3)
