@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from ..models import ADMClassifier
 from ..pipelines import ADMUpsamplingPipeline, ClassifierGuidedPipeline, imagenet_id2label
 from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler, scheduler_config_from_diffusion_flags
 from .flags import NUM_CLASSES, given_flags, parse_flags

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D
 from torch import nn
@@ -61,6 +62,15 @@ class ADMBlockSettings:
         if self.resblock_updown:
             return self.resnet(channels, channels, up=True)
         return Upsample2D(channels, use_conv=self.conv_resample, out_channels=channels)
+
+
+def timestep_embedding_layers(model_channels: int) -> tuple[Timesteps, TimestepEmbedding]:
+    """ADM's timestep embedding: cos-then-sin sinusoids of width ``model_channels`` (not the first level's width,
+    which differs with fractional multipliers), then Linear-SiLU-Linear to ``4 * model_channels``."""
+    return (
+        Timesteps(model_channels, flip_sin_to_cos=True, downscale_freq_shift=0),
+        TimestepEmbedding(model_channels, 4 * model_channels),
+    )
 
 
 def attention_heads(channels: int, num_heads: int, num_head_channels: int | None) -> int:

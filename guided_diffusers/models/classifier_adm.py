@@ -8,12 +8,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from .blocks import ADMBlockSettings, attention_heads, build_encoder
+from .blocks import ADMBlockSettings, attention_heads, build_encoder, timestep_embedding_layers
 from .unet_adm import broadcast_timesteps
 
 POOLING_HEADS = ("attention", "adaptive", "spatial", "spatial_v2")
@@ -132,8 +131,7 @@ class ADMClassifier(ModelMixin, ConfigMixin):
         if pool == "attention" and num_head_channels is None:
             raise ValueError("expected num_head_channels for attention pooling, got None")
         time_embed_dim = 4 * model_channels
-        self.time_proj = Timesteps(model_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.time_embedding = TimestepEmbedding(model_channels, time_embed_dim)
+        self.time_proj, self.time_embedding = timestep_embedding_layers(model_channels)
         settings = ADMBlockSettings(
             temb_channels=time_embed_dim,
             dropout=dropout,

@@ -7,11 +7,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.unets.unet_2d import UNet2DModel, UNet2DOutput
 from torch import nn
 
-from .blocks import ADMBlockSettings, ADMUpBlock2D, attention_heads, build_encoder
+from .blocks import ADMBlockSettings, ADMUpBlock2D, attention_heads, build_encoder, timestep_embedding_layers
 
 
 def broadcast_timesteps(timestep: torch.Tensor | float | int, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -100,8 +99,7 @@ class ADMUNet2DModel(UNet2DModel):
         self.sample_size = sample_size
         time_embed_dim = 4 * model_channels
 
-        self.time_proj = Timesteps(model_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.time_embedding = TimestepEmbedding(model_channels, time_embed_dim)
+        self.time_proj, self.time_embedding = timestep_embedding_layers(model_channels)
         null_class = 1 if num_classes and class_dropout_prob > 0 else 0
         self.class_embedding = nn.Embedding(num_classes + null_class, time_embed_dim) if num_classes else None
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .gaussian import BETA_SCHEDULES, MEAN_TYPES, VARIANCE_TYPES, GaussianDiffusion, get_beta_schedule, space_timesteps
+from .gaussian import BETA_SCHEDULES, MEAN_TYPES, VARIANCE_TYPES, GaussianDiffusion, space_timesteps
 
 __all__ = ["GuidedSchedulerMixin", "diffusers_scheduler_kwargs", "to_diffusers_scheduler"]
 
@@ -231,13 +231,7 @@ def diffusers_scheduler_kwargs(
             f"stock diffusers schedulers take prediction_type 'epsilon' or 'sample', got {prediction_type!r}"
         )
     num_train_timesteps = config.get("num_train_timesteps", 1000)
-    betas = get_beta_schedule(
-        config.get("beta_schedule", "linear"),
-        num_train_timesteps,
-        beta_start=config.get("beta_start", 0.0001),
-        beta_end=config.get("beta_end", 0.02),
-        trained_betas=config.get("trained_betas"),
-    )
+    betas = GaussianDiffusion.from_config(config).betas
     variance_type = config.get("variance_type", "fixed_small")
     candidates: dict[str, Any] = {
         "num_train_timesteps": num_train_timesteps,
