@@ -51,6 +51,8 @@ _GUIDED_CLASSIFIER = dict(
     classifier_use_scale_shift_norm=True,
     classifier_resblock_updown=True,
     classifier_pool="attention",
+    # Not one of the originals' flags: their classifiers take channel_mult from the image size (64 to 512 px only).
+    classifier_channel_mult="",
 )
 _IMPROVED_MODEL = dict(
     image_size=64,
@@ -248,9 +250,16 @@ def unet_kwargs_from_flags(flags: str | Mapping[str, Any] | None, source: str = 
 
 
 def classifier_kwargs_from_flags(flags: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    """guided-diffusion's create_classifier: the EncoderUNetModel constructor kwargs."""
+    """guided-diffusion's create_classifier: the EncoderUNetModel constructor kwargs.
+
+    ``classifier_channel_mult`` (ours, e.g. ``"1,2"``) gives the levels explicitly for sizes the original's table lacks.
+    """
     f = parse_flags(flags, "guided-diffusion")
     image_size = f["image_size"]
+    if f["classifier_channel_mult"]:
+        channel_mult = tuple(int(m) for m in str(f["classifier_channel_mult"]).split(","))
+    else:
+        channel_mult = _default_channel_mult(image_size, _GUIDED_CLASSIFIER_MULT, "image_size")
     return dict(
         image_size=image_size,
         in_channels=3,
@@ -258,7 +267,7 @@ def classifier_kwargs_from_flags(flags: str | Mapping[str, Any] | None) -> dict[
         out_channels=NUM_CLASSES,
         num_res_blocks=f["classifier_depth"],
         attention_resolutions=_attention_downsample_factors(f["classifier_attention_resolutions"], image_size),
-        channel_mult=_default_channel_mult(image_size, _GUIDED_CLASSIFIER_MULT, "image_size"),
+        channel_mult=channel_mult,
         num_head_channels=64,
         use_scale_shift_norm=f["classifier_use_scale_shift_norm"],
         resblock_updown=f["classifier_resblock_updown"],

@@ -99,6 +99,7 @@ class ADMClassifier(ModelMixin, ConfigMixin):
         pool (`str`, defaults to ``"attention"``): The head: ``attention``, ``adaptive``, ``spatial`` or ``spatial_v2``.
         norm_num_groups (`int`, defaults to 32): Groups of every GroupNorm.
         norm_eps (`float`, defaults to 1e-5): Epsilon of every GroupNorm.
+        id2label (`dict`, *optional*): class names by id (kept in the config only).
     """
 
     _supports_gradient_checkpointing = True
@@ -122,6 +123,7 @@ class ADMClassifier(ModelMixin, ConfigMixin):
         pool: str = "attention",
         norm_num_groups: int = 32,
         norm_eps: float = 1e-5,
+        id2label: dict[str, str] | None = None,
     ):
         super().__init__()
         if pool not in POOLING_HEADS:

@@ -51,6 +51,18 @@ class ScheduleSampler(ABC):
     def weights(self) -> np.ndarray:
         """Unnormalised positive float64 weights, one per timestep."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a training checkpoint keeps of the sampler (nothing for a fixed distribution)."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore [`state_dict`]'s output (a fixed distribution has no state)."""
+        if state_dict:
+            raise ValueError(
+                f"expected an empty state for {type(self).__name__}, got keys {sorted(state_dict)} "
+                "(a checkpoint of another schedule sampler?)"
+            )
+
     def sample(
         self, batch_size: int, device: str | torch.device | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,6 +172,28 @@ class LossSecondMomentResampler(LossAwareSampler):
         self.uniform_prob = uniform_prob
         self.loss_history = np.zeros([self.num_timesteps, history_per_term], dtype=np.float64)
         self.loss_counts = np.zeros([self.num_timesteps], dtype=np.int64)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loss history and counts, as tensors (so checkpoints load with ``weights_only``)."""
+        return {
+            "loss_history": torch.from_numpy(self.loss_history.copy()),
+            "loss_counts": torch.from_numpy(self.loss_counts.copy()),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a [`state_dict`] of a sampler with the same number of timesteps and history length."""
+        expected = (self.num_timesteps, self.history_per_term)
+        if set(state_dict) != {"loss_history", "loss_counts"}:
+            raise ValueError(
+                f"expected a LossSecondMomentResampler state with loss_history and loss_counts, got keys {sorted(state_dict)}"
+            )
+        history = torch.as_tensor(state_dict["loss_history"]).numpy()
+        if tuple(history.shape) != expected:
+            raise ValueError(
+                f"expected a loss history of shape {expected} (timesteps, history_per_term), got {tuple(history.shape)}"
+            )
+        self.loss_history = history.astype(np.float64, copy=True)
+        self.loss_counts = torch.as_tensor(state_dict["loss_counts"]).numpy().astype(np.int64, copy=True)
 
     def warmed_up(self) -> bool:
         """Whether every timestep has a full loss history."""

@@ -1,0 +1,219 @@
+"""Command lines of the three training scripts: diffusers' training-example names for the loop, the originals'
+flag names (and values: ``--class_cond True``) for the model and the diffusion process.
+
+The model and process flags are kept as the strings given (None when not given), so that
+[`guided_diffusers.conversion.flags`] types them and applies each source's own defaults, exactly as for a
+converted checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from diffusers.optimization import SchedulerType
+
+from .ema import parse_ema_rates
+
+__all__ = [
+    "CLASSIFIER_FLAGS",
+    "CLASSIFIER_PROCESS_FLAGS",
+    "PROCESS_FLAGS",
+    "TASKS",
+    "UNET_FLAGS",
+    "build_parser",
+    "check_arguments",
+    "given_original_flags",
+    "parse_training_args",
+    "str2bool",
+]
+
+TASKS = ("diffusion", "classifier", "super_res")
+
+# The originals' model flags of a U-Net (image_size / large_size / small_size come from --resolution / --small_size).
+UNET_FLAGS = (
+    "num_channels", "num_res_blocks", "channel_mult", "attention_resolutions", "num_heads", "num_heads_upsample",
+    "num_head_channels", "use_scale_shift_norm", "resblock_updown", "use_new_attention_order", "dropout",
+    "class_cond", "learn_sigma", "use_checkpoint", "use_fp16",
+)  # fmt: skip
+# The originals' diffusion-process flags (create_gaussian_diffusion's, plus the loss flags).
+PROCESS_FLAGS = (
+    "diffusion_steps", "noise_schedule", "sigma_small", "use_kl", "predict_xstart", "rescale_timesteps",
+    "rescale_learned_sigmas",
+)  # fmt: skip
+# guided-diffusion's classifier flags, and the process flags a noisy classifier depends on.
+CLASSIFIER_FLAGS = (
+    "classifier_width", "classifier_depth", "classifier_attention_resolutions", "classifier_use_scale_shift_norm",
+    "classifier_resblock_updown", "classifier_pool", "classifier_use_fp16", "classifier_channel_mult",
+)  # fmt: skip
+CLASSIFIER_PROCESS_FLAGS = ("diffusion_steps", "noise_schedule", "rescale_timesteps")
+
+_DEFAULTS = {
+    "diffusion": dict(output_dir="guided-diffusion-model", learning_rate=1e-4, use_ema=True, resolution_help="64"),
+    "super_res": dict(output_dir="guided-diffusion-upsampler", learning_rate=1e-4, use_ema=True, resolution_help="256"),
+    "classifier": dict(output_dir="guided-diffusion-classifier", learning_rate=3e-4, use_ema=False, resolution_help="64"),
+}
+
+
+def str2bool(value: Any) -> bool:
+    """The originals' boolean flag values: yes/no, true/false, t/f, y/n, 1/0 (any case)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("yes", "true", "t", "y", "1"):
+        return True
+    if text in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {value!r}")
+
+
+def _add_switch(group: argparse._ArgumentGroup, name: str, default: bool, help: str) -> None:
+    """A boolean flag that works bare (diffusers' style, ``--use_ema``) and with a value (the originals', ``--use_ema False``)."""
+    group.add_argument(f"--{name}", type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help)
+
+
+def build_parser(task: str, description: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``scripts/train_{task}.py``.
+
+    Args:
+        task (`str`): ``"diffusion"``, ``"classifier"`` or ``"super_res"``.
+        description (`str`, *optional*): the script's help text.
+    """
+    if task not in TASKS:
+        raise ValueError(f"expected a task in {TASKS}, got {task!r}")
+    defaults = _DEFAULTS[task]
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", default=None, help="a Hub dataset id, a local dataset folder or a save_to_disk folder")
+    data.add_argument("--dataset_config_name", default=None, help="the dataset's configuration")
+    data.add_argument("--train_data_dir", default=None, help="a folder of images, each labelled by its file name's prefix before the first underscore (the originals' --data_dir)")
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--label_column", default="label")
+    data.add_argument("--cache_dir", default=None, help="the datasets cache")
+    size_names = ["--resolution", "--large_size"] if task == "super_res" else ["--resolution", "--image_size"]
+    data.add_argument(*size_names, dest="resolution", type=int, default=None,
+                      help=f"image size the model trains at (default: the --init_pipeline model's, else {defaults['resolution_help']})")
+    if task == "super_res":
+        data.add_argument("--small_size", type=int, default=None, help="the low-resolution input's size (default: the --init_pipeline's, else 64)")
+    _add_switch(data, "random_flip", False, "flip images horizontally at random (guided-diffusion does; improved-diffusion does not)")
+    _add_switch(data, "random_crop", task == "classifier", "the originals' random-resized crop instead of the centre crop")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    if task == "classifier":
+        data.add_argument("--validation_data_dir", "--val_data_dir", dest="validation_data_dir", default=None,
+                          help="held-out images labelled like --train_data_dir (default: hold out --validation_split)")
+        data.add_argument("--validation_split", type=float, default=0.05, help="share of the training images held out for top-1/top-5 accuracy (0: none)")
+        data.add_argument("--validation_steps", type=int, default=5, help="evaluate one held-out batch every N steps (the originals' --eval_interval)")
+        data.add_argument("--validation_batch_size", type=int, default=None, help="default: --train_batch_size")
+
+    loop = parser.add_argument_group("training loop")
+    loop.add_argument("--output_dir", default=defaults["output_dir"])
+    loop.add_argument("--seed", type=int, default=0, help="seeds the model's initialisation, the data order and augmentations, and each process's noise")
+    loop.add_argument("--train_batch_size", type=int, default=16, help="images per process and micro-batch")
+    loop.add_argument("--max_train_steps", type=int, required=True, help="optimizer steps to train for in all (a resumed run counts the steps done)")
+    loop.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step (the originals' --microbatch)")
+    loop.add_argument("--learning_rate", type=float, default=defaults["learning_rate"])
+    loop.add_argument("--lr_scheduler", default="constant", choices=[t.value for t in SchedulerType if t.value != "piecewise_constant"],
+                      help="'linear' over --max_train_steps is the originals' linear anneal (--lr_anneal_steps / --anneal_lr)")
+    loop.add_argument("--lr_warmup_steps", type=int, default=0)
+    loop.add_argument("--adam_beta1", type=float, default=0.9)
+    loop.add_argument("--adam_beta2", type=float, default=0.999)
+    loop.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay (the originals' --weight_decay)")
+    loop.add_argument("--adam_epsilon", type=float, default=1e-8)
+    loop.add_argument("--max_grad_norm", type=float, default=None, help="clip gradients to this norm (default: no clipping, as the originals)")
+    loop.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: accelerate's configuration")
+    loop.add_argument("--checkpointing_steps", type=int, default=10000, help="save a checkpoint every N steps (the originals' --save_interval)")
+    loop.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep at most this many checkpoints")
+    loop.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest' (the newest in --output_dir, if any)")
+    _add_switch(loop, "use_ema", defaults["use_ema"], "keep exponential moving averages of the weights; the saved model gets the first rate's")
+    loop.add_argument("--ema_rate", default="0.9999", help="one or several comma-separated EMA rates, as the originals keep them")
+    loop.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, comet_ml, all or none (logs/metrics.jsonl is always written)")
+    loop.add_argument("--logging_dir", default="logs", help="relative to --output_dir")
+    _add_switch(loop, "push_to_hub", False, "upload the saved model to the Hub")
+    loop.add_argument("--hub_model_id", default=None, help="the Hub repository (default: the name of --output_dir)")
+    loop.add_argument("--hub_token", default=None, help="default: the token of `huggingface-cli login`")
+    _add_switch(loop, "hub_private_repo", False, "create the Hub repository private")
+
+    model = parser.add_argument_group("model (the originals' flags and values)")
+    model.add_argument("--init_pipeline", default=None, help="fine-tune this pipeline folder or Hub id (its model and process) instead of a new model")
+    if task == "classifier":
+        for name in CLASSIFIER_FLAGS:
+            model.add_argument(f"--{name}", default=None, metavar="VALUE")
+        for name in CLASSIFIER_PROCESS_FLAGS:
+            model.add_argument(f"--{name}", default=None, metavar="VALUE")
+        _add_switch(model, "noised", True, "train on noised images x_t at sampled t (False: clean images at t = 0)")
+    else:
+        model.add_argument("--source", choices=["guided-diffusion", "improved-diffusion"], default="guided-diffusion",
+                           help="whose flag defaults apply (improved-diffusion rescales timesteps and learned sigmas by default)")
+        for name in UNET_FLAGS + PROCESS_FLAGS:
+            model.add_argument(f"--{name}", default=None, metavar="VALUE")
+        model.add_argument("--class_dropout_prob", type=float, default=0.0,
+                           help="replace labels by the null class with this probability, for classifier-free guidance")
+    model.add_argument("--schedule_sampler", choices=["uniform", "loss-second-moment"], default="uniform")
+    return parser
+
+
+def given_original_flags(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, str]:
+    """The originals' flags the user gave, ``{name: value}`` (the flag helpers apply the defaults)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def check_arguments(args: argparse.Namespace, task: str) -> None:
+    """Refuse inconsistent or out-of-range arguments with a one-line message, before any work.
+
+    Raises:
+        ValueError: the first problem found.
+    """
+    if (args.dataset_name is None) == (args.train_data_dir is None):
+        raise ValueError(
+            "expected one of --dataset_name or --train_data_dir, got " + ("both" if args.dataset_name else "neither")
+        )
+    positive = {"max_train_steps": args.max_train_steps, "train_batch_size": args.train_batch_size,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps, "checkpointing_steps": args.checkpointing_steps}
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"expected --{name} >= 1, got {value}")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise ValueError(f"expected --checkpoints_total_limit >= 1, got {args.checkpoints_total_limit}")
+    if not args.learning_rate > 0:
+        raise ValueError(f"expected --learning_rate > 0, got {args.learning_rate}")
+    if args.lr_warmup_steps < 0 or args.dataloader_num_workers < 0:
+        raise ValueError(f"expected --lr_warmup_steps and --dataloader_num_workers >= 0, got {args.lr_warmup_steps} and {args.dataloader_num_workers}")
+    if args.max_grad_norm is not None and not args.max_grad_norm > 0:
+        raise ValueError(f"expected --max_grad_norm > 0, got {args.max_grad_norm}")
+    if args.adam_weight_decay < 0:
+        raise ValueError(f"expected --adam_weight_decay >= 0, got {args.adam_weight_decay}")
+    if args.resolution is not None and args.resolution < 1:
+        raise ValueError(f"expected --resolution >= 1, got {args.resolution}")
+    if args.use_ema:
+        parse_ema_rates(args.ema_rate)
+    if args.push_to_hub and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise ValueError("expected the Hub to be reachable for --push_to_hub, got HF_HUB_OFFLINE set")
+    if task == "classifier":
+        if not 0.0 <= args.validation_split < 1.0:
+            raise ValueError(f"expected --validation_split in [0, 1), got {args.validation_split}")
+        if args.validation_steps < 1:
+            raise ValueError(f"expected --validation_steps >= 1, got {args.validation_steps}")
+        if args.validation_batch_size is not None and args.validation_batch_size < 1:
+            raise ValueError(f"expected --validation_batch_size >= 1, got {args.validation_batch_size}")
+    else:
+        if not 0.0 <= args.class_dropout_prob < 1.0:
+            raise ValueError(f"expected --class_dropout_prob in [0, 1), got {args.class_dropout_prob}")
+    if task == "super_res" and args.small_size is not None and args.small_size < 1:
+        raise ValueError(f"expected --small_size >= 1, got {args.small_size}")
+
+
+def parse_training_args(task: str, argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:
+    """Parse and check a training script's command line (``argv``; default ``sys.argv[1:]``).
+
+    Errors in the arguments exit with argparse's usage message and the one-line reason.
+    """
+    parser = build_parser(task, description)
+    args = parser.parse_args(argv)
+    try:
+        check_arguments(args, task)
+    except ValueError as error:
+        parser.error(str(error))
+    args.task = task
+    return args

@@ -1,0 +1,102 @@
+"""Training a diffusion model (``train_diffusion.py``) or an ADM-U upsampler (``train_super_res.py``): the
+originals' losses and timestep sampling; the upsampler learns from the target downsampled by area averaging."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..pipelines import ADMUpsamplingPipeline, ClassifierGuidedPipeline
+from .builders import build_diffusion_setup, original_flag
+from .data import LabelledImages
+from .losses import training_losses
+from .model_card import render_trained_model_card
+from .timestep_samplers import LossAwareSampler, create_named_schedule_sampler
+from .trainer import MicroBatchResult, TrainingTask, load_training_images
+
+__all__ = ["DiffusionTask"]
+
+
+class DiffusionTask(TrainingTask):
+    """A diffusion model (``args.task == "diffusion"``) or a super-resolution model (``"super_res"``).
+
+    The saved folder is a [`ClassifierGuidedPipeline`] / [`ADMUpsamplingPipeline`] with the process's scheduler and
+    the data's class names as ``id2label``.
+    """
+
+    loadable_entry = "model_index.json"
+    loss_key = "loss"
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__(args)
+        self.kind = args.task
+
+    def load_images(self) -> tuple[LabelledImages, None]:
+        return load_training_images(self.args, require_labels=bool(original_flag(self.args, "class_cond"))), None
+
+    def build(self, train_images: LabelledImages) -> nn.Module:
+        setup = build_diffusion_setup(self.args, train_images.num_classes)
+        self.setup = setup
+        self.resolution = setup.resolution
+        self.num_timesteps = setup.scheduler.config.num_train_timesteps
+        self.sampler = create_named_schedule_sampler(self.args.schedule_sampler, self.num_timesteps)
+        self.num_classes = getattr(setup.model.config, "num_classes", None) or None
+        self.null_class = self.num_classes if self.num_classes and self.args.class_dropout_prob > 0 else None
+        self.id2label = (setup.id2label or train_images.id2label) if self.num_classes else None
+        return setup.model
+
+    def checkpoint_objects(self) -> list[Any]:
+        return [self.sampler]
+
+    def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> MicroBatchResult:
+        images = batch["pixel_values"]
+        timesteps, weights = self.sampler.sample(images.shape[0], device=images.device)
+        model_kwargs: dict[str, torch.Tensor] = {}
+        if self.num_classes:
+            labels = batch["class_labels"]
+            if self.null_class is not None:  # label dropout for classifier-free guidance
+                dropped = torch.rand(labels.shape, device=labels.device) < self.args.class_dropout_prob
+                labels = torch.where(dropped, torch.full_like(labels, self.null_class), labels)
+            model_kwargs["class_labels"] = labels
+        if self.setup.low_res_size is not None:
+            size = self.setup.low_res_size
+            model_kwargs["low_res"] = F.interpolate(images, size=(size, size), mode="area")
+        losses = training_losses(
+            self.setup.scheduler, model, images, timesteps, loss_type=self.setup.loss_type, model_kwargs=model_kwargs
+        )
+        if isinstance(self.sampler, LossAwareSampler):
+            self.sampler.update_with_local_losses(timesteps, losses["loss"].detach())
+        # Logged as the originals log them: each term times its importance weight.
+        terms = {key: (value * weights).detach() for key, value in losses.items()}
+        return MicroBatchResult((losses["loss"] * weights).mean(), terms, timesteps)
+
+    def write_output(self, folder: Path, model: nn.Module, extra_models: dict[str, nn.Module], facts: dict[str, Any]) -> None:
+        scheduler = self.setup.scheduler
+        if self.kind == "super_res":
+            pipeline = ADMUpsamplingPipeline(unet=model, scheduler=scheduler, low_res_size=self.setup.low_res_size, id2label=self.id2label)
+        else:
+            pipeline = ClassifierGuidedPipeline(unet=model, scheduler=scheduler, id2label=self.id2label)
+        pipeline.save_pretrained(folder, safe_serialization=True)
+        for name, weights in extra_models.items():
+            weights.save_pretrained(folder / "weights" / name, safe_serialization=True)
+        render_trained_model_card(
+            kind=self.kind,
+            model_name=facts["model_name"],
+            location=facts["location"],
+            resolution=self.resolution,
+            training=facts["training"],
+            dataset=facts["dataset"],
+            hub_dataset_id=facts["hub_dataset_id"],
+            id2label=self.id2label,
+            flags=self.setup.flags,
+            num_timesteps=self.num_timesteps,
+            conditional=bool(self.num_classes),
+            low_res_size=self.setup.low_res_size,
+            results=facts["results"],
+            extra_weights=tuple(extra_models),
+        ).save(folder / "README.md")

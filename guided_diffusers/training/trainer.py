@@ -1,0 +1,516 @@
+"""The training loop the three scripts share, on accelerate: one process or many (DDP, FSDP, DeepSpeed), mixed
+precision, gradient accumulation, EMA, checkpoints that survive a kill, resumption with identical state, logging.
+
+What differs between a diffusion model, an upsampler and a noisy classifier (data, model, loss, evaluation, the
+saved folder) is a [`TrainingTask`]; [`Trainer`] runs any of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import shutil
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpointing import TrainingProgress, list_checkpoints, resolve_resume_checkpoint, save_checkpoint
+from .data import (
+    EpochShuffledBatchSampler,
+    LabelledImages,
+    TrainingImageDataset,
+    find_unreadable_images,
+    images_from_dataset,
+    images_from_folder,
+)
+from .ema import ExponentialMovingAverage, parse_ema_rates
+from .export import publish_folder, push_output_to_hub
+from .metrics import MetricsWriter, available_trackers, summarize_terms
+
+__all__ = ["MicroBatchResult", "Trainer", "TrainingSetupError", "TrainingTask", "load_training_images", "main", "run_training"]
+
+logger = logging.getLogger(__name__)
+
+# Images whose headers are checked before training when they come from a `datasets` dataset (a folder's are all
+# checked: listing them already touched every file).
+_DATASET_IMAGES_CHECKED = 256
+
+
+@dataclass
+class MicroBatchResult:
+    """What a task computes for one micro-batch.
+
+    Attributes:
+        loss (`torch.Tensor`): the scalar to backpropagate.
+        terms (`dict[str, torch.Tensor]`): (batch,) detached values to log (their means and per-quartile means).
+        timesteps (`torch.Tensor`): (batch,) timesteps of the examples, for the per-quartile logs.
+    """
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    timesteps: torch.Tensor
+
+
+class TrainingSetupError(ValueError):
+    """A run refused before training: bad arguments, data or model configuration (the message says which)."""
+
+
+@dataclass
+class _Run:
+    """What the set-up hands to the loop."""
+
+    accelerator: Any
+    model: nn.Module
+    optimizer: Any
+    lr_scheduler: Any
+    ema: ExponentialMovingAverage | None
+    progress: TrainingProgress
+    train_images: LabelledImages
+    resumed: bool
+    recent_losses: deque[float] = field(default_factory=lambda: deque(maxlen=100))
+
+
+def load_training_images(args: argparse.Namespace, require_labels: bool) -> LabelledImages:
+    """The training images of ``--train_data_dir`` or ``--dataset_name``."""
+    if args.train_data_dir:
+        return images_from_folder(args.train_data_dir)
+    return images_from_dataset(
+        args.dataset_name,
+        config_name=args.dataset_config_name,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        require_labels=require_labels,
+        cache_dir=args.cache_dir,
+    )
+
+
+class TrainingTask(ABC):
+    """What one kind of training does; [`Trainer`] calls it in this order: ``load_images``, ``build``,
+    ``checkpoint_objects``, then ``compute_loss`` per micro-batch and ``periodic_evaluation`` per step, then
+    ``final_evaluation`` and ``write_output``.
+
+    Attributes:
+        kind (`str`): ``"diffusion"``, ``"super_res"`` or ``"classifier"``.
+        loadable_entry (`str`): the output entry that makes the folder loadable, published last.
+        loss_key (`str`): the logged term shown on the progress bar and in the card.
+        resolution (`int`): the image size (set by ``build``).
+        num_timesteps (`int`): T of the process (set by ``build``), for the per-quartile logs.
+    """
+
+    kind: str
+    loadable_entry: str
+    loss_key: str = "loss"
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.resolution = 0
+        self.num_timesteps = 1
+
+    @abstractmethod
+    def load_images(self) -> tuple[LabelledImages, LabelledImages | None]:
+        """(training images, held-out images or None)."""
+
+    @abstractmethod
+    def build(self, train_images: LabelledImages) -> nn.Module:
+        """The model to train (and the task's process, sampler, ...); raises on a configuration it cannot train."""
+
+    def checkpoint_objects(self) -> list[Any]:
+        """Objects with ``state_dict``/``load_state_dict`` kept in checkpoints (e.g. the timestep sampler)."""
+        return []
+
+    @abstractmethod
+    def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> MicroBatchResult:
+        """The loss of one micro-batch (called on every process; the model is the prepared one)."""
+
+    def periodic_evaluation(self, accelerator: Any, model: nn.Module, step: int) -> dict[str, float]:
+        """Metrics to log after optimizer step ``step`` (called on every process)."""
+        return {}
+
+    def final_evaluation(self, accelerator: Any, model: nn.Module) -> dict[str, float]:
+        """Results of the final weights, for the output and its card (called on every process)."""
+        return {}
+
+    @abstractmethod
+    def write_output(self, folder: Path, model: nn.Module, extra_models: dict[str, nn.Module], facts: dict[str, Any]) -> None:
+        """Write the trained model's folder (main process only).
+
+        Args:
+            folder (`Path`): an empty folder to write into.
+            model: the model with the weights to publish (the first EMA rate's, else the raw ones), on the CPU.
+            extra_models (`dict`): further weight sets by name (``model``: raw; ``ema_<rate>``), to save under
+                ``weights/``.
+            facts (`dict`): ``training`` (settings for the card), ``results``, ``dataset``, ``hub_dataset_id``,
+                ``location`` (where the card's example loads from), ``model_name``.
+        """
+
+
+def _tracker_config(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in vars(args).items()}
+
+
+def _fresh_copy(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """A new CPU float32 model of ``model``'s class and config holding ``state_dict``."""
+    config = dict(model.config)
+    accepted = inspect.signature(type(model).__init__).parameters
+    init = {key: value for key, value in config.items() if key in accepted}
+    extra = {key: value for key, value in config.items() if key not in accepted and not key.startswith("_")}
+    copy = type(model).from_config(init)
+    if extra:
+        copy.register_to_config(**extra)
+    copy.load_state_dict({key: value.detach().to("cpu", torch.float32) for key, value in state_dict.items()})
+    return copy.eval()
+
+
+class Trainer:
+    """Runs a [`TrainingTask`] with the loop arguments of [`build_parser`](guided_diffusers.training.args).
+
+    Args:
+        args (`argparse.Namespace`): the parsed and checked arguments.
+        task ([`TrainingTask`]): what to train.
+    """
+
+    def __init__(self, args: argparse.Namespace, task: TrainingTask):
+        self.args = args
+        self.task = task
+
+    # -- setup ------------------------------------------------------------------------------------------------------
+
+    def _accelerator(self, output_dir: Path) -> Any:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        from .builders import wants_fp16
+
+        args = self.args
+        mixed_precision = args.mixed_precision or ("fp16" if wants_fp16(args) else None)
+        trackers, missing = available_trackers(args.report_to)
+        accelerator = Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            mixed_precision=mixed_precision,
+            log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+        )
+        main_process = accelerator.is_main_process
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING if main_process else logging.ERROR)
+        logging.getLogger("guided_diffusers").setLevel(logging.INFO if main_process else logging.ERROR)
+        for name in missing:
+            logger.warning("%s is not installed: logging to %s only (pip install %s)", name,
+                           output_dir / args.logging_dir / "metrics.jsonl", name.replace("_", "-"))
+        return accelerator
+
+    def _check_images(self, accelerator: Any, images: LabelledImages, what: str) -> None:
+        """Every process checks its share of the image headers; all raise the same error if any is unreadable."""
+        from accelerate.utils import gather_object
+
+        total = len(images) if self.args.train_data_dir else min(len(images), _DATASET_IMAGES_CHECKED)
+        indices = list(range(accelerator.process_index, total, accelerator.num_processes))
+        problems = gather_object(find_unreadable_images(images, indices))
+        if problems:
+            shown = "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
+            raise ValueError(f"expected readable {what} images, got {len(problems)} unreadable: {shown}")
+
+    def _check_distributed_support(self, accelerator: Any) -> None:
+        from accelerate.utils import DistributedType
+
+        if not self.args.use_ema:
+            return
+        sharded = accelerator.distributed_type == DistributedType.FSDP
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            sharded = accelerator.state.deepspeed_plugin.zero_stage == 3
+        if sharded:
+            raise ValueError(
+                "expected whole parameters on every process for --use_ema (DDP, or DeepSpeed ZeRO stage 1-2), "
+                f"got sharded parameters ({accelerator.distributed_type}); pass --use_ema False"
+            )
+
+    # -- the run ----------------------------------------------------------------------------------------------------
+
+    def train(self) -> Path:
+        """Train, checkpointing as asked, and write the trained model's folder into ``--output_dir``.
+
+        Returns:
+            `Path`: ``--output_dir``.
+
+        Raises:
+            TrainingSetupError: bad arguments, data or model configuration, found before training starts.
+        """
+        try:
+            run = self._set_up()
+        except (ValueError, OSError) as error:
+            raise TrainingSetupError(str(error)) from error
+        self._loop(run)
+        self._write_output(run)
+        run.accelerator.wait_for_everyone()
+        run.accelerator.end_training()
+        return Path(self.args.output_dir)
+
+    def _set_up(self) -> _Run:
+        """Everything before the first step: data checks, model, optimizer, resumption."""
+        from accelerate.utils import DistributedType, set_seed
+        from diffusers.optimization import get_scheduler
+
+        args, task = self.args, self.task
+        output_dir = Path(args.output_dir)
+        resume = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
+        existing = list_checkpoints(output_dir)
+        if resume is None and existing:
+            raise ValueError(
+                f"expected an --output_dir without checkpoints for a new run, got {existing[-1][1].name} in {str(output_dir)!r} "
+                "(pass --resume_from_checkpoint latest to continue it, or another --output_dir)"
+            )
+        accelerator = self._accelerator(output_dir)
+        if args.resume_from_checkpoint == "latest" and resume is None:
+            logger.info("no checkpoint in %s yet: starting a new run", output_dir)
+
+        with accelerator.main_process_first():
+            train_images, held_out = task.load_images()
+        self._check_images(accelerator, train_images, "training")
+        if held_out is not None:
+            self._check_images(accelerator, held_out, "held-out")
+        EpochShuffledBatchSampler(len(train_images), args.train_batch_size, num_processes=accelerator.num_processes)
+
+        set_seed(args.seed)  # the same initial weights on every process
+        model = task.build(train_images)
+        set_seed(args.seed, device_specific=True)  # each process its own noise, timesteps and dropout
+        self._check_distributed_support(accelerator)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+            weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+        )
+        # accelerate steps a prepared scheduler once per process and optimizer step.
+        lr_scheduler = get_scheduler(
+            args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=args.max_train_steps * accelerator.num_processes,
+        )
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.train_batch_size
+        model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+
+        progress = TrainingProgress(accelerator.num_processes, args.train_batch_size, args.gradient_accumulation_steps, args.seed)
+        ema = ExponentialMovingAverage(accelerator.unwrap_model(model).parameters(), parse_ema_rates(args.ema_rate)) if args.use_ema else None
+        saved_objects = [progress, *task.checkpoint_objects(), *([ema] if ema is not None else [])]
+        for obj in saved_objects:
+            accelerator.register_for_checkpointing(obj)
+        if resume is not None:
+            saved = len(list(resume.glob("custom_checkpoint_*.pkl")))
+            if saved != len(saved_objects):
+                raise ValueError(
+                    f"expected a checkpoint of this task with{'' if ema else 'out'} EMA ({len(saved_objects)} saved states), "
+                    f"got {saved} in {str(resume)!r} (another --use_ema or task?)"
+                )
+            accelerator.load_state(str(resume))
+            logger.info("resumed from %s at step %d", resume, progress.global_step)
+            changes = progress.shape_changes()
+            if changes:
+                logger.warning("the run's shape changed since the checkpoint (%s): the data order differs from an uninterrupted run", ", ".join(changes))
+        if accelerator.is_main_process and accelerator.trackers:
+            accelerator.init_trackers(task.kind, config=_tracker_config(args))
+        return _Run(accelerator, model, optimizer, lr_scheduler, ema, progress, train_images, resume is not None)
+
+    def _loop(self, run: _Run) -> None:
+        """Optimizer steps up to ``--max_train_steps``, logging each and checkpointing every ``--checkpointing_steps``."""
+        from tqdm.auto import tqdm
+
+        args, task = self.args, self.task
+        accelerator, model, optimizer, lr_scheduler, ema, progress = (
+            run.accelerator, run.model, run.optimizer, run.lr_scheduler, run.ema, run.progress
+        )
+        output_dir = Path(args.output_dir)
+        dataset = TrainingImageDataset(
+            run.train_images, task.resolution, random_crop=args.random_crop, random_flip=args.random_flip, seed=args.seed
+        )
+        sampler = EpochShuffledBatchSampler(
+            len(run.train_images), args.train_batch_size, num_processes=accelerator.num_processes,
+            process_index=accelerator.process_index, seed=args.seed, start_batch=progress.micro_batches_done,
+        )
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, num_workers=args.dataloader_num_workers,
+            pin_memory=accelerator.device.type == "cuda", generator=torch.Generator(),  # never draws from the global RNG
+        )
+        writer = MetricsWriter(accelerator, output_dir / args.logging_dir / "metrics.jsonl")
+        writer.truncate_after(progress.global_step)
+        global_batch = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+        bar = tqdm(total=args.max_train_steps, initial=min(progress.global_step, args.max_train_steps), desc="steps",
+                   disable=not accelerator.is_local_main_process)
+        last_checkpoint = progress.global_step if run.resumed else None
+        if progress.global_step >= args.max_train_steps:
+            logger.info("step %d already reaches --max_train_steps %d: nothing to train", progress.global_step, args.max_train_steps)
+
+        model.train()
+        batches = iter(loader)
+        while progress.global_step < args.max_train_steps:
+            start = time.perf_counter()
+            results: list[MicroBatchResult] = []
+            grad_norm = None
+            for _ in range(args.gradient_accumulation_steps):
+                batch = {key: value.to(accelerator.device, non_blocking=True) for key, value in next(batches).items()}
+                with accelerator.accumulate(model):
+                    result = task.compute_loss(model, batch)
+                    accelerator.backward(result.loss)
+                    if accelerator.sync_gradients and args.max_grad_norm:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                results.append(result)
+            if not accelerator.sync_gradients:
+                raise RuntimeError("internal error: the optimizer step did not fall on the last micro-batch")
+            if ema is not None and not accelerator.optimizer_step_was_skipped:
+                ema.update(accelerator.unwrap_model(model).parameters())
+            progress.global_step += 1
+            step = progress.global_step
+            seconds = time.perf_counter() - start
+
+            metrics = self._step_metrics(accelerator, results)
+            metrics.update(lr=lr_scheduler.get_last_lr()[0], samples_per_second=global_batch / seconds, samples=step * global_batch)
+            if grad_norm is not None:
+                metrics["grad_norm"] = float(grad_norm)
+            metrics.update(task.periodic_evaluation(accelerator, model, step))
+            writer.log(metrics, step)
+            run.recent_losses.append(metrics[task.loss_key])
+            bar.update(1)
+            bar.set_postfix({task.loss_key: f"{metrics[task.loss_key]:.4g}", "lr": f"{metrics['lr']:.3g}"})
+            if step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, step, total_limit=args.checkpoints_total_limit, summary=self._summary(accelerator))
+                last_checkpoint = step
+        bar.close()
+        if progress.global_step > 0 and last_checkpoint != progress.global_step:
+            save_checkpoint(accelerator, output_dir, progress.global_step, total_limit=args.checkpoints_total_limit,
+                            summary=self._summary(accelerator))
+
+    # -- pieces -----------------------------------------------------------------------------------------------------
+
+    def _step_metrics(self, accelerator: Any, results: list[MicroBatchResult]) -> dict[str, float]:
+        """The step's terms from every process: means and per-quartile means."""
+        keys = list(results[0].terms)
+        columns = [torch.cat([result.terms[key].detach().float().reshape(-1) for result in results]) for key in keys]
+        columns.append(torch.cat([result.timesteps.detach().float().reshape(-1) for result in results]))
+        gathered = accelerator.gather(torch.stack(columns, dim=1)).cpu()
+        terms = {key: gathered[:, index] for index, key in enumerate(keys)}
+        return summarize_terms(terms, gathered[:, -1], self.task.num_timesteps)
+
+    def _summary(self, accelerator: Any) -> dict[str, Any]:
+        args = self.args
+        return {
+            "task": self.task.kind,
+            "max_train_steps": args.max_train_steps,
+            "num_processes": accelerator.num_processes,
+            "train_batch_size": args.train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "seed": args.seed,
+        }
+
+    def _training_facts(self, accelerator: Any, steps: int, recent_losses: deque[float]) -> dict[str, Any]:
+        args = self.args
+        schedule = args.lr_scheduler + (f", {args.lr_warmup_steps} warm-up steps" if args.lr_warmup_steps else "")
+        facts = {
+            "optimizer steps": steps,
+            "batch": f"{args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes} "
+            f"({args.train_batch_size} per micro-batch x {args.gradient_accumulation_steps} accumulated x {accelerator.num_processes} processes)",
+            "resolution": self.task.resolution,
+            "learning rate": f"{args.learning_rate:g} ({schedule})",
+            "optimizer": f"AdamW (betas {args.adam_beta1}, {args.adam_beta2}; weight decay {args.adam_weight_decay:g}; eps {args.adam_epsilon:g})",
+            "gradient clipping": f"{args.max_grad_norm:g}" if args.max_grad_norm else "none",
+            "mixed precision": accelerator.mixed_precision,
+            "EMA": f"rates {args.ema_rate}" if args.use_ema else "none",
+            "timestep sampler": args.schedule_sampler,
+            "augmentation": ", ".join(name for name, on in (("random crop", args.random_crop), ("random flip", args.random_flip)) if on) or "none",
+            "seed": args.seed,
+        }
+        if recent_losses:
+            facts[f"final {self.task.loss_key} (mean of the last {len(recent_losses)} steps)"] = f"{sum(recent_losses) / len(recent_losses):.4g}"
+        return facts
+
+    def _write_output(self, run: _Run) -> None:
+        """Evaluate the final weights and publish the trained model's folder (EMA weights when kept)."""
+        args = self.args
+        accelerator, model, ema = run.accelerator, run.model, run.ema
+        output_dir = Path(args.output_dir)
+        accelerator.wait_for_everyone()
+        unwrapped = accelerator.unwrap_model(model)
+        raw_state = accelerator.get_state_dict(model)  # a collective under FSDP / ZeRO-3: every process calls it
+        if accelerator.is_main_process:  # a copy: the tensors share storage with the parameters the EMA overwrites
+            raw_state = {key: value.detach().to("cpu", copy=True) for key, value in raw_state.items()}
+        states: dict[str, dict[str, torch.Tensor]] = {}
+        if ema is not None:
+            names = [name for name, _ in unwrapped.named_parameters()]
+            for rate in ema.rates:
+                states[f"ema_{rate}"] = {**raw_state, **dict(zip(names, ema.average(rate)))} if accelerator.is_main_process else {}
+            ema.copy_to(unwrapped.parameters(), ema.rates[0])  # the final evaluation sees the published weights
+        results = self.task.final_evaluation(accelerator, model)
+        if accelerator.is_main_process:
+            primary_name = f"ema_{ema.rates[0]}" if ema is not None else "model"
+            primary = _fresh_copy(unwrapped, states.pop(primary_name) if ema is not None else raw_state)
+            extra = {}
+            if ema is not None:
+                extra["model"] = _fresh_copy(unwrapped, raw_state)
+                extra.update({name: _fresh_copy(unwrapped, state) for name, state in states.items()})
+            location = args.hub_model_id or (output_dir.name if args.push_to_hub else str(output_dir))
+            facts = {
+                "training": self._training_facts(accelerator, run.progress.global_step, run.recent_losses),
+                "results": results,
+                "dataset": run.train_images.source,
+                "hub_dataset_id": run.train_images.hub_dataset_id,
+                "location": location,
+                "model_name": (args.hub_model_id or output_dir.name).split("/")[-1],
+            }
+            staging = output_dir / ".output.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            self.task.write_output(staging, primary, extra, facts)
+            with open(staging / "training_args.json", "w") as handle:
+                json.dump(_tracker_config(args), handle, indent=2, sort_keys=True)
+            if results:
+                with open(staging / "eval_results.json", "w") as handle:
+                    json.dump(results, handle, indent=2, sort_keys=True)
+            publish_folder(staging, output_dir, self.task.loadable_entry)
+            logger.info("saved the trained model to %s", output_dir)
+            if args.push_to_hub:
+                url = push_output_to_hub(output_dir, args.hub_model_id or output_dir.name, token=args.hub_token, private=args.hub_private_repo)
+                logger.info("pushed to %s", url)
+
+
+def run_training(args: argparse.Namespace) -> Path:
+    """Run the training of ``args.task`` (``diffusion``, ``super_res`` or ``classifier``), as the scripts do.
+
+    Returns:
+        `Path`: the output folder.
+    """
+    if args.task == "classifier":
+        from .classifier_task import ClassifierTask
+
+        task: TrainingTask = ClassifierTask(args)
+    else:
+        from .diffusion_task import DiffusionTask
+
+        task = DiffusionTask(args)
+    return Trainer(args, task).train()
+
+
+
+def main(task: str, argv: list[str] | None = None, description: str | None = None) -> None:
+    """A training script's entry point: parse ``argv`` (default ``sys.argv[1:]``), train, exit with a one-line error
+    when the run is refused before training starts.
+
+    Args:
+        task (`str`): ``"diffusion"``, ``"super_res"`` or ``"classifier"``.
+        argv (list of `str`, *optional*): the command line.
+        description (`str`, *optional*): the script's help text.
+    """
+    import sys
+
+    from .args import parse_training_args
+
+    args = parse_training_args(task, argv, description)
+    try:
+        run_training(args)
+    except TrainingSetupError as error:
+        sys.exit(f"error: {error}")
