@@ -12,7 +12,7 @@ TORCH_CPU_WHEEL := $(firstword $(wildcard /opt/wheels/torch-$(TORCH_VERSION)*.wh
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: test setup clean app
+.PHONY: demo test setup clean app
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ ifneq ($(TORCH_CPU_WHEEL),)
 endif
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+# The main job, offline: train a small ADM and its classifier on the bundled digits, sample with guidance, judge.
+demo: $(STAMP)
+	$(PY) scripts/quickstart.py $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -1,0 +1,1 @@
+"""The quick start on scikit-learn's bundled digits (`make demo`)."""
