@@ -235,3 +235,18 @@ def test_dropout_only_in_training():
     assert not torch.equal(_call(model, x), _call(model, x))
     model.eval()
     assert torch.equal(_call(model, x), _call(model, x))
+
+
+def test_a_readme_command_line_pastes_as_it_is():
+    """guided-diffusion's README puts model, diffusion, classifier and sampling flags on one command line."""
+    line = (
+        "--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --dropout 0.1 --image_size 64 "
+        "--learn_sigma True --noise_schedule cosine --num_channels 192 --num_head_channels 64 --num_res_blocks 3 "
+        "--resblock_updown True --use_new_attention_order True --use_fp16 True --use_scale_shift_norm True "
+        "--classifier_scale 1.0 --classifier_path models/64x64_classifier.pt --classifier_depth 4 "
+        "--model_path models/64x64_diffusion.pt --batch_size 4 --num_samples 100 --timestep_respacing 250"
+    )
+    unet = unet_kwargs_from_flags(line)
+    assert unet["model_channels"] == 192 and unet["num_res_blocks"] == 3 and unet["out_channels"] == 6
+    classifier = classifier_kwargs_from_flags(line)
+    assert classifier["num_res_blocks"] == 4 and classifier["channel_mult"] == (1, 2, 3, 4)
