@@ -108,20 +108,22 @@ def _check_source(source: str) -> None:
         raise ValueError(f"expected source in {SOURCES}, got {source!r}")
 
 
-def _str2bool(name: str, value: Any) -> bool:
+BOOLEAN_VALUES = {"yes": True, "true": True, "t": True, "y": True, "1": True, "no": False, "false": False, "f": False, "n": False, "0": False}
+
+
+def str2bool(value: Any, name: str | None = None) -> bool:
+    """The originals' boolean flag values: yes/no, true/false, t/f, y/n, 1/0 (any case)."""
     if isinstance(value, bool):
         return value
-    text = str(value).lower()
-    if text in ("yes", "true", "t", "y", "1"):
-        return True
-    if text in ("no", "false", "f", "n", "0"):
-        return False
-    raise ValueError(f"expected a boolean for --{name}, got {value!r}")
+    parsed = BOOLEAN_VALUES.get(str(value).lower())
+    if parsed is None:
+        raise ValueError(f"expected a boolean for --{name}, got {value!r}" if name else f"expected a boolean (True/False), got {value!r}")
+    return parsed
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
     if isinstance(default, bool):
-        return _str2bool(name, value)
+        return str2bool(value, name)
     try:
         if isinstance(default, int):
             return int(value)

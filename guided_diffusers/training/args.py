@@ -14,6 +14,7 @@ from typing import Any
 
 from diffusers.optimization import SchedulerType
 
+from ..conversion.flags import str2bool as parse_boolean
 from .ema import parse_ema_rates
 
 __all__ = [
@@ -57,15 +58,11 @@ _DEFAULTS = {
 
 
 def str2bool(value: Any) -> bool:
-    """The originals' boolean flag values: yes/no, true/false, t/f, y/n, 1/0 (any case)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in ("yes", "true", "t", "y", "1"):
-        return True
-    if text in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {value!r}")
+    """The originals' boolean flag values (conversion.flags' reading), as an argparse type."""
+    try:
+        return parse_boolean(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _add_switch(group: argparse._ArgumentGroup, name: str, default: bool, help: str) -> None:
