@@ -248,7 +248,7 @@ def test_push_to_hub_uploads_the_folder_and_survives_failure(tmp_path, monkeypat
             raise ConnectionError("no network")
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FailingApi)
-    with pytest.raises(RuntimeError, match="the converted folder .* is intact: retry with `huggingface-cli upload me/x"):
+    with pytest.raises(RuntimeError, match="the folder .* is intact: retry with `huggingface-cli upload me/x"):
         convert_adm(None, tmp_path / "clf2", classifier=parity_dir() / "gd_classifier_adaptive_pool" / "original.pt",
                     classifier_config=case["constructor_kwargs"], push_to_hub="me/x")
     assert ADMClassifier.from_pretrained(tmp_path / "clf2") is not None

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..publishing import push_folder_to_hub, replace_directory
 from ..pipelines import ADMUpsamplingPipeline, ClassifierGuidedPipeline, imagenet_id2label
 from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler, scheduler_config_from_diffusion_flags
 from .flags import NUM_CLASSES, given_flags, parse_flags
@@ -47,34 +48,11 @@ def write_folder_atomically(output: Path, write: Any) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         write(tmp)
-        if output.exists():
-            backup = output.with_name(f".{output.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(output, backup)
-            os.replace(tmp, output)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
+        replace_directory(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return output
-
-
-def push_folder_to_hub(folder: Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
-    """create_repo + upload_folder with the user's token. On failure the local folder stays and the error says what to retry."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    try:
-        api.create_repo(repo_id, exist_ok=True, private=private)
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload converted pipeline (guided_diffusers)")
-    except Exception as error:  # noqa: BLE001 - network and auth failures alike
-        raise RuntimeError(
-            f"push to the Hub repo {repo_id!r} failed ({type(error).__name__}: {error}); the converted folder {str(folder)!r} is "
-            f"intact: retry with `huggingface-cli upload {repo_id} {folder}` once logged in (`huggingface-cli login`)"
-        ) from error
-    return str(getattr(info, "commit_url", info))
 
 
 def _scheduler_for(flags: dict[str, Any], sampling: dict[str, Any], steps: int) -> Any:
@@ -259,5 +237,5 @@ def _card(preset, family, kind, flags, repo_id, checkpoint, conditional, has_cla
 
 def _maybe_push(output: Path, repo_id: str | None) -> Path:
     if repo_id:
-        push_folder_to_hub(output, repo_id)
+        push_folder_to_hub(output, repo_id, commit_message="Upload converted pipeline (guided_diffusers)")
     return output

@@ -15,12 +15,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..publishing import replace_directory
+
 __all__ = [
     "CHECKPOINT_STATE_FILE",
     "TrainingProgress",
     "list_checkpoints",
     "prune_checkpoints",
-    "replace_directory",
     "resolve_resume_checkpoint",
     "save_checkpoint",
 ]
@@ -118,19 +119,6 @@ def _fsync_tree(folder: Path) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-
-
-def replace_directory(source: Path, target: Path) -> None:
-    """Move the complete folder ``source`` to ``target``, replacing an existing ``target``; ``target`` is always
-    either the old folder or the new one, never a mixture."""
-    if target.exists():
-        backup = target.with_name(f".{target.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        os.replace(target, backup)
-        os.replace(source, target)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(source, target)
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) -> list[Path]:

@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .checkpointing import replace_directory
+from ..publishing import push_folder_to_hub, replace_directory
 
 __all__ = ["HUB_IGNORE_PATTERNS", "publish_folder", "push_output_to_hub"]
 
@@ -50,17 +50,4 @@ def push_output_to_hub(
     Raises:
         RuntimeError: the upload failed; the message says how to retry (the local folder is complete).
     """
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    try:
-        api.create_repo(repo_id, exist_ok=True, private=private)
-        info = api.upload_folder(
-            folder_path=str(output_dir), repo_id=repo_id, commit_message=commit_message, ignore_patterns=HUB_IGNORE_PATTERNS
-        )
-    except Exception as error:  # noqa: BLE001 - network and auth failures alike
-        raise RuntimeError(
-            f"push to the Hub repo {repo_id!r} failed ({type(error).__name__}: {error}); the trained model in {str(output_dir)!r} "
-            f"is complete: retry with `huggingface-cli upload {repo_id} {output_dir} --exclude 'checkpoint-*'` once logged in"
-        ) from error
-    return str(getattr(info, "commit_url", info))
+    return push_folder_to_hub(output_dir, repo_id, token=token, private=private, commit_message=commit_message, ignore_patterns=HUB_IGNORE_PATTERNS)
