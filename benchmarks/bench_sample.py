@@ -9,7 +9,7 @@ Two tables:
    at a 64x64 layout whose attention runs over 32x32 = 1024 positions, where the attention cost shows.
 
 Each point runs in a fresh process, so its peak resident memory (ru_maxrss) is its own; the machine description and
-dense matmul GFLOP/s come from bench_unet's helpers.
+dense matmul GFLOP/s come from benchmarks/common.py.
 
     python benchmarks/bench_sample.py                   # prints the tables, appends them to docs/benchmarks.md
     python benchmarks/bench_sample.py --steps 10 --batch 4 --output ''
@@ -23,7 +23,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,7 +34,7 @@ ROOT = BENCHMARKS_DIR.parent
 if str(BENCHMARKS_DIR) not in sys.path:
     sys.path.insert(0, str(BENCHMARKS_DIR))
 
-from bench_unet import machine_description, matmul_gflops  # noqa: E402  (benchmarks/ is not a package)
+from common import append_markdown, machine_description, matmul_gflops  # noqa: E402  (benchmarks/ is not a package)
 
 NO_GPU_NOTE = "No GPU was available for these runs: GPU figures (fp16/bf16, flash SDPA, torch.compile) are not measured yet."
 
@@ -287,16 +286,6 @@ def attention_table(rows: list[dict], layout: Layout, header: str) -> list[str]:
             f"{r['sampling_mib']:.0f} | {diff} |"
         )
     return lines
-
-
-def append_markdown(path: Path, text: str) -> None:
-    """Append ``text`` to ``path`` (created with the benchmarks header), through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    existing = path.read_text() if path.exists() else "# Benchmarks\n\nMeasured by the scripts in benchmarks/; each run appends its table.\n"
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(existing + "\n" + text + "\n")
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, path)
 
 
 def main() -> None:

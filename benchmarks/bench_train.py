@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_unet import machine_description  # noqa: E402
+from common import append_markdown, machine_description  # noqa: E402
 
 
 def make_image_folder(folder: Path, count: int, size: int) -> None:
@@ -137,11 +137,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.output:
-        path = Path(args.output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        header = "" if path.exists() else "# Benchmarks\n\nMeasured by the scripts in benchmarks/; each run appends its table.\n"
-        with path.open("a") as handle:
-            handle.write(header + "\n" + table + "\n")
+        append_markdown(Path(args.output), table)
 
 
 if __name__ == "__main__":

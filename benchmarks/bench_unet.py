@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -22,33 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine_description() -> str:
-    import torch
-
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
-def matmul_gflops(dtype_name: str, size: int = 1024, seconds: float = 1.0) -> float:
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.mm(a, b)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
-        count += 1
-    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_markdown, machine_description, matmul_gflops  # noqa: E402  (benchmarks/ is not a package)
 
 
 def build_model(args: argparse.Namespace):
@@ -162,11 +135,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.output:
-        path = Path(args.output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        header = "" if path.exists() else "# Benchmarks\n\nMeasured by the scripts in benchmarks/; each run appends its table.\n"
-        with path.open("a") as f:
-            f.write(header + "\n" + table + "\n")
+        append_markdown(Path(args.output), table)
 
 
 if __name__ == "__main__":
