@@ -224,6 +224,24 @@ def test_stock_dpm_solver_runs_a_learned_sigma_unet():
     assert not torch.allclose(images, guided_images, atol=1e-4)
 
 
+def test_stock_scheduler_gives_a_rescaled_model_rescaled_timesteps():
+    """improved-diffusion models see t * 1000 / T; a stock solver built from their config must feed them the same."""
+    seen = []
+    unet = _tiny_unet(num_classes=None)
+    original_forward = unet.forward
+
+    def recording_forward(sample, timestep, *args, **kwargs):
+        seen.append(torch.as_tensor(timestep).float().flatten()[0].item())
+        return original_forward(sample, timestep, *args, **kwargs)
+
+    unet.forward = recording_forward
+    guided = GuidedDDPMScheduler(num_train_timesteps=4000, beta_schedule="cosine", variance_type="learned_range", rescale_timesteps=True)
+    stock = to_diffusers_scheduler(guided, DPMSolverMultistepScheduler)
+    _run(_pipe(unet=unet, scheduler=stock), batch_size=1, num_inference_steps=3)
+    expected = [t * 1000.0 / 4000 for t in stock.timesteps.tolist()]
+    assert seen == pytest.approx(expected) and max(seen) <= 1000
+
+
 def test_callback_sees_every_step():
     pipe = _pipe()
     seen = []

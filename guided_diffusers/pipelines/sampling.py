@@ -48,8 +48,16 @@ def set_sampling_timesteps(
 
 
 def model_timestep(scheduler: Any, t: torch.Tensor) -> torch.Tensor:
-    """What the network (and a noisy classifier) is given at ``t``: rescaled by our schedulers when configured."""
-    return scheduler.model_timestep(t) if is_guided_scheduler(scheduler) else t
+    """What the network (and a noisy classifier) is given at ``t``: ``t * 1000 / T`` for rescaled-timestep models.
+
+    Our schedulers know it from their config; a stock scheduler built by ``to_diffusers_scheduler`` carries
+    ``rescale_timesteps`` in its config for the same reason.
+    """
+    if is_guided_scheduler(scheduler):
+        return scheduler.model_timestep(t)
+    if scheduler.config.get("rescale_timesteps"):
+        return t.float() * (1000.0 / scheduler.config.num_train_timesteps)
+    return t
 
 
 def _alpha_bar(scheduler: Any, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -218,7 +218,8 @@ def diffusers_scheduler_kwargs(
     Learned-sigma models output 6 channels: [`~diffusers.DPMSolverMultistepScheduler`] and
     [`~diffusers.DDPMScheduler`] drop the variance channels themselves (``variance_type`` is passed); for the others
     feed ``model_output[:, :3]``. With ``rescale_timesteps`` the model must be given ``t * 1000 /
-    num_train_timesteps``, which stock schedulers do not do.
+    num_train_timesteps``, which stock schedulers do not do: [`to_diffusers_scheduler`] records it in the stock
+    scheduler's config, and the pipelines rescale accordingly.
 
     Args:
         config_or_scheduler: a [`GuidedDDPMScheduler`], [`GuidedDDIMScheduler`] or one of their configs.
@@ -266,4 +267,9 @@ def to_diffusers_scheduler(
     """
     kwargs = diffusers_scheduler_kwargs(config_or_scheduler, scheduler_class)
     kwargs.update(overrides)
-    return scheduler_class(**kwargs)
+    scheduler = scheduler_class(**kwargs)
+    if _config_dict(config_or_scheduler).get("rescale_timesteps"):
+        # Not a stock scheduler setting: recorded in its config so the pipelines give the model t * 1000 / T. (It is
+        # dropped if the stock scheduler is saved and reloaded; convert again from the guided config then.)
+        scheduler.register_to_config(rescale_timesteps=True)
+    return scheduler
