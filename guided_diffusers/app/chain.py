@@ -195,18 +195,23 @@ class DenoisingChain:
         self._check_count(n, self.num_steps - self.position, "denoise")
         self._labels(guidance)  # a bad combination fails before any step is taken
         for _ in range(n):
-            output, gradient = self._model_output(guidance)
-            self.sample, _ = scheduler_step(
-                self.scheduler,
-                output,
-                self.timesteps[self.position],
-                self.sample,
-                guidance_gradient=gradient,
-                eta=self.eta,
-                clip_denoised=self.clip_denoised,
-                generator=self.generator,
-            )
+            self.sample, _ = self._reverse_step(guidance)
             self.position += 1
+
+    def _reverse_step(self, guidance: Guidance, variance_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_{t-1}, predicted x_0) from the current x_t; the noise is drawn from the chain's generator unless given."""
+        output, gradient = self._model_output(guidance)
+        return scheduler_step(
+            self.scheduler,
+            output,
+            self.timesteps[self.position],
+            self.sample,
+            guidance_gradient=gradient,
+            eta=self.eta,
+            clip_denoised=self.clip_denoised,
+            generator=self.generator,
+            variance_noise=variance_noise,
+        )
 
     def _forward_beta(self, position: int) -> float:
         """The beta of the forward step from ``position`` to ``position - 1``, on the respaced grid.
@@ -229,6 +234,7 @@ class DenoisingChain:
             noise = torch.randn(self.sample.shape, generator=self.generator, device=self.device, dtype=self.sample.dtype)
             self.sample = (1.0 - beta) ** 0.5 * self.sample + beta**0.5 * noise
             self.position -= 1
+        self._cached_output = None  # the cache is keyed by position; x_t at a position has changed
 
     @torch.no_grad()
     def pred_original_sample(self, guidance: Guidance = Guidance()) -> torch.Tensor:
@@ -239,15 +245,6 @@ class DenoisingChain:
         """
         if self.at_end:
             return self.sample
-        output, gradient = self._model_output(guidance)
-        _, pred_x0 = scheduler_step(
-            self.scheduler,
-            output,
-            self.timesteps[self.position],
-            self.sample,
-            guidance_gradient=gradient,
-            eta=self.eta,
-            clip_denoised=self.clip_denoised,
-            variance_noise=torch.zeros_like(self.sample),  # x_0 does not depend on the step's noise: draw none
-        )
+        # x_0 does not depend on the step's noise: pass zeros so the generator draws none
+        _, pred_x0 = self._reverse_step(guidance, variance_noise=torch.zeros_like(self.sample))
         return pred_x0
