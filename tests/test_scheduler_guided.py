@@ -21,13 +21,7 @@ from parity import load_case, load_case_model
 SCHEDULERS = [GuidedDDPMScheduler, GuidedDDIMScheduler]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The tiny fixture models run fastest on one thread; on a busy shared machine two are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _public(config) -> dict:

@@ -141,11 +141,7 @@ class GuidedDDIMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
         steps = self._to_process_steps(timestep, sample)
         pred_original_sample = self.pred_original_sample(model_output, timestep, sample, clip_sample, denoised_fn)
         if guidance_gradient is not None:
-            if guidance_gradient.shape != sample.shape:
-                raise ValueError(
-                    f"guidance_gradient must have the sample's shape {tuple(sample.shape)}, "
-                    f"got {tuple(guidance_gradient.shape)}"
-                )
+            self._check_guidance_gradient(guidance_gradient, sample)
             pred_original_sample = process.guided_pred_original_sample(
                 pred_original_sample, sample, steps, guidance_gradient
             )

@@ -138,11 +138,7 @@ class GuidedDDPMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
             clip_range=self.config.clip_sample_range,
         )
         if guidance_gradient is not None:
-            if guidance_gradient.shape != sample.shape:
-                raise ValueError(
-                    f"guidance_gradient must have the sample's shape {tuple(sample.shape)}, "
-                    f"got {tuple(guidance_gradient.shape)}"
-                )
+            self._check_guidance_gradient(guidance_gradient, sample)
             prediction = process.condition_mean(prediction, guidance_gradient)
         if variance_noise is None:
             variance_noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)

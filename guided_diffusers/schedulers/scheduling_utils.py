@@ -175,6 +175,13 @@ class GuidedSchedulerMixin:
         """The model input for ``sample`` (unchanged; here for interchangeability with diffusers schedulers)."""
         return sample
 
+    @staticmethod
+    def _check_guidance_gradient(guidance_gradient: torch.Tensor, sample: torch.Tensor) -> None:
+        if guidance_gradient.shape != sample.shape:
+            raise ValueError(
+                f"guidance_gradient must have the sample's shape {tuple(sample.shape)}, got {tuple(guidance_gradient.shape)}"
+            )
+
     def _clip_settings(self, clip_sample: bool | None) -> bool:
         return self.config.clip_sample if clip_sample is None else bool(clip_sample)
 
