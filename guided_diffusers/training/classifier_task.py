@@ -17,7 +17,6 @@ from torch import nn
 from .builders import build_classifier_setup
 from .data import EpochShuffledBatchSampler, LabelledImages, TrainingImageDataset, images_from_folder, split_held_out
 from .metrics import summarize_terms, top_k_correct
-from .model_card import render_trained_model_card
 from .timestep_samplers import LossAwareSampler, create_named_schedule_sampler
 from .trainer import MicroBatchResult, TrainingTask, load_training_images
 
@@ -185,18 +184,4 @@ class ClassifierTask(TrainingTask):
         for name, weights in extra_models.items():
             weights.register_to_config(id2label=id2label)
             weights.save_pretrained(folder / "weights" / name, safe_serialization=True)
-        render_trained_model_card(
-            kind="classifier",
-            model_name=facts["model_name"],
-            location=facts["location"],
-            resolution=self.resolution,
-            training=facts["training"],
-            dataset=facts["dataset"],
-            hub_dataset_id=facts["hub_dataset_id"],
-            id2label=self.id2label,
-            flags=self.setup.flags,
-            num_timesteps=self.num_timesteps,
-            noised=self.args.noised,
-            results=facts["results"],
-            extra_weights=tuple(extra_models),
-        ).save(folder / "README.md")
+        self.write_model_card(folder, extra_models, facts, noised=self.args.noised)

@@ -15,7 +15,6 @@ from ..pipelines import ADMUpsamplingPipeline, ClassifierGuidedPipeline
 from .builders import build_diffusion_setup, original_flag
 from .data import LabelledImages
 from .losses import training_losses
-from .model_card import render_trained_model_card
 from .timestep_samplers import LossAwareSampler, create_named_schedule_sampler
 from .trainer import MicroBatchResult, TrainingTask, load_training_images
 
@@ -84,19 +83,4 @@ class DiffusionTask(TrainingTask):
         pipeline.save_pretrained(folder, safe_serialization=True)
         for name, weights in extra_models.items():
             weights.save_pretrained(folder / "weights" / name, safe_serialization=True)
-        render_trained_model_card(
-            kind=self.kind,
-            model_name=facts["model_name"],
-            location=facts["location"],
-            resolution=self.resolution,
-            training=facts["training"],
-            dataset=facts["dataset"],
-            hub_dataset_id=facts["hub_dataset_id"],
-            id2label=self.id2label,
-            flags=self.setup.flags,
-            num_timesteps=self.num_timesteps,
-            conditional=bool(self.num_classes),
-            low_res_size=self.setup.low_res_size,
-            results=facts["results"],
-            extra_weights=tuple(extra_models),
-        ).save(folder / "README.md")
+        self.write_model_card(folder, extra_models, facts, conditional=bool(self.num_classes), low_res_size=self.setup.low_res_size)

@@ -33,6 +33,7 @@ from .data import (
 )
 from .ema import ExponentialMovingAverage, parse_ema_rates
 from .export import publish_folder, push_output_to_hub
+from .model_card import render_trained_model_card
 from .metrics import MetricsWriter, available_trackers, summarize_terms
 
 __all__ = ["MicroBatchResult", "Trainer", "TrainingSetupError", "TrainingTask", "load_training_images", "main", "run_training"]
@@ -150,6 +151,27 @@ class TrainingTask(ABC):
             facts (`dict`): ``training`` (settings for the card), ``results``, ``dataset``, ``hub_dataset_id``,
                 ``location`` (where the card's example loads from), ``model_name``.
         """
+
+    def write_model_card(self, folder: Path, extra_models: dict[str, nn.Module], facts: dict[str, Any], **card: Any) -> None:
+        """README.md of the output folder, from the facts every task shares plus ``card`` (its own).
+
+        Uses ``self.setup`` (flags) and ``self.id2label``, which every task sets in ``build``.
+        """
+        render_trained_model_card(
+            kind=self.kind,
+            model_name=facts["model_name"],
+            location=facts["location"],
+            resolution=self.resolution,
+            training=facts["training"],
+            dataset=facts["dataset"],
+            hub_dataset_id=facts["hub_dataset_id"],
+            id2label=self.id2label,
+            flags=self.setup.flags,
+            num_timesteps=self.num_timesteps,
+            results=facts["results"],
+            extra_weights=tuple(extra_models),
+            **card,
+        ).save(folder / "README.md")
 
 
 def _tracker_config(args: argparse.Namespace) -> dict[str, Any]:
