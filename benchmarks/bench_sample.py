@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Any
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
-ROOT = BENCHMARKS_DIR.parent
 if str(BENCHMARKS_DIR) not in sys.path:
     sys.path.insert(0, str(BENCHMARKS_DIR))
 
-from common import append_markdown, machine_description, matmul_gflops  # noqa: E402  (benchmarks/ is not a package)
+from common import DOCS, append_markdown, machine_description, matmul_gflops  # noqa: E402  (benchmarks/ is not a package)
 
 NO_GPU_NOTE = "No GPU was available for these runs: GPU figures (fp16/bf16, flash SDPA, torch.compile) are not measured yet."
 
@@ -297,7 +296,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per point (the fastest is kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per point (1: CPU time is compute time)")
     parser.add_argument("--tables", default="sampling,attention")
-    parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file to append to ('' to skip)")
+    parser.add_argument("--output", default=str(DOCS), help="markdown file to append to ('' to skip)")
     parser.add_argument("--point", action="store_true", help=argparse.SUPPRESS)
     for name in ("layout", "scheduler", "guidance", "dtype", "attention"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import append_markdown, machine_description  # noqa: E402
+from common import DOCS, append_markdown, machine_description  # noqa: E402
 
 
 def make_image_folder(folder: Path, count: int, size: int) -> None:
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the runs (1: CPU-time figures stay meaningful on a shared machine)")
     parser.add_argument("--precisions", default="no,bf16", help="accelerate mixed-precision modes: no (fp32), bf16, fp16")
-    parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file to append to ('' to skip)")
+    parser.add_argument("--output", default=str(DOCS), help="markdown file to append to ('' to skip)")
     args = parser.parse_args()
 
     import torch

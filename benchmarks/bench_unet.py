@@ -19,9 +19,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_markdown, machine_description, matmul_gflops  # noqa: E402  (benchmarks/ is not a package)
+from common import DOCS, append_markdown, machine_description, matmul_gflops  # noqa: E402  (benchmarks/ is not a package)
 
 
 def build_model(args: argparse.Namespace):
@@ -91,7 +90,7 @@ def main() -> None:
     parser.add_argument("--batch_sizes", default="1,4")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file to append to ('' to skip)")
+    parser.add_argument("--output", default=str(DOCS), help="markdown file to append to ('' to skip)")
     parser.add_argument("--point", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)

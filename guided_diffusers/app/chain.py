@@ -83,7 +83,6 @@ class DenoisingChain:
         if batch_size < 1:
             raise ValueError(f"expected batch_size >= 1, got {batch_size}")
         self.pipeline = pipeline
-        self.scheduler_kind: SchedulerKind = scheduler
         self.eta = float(eta)
         self.batch_size = int(batch_size)
         self.seed = int(seed)

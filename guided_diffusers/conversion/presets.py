@@ -49,10 +49,6 @@ class Preset:
     results: tuple[tuple[str, ...], ...] = ()
     file_names: tuple[str, ...] = ()
 
-    @property
-    def source(self) -> str:
-        return self.family
-
 
 _ADM_PAPER = "[Diffusion Models Beat GANs on Image Synthesis](https://arxiv.org/abs/2105.05233) (Dhariwal & Nichol, 2021)"
 _IDDPM_PAPER = "[Improved Denoising Diffusion Probabilistic Models](https://arxiv.org/abs/2102.09672) (Nichol & Dhariwal, 2021)"

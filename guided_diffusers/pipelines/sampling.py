@@ -13,10 +13,6 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..schedulers.scheduling_utils import GuidedSchedulerMixin
 
-GradientFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""(x_t, model_timestep, model_output) -> the scaled gradient of a log-likelihood with respect to x_t."""
-
-
 def is_guided_scheduler(scheduler: Any) -> bool:
     return isinstance(scheduler, GuidedSchedulerMixin)
 
