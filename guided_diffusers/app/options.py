@@ -25,9 +25,7 @@ def load_pipeline(path: str | Path) -> ClassifierGuidedPipeline:
     folder = Path(path)
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(f"expected a pipeline folder with model_index.json at {folder}, found none")
-    from diffusers import DiffusionPipeline
-
-    import guided_diffusers  # noqa: F401  (registers the pipeline classes with diffusers)
+    from diffusers import DiffusionPipeline  # our pipeline classes are registered with it: the app is in guided_diffusers
 
     pipeline = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
     if not isinstance(pipeline, ClassifierGuidedPipeline):
