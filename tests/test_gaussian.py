@@ -11,6 +11,7 @@ from guided_diffusers.schedulers import (
     get_beta_schedule,
     get_ddpm_beta_schedule,
     get_named_beta_schedule,
+    linear_schedule_bounds,
     respace_betas,
     scheduler_config_from_diffusion_flags,
     space_timesteps,
@@ -33,7 +34,14 @@ def test_named_schedules_match_original(name):
     betas = get_named_beta_schedule(schedule, int(steps))
     assert betas.dtype == np.float64
     np.testing.assert_array_equal(betas, expected.numpy())
-    np.testing.assert_array_equal(get_beta_schedule(schedule, int(steps)), expected.numpy())
+    # The scheduler-facing entry point, in diffusers' terms: the originals' linear is diffusers' linear between
+    # bounds scaled by 1000 / T, their cosine is squaredcos_cap_v2; both bit-identical.
+    if schedule == "linear":
+        start, end = linear_schedule_bounds(int(steps))
+        np.testing.assert_array_equal(get_beta_schedule("linear", int(steps), start, end), expected.numpy())
+    else:
+        np.testing.assert_array_equal(get_beta_schedule("squaredcos_cap_v2", int(steps)), expected.numpy())
+        np.testing.assert_array_equal(get_beta_schedule("cosine", int(steps)), expected.numpy())
 
 
 @pytest.mark.parametrize("schedule", ["quad", "linear", "warmup10", "warmup50", "const", "jsd"])
@@ -79,7 +87,7 @@ def test_linear_schedule_is_scaled_to_the_number_of_steps():
 
 
 def test_linear_schedule_with_too_few_steps_is_an_error():
-    for call in (lambda: get_named_beta_schedule("linear", 7), lambda: get_beta_schedule("linear", 7)):
+    for call in (lambda: get_named_beta_schedule("linear", 7), lambda: linear_schedule_bounds(7)):
         with pytest.raises(ValueError, match="at T = 7 beta_end becomes 2.85714, expected at most 1"):
             call()
 
@@ -156,6 +164,8 @@ def test_flags_to_scheduler_config():
     assert scheduler_config_from_diffusion_flags({}) == {
         "num_train_timesteps": 1000,
         "beta_schedule": "linear",
+        "beta_start": 0.0001,
+        "beta_end": 0.02,
         "prediction_type": "epsilon",
         "variance_type": "fixed_large",
         "rescale_timesteps": False,
@@ -167,7 +177,7 @@ def test_flags_to_scheduler_config():
     )
     assert config == {
         "num_train_timesteps": 4000,
-        "beta_schedule": "cosine",
+        "beta_schedule": "squaredcos_cap_v2",
         "prediction_type": "sample",
         "variance_type": "learned_range",
         "rescale_timesteps": True,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
 
 from guided_diffusers.schedulers import (
     GuidedDDIMScheduler,
@@ -91,7 +91,8 @@ def test_diffusion_flags_build_the_scheduler():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"beta_schedule": "squaredcos_cap_v2"}, "unknown beta_schedule 'squaredcos_cap_v2'"),
+        ({"beta_schedule": "squaredcos"}, "unknown beta_schedule 'squaredcos'"),
+        ({"timestep_spacing": "even"}, "unknown timestep_spacing 'even'"),
         ({"prediction_type": "v_prediction"}, "unknown prediction_type"),
         ({"variance_type": "fixed_small_log"}, "unknown variance_type"),
         ({"timestep_respacing": "ddim300"}, "cannot take exactly 300 steps from 1000"),
@@ -112,7 +113,10 @@ def test_bad_config_is_an_error(cls, kwargs, message):
 def test_set_timesteps_variants():
     scheduler = GuidedDDPMScheduler(num_train_timesteps=1000)
     assert scheduler.timesteps.tolist() == list(range(999, -1, -1))
-    scheduler.set_timesteps(250)
+    # An int N is diffusers' grid ("leading" by default, as DDPMScheduler and DDIMScheduler); a string the originals'.
+    scheduler.set_timesteps(10)
+    assert scheduler.timesteps.tolist() == list(range(900, -1, -100))
+    scheduler.set_timesteps("250")
     assert scheduler.timesteps.flip(0).tolist() == space_timesteps(1000, "250")
     assert scheduler.num_inference_steps == 250
     scheduler.set_timesteps("ddim25")
@@ -135,6 +139,10 @@ def test_set_timesteps_variants():
         ({"num_inference_steps": "fast"}, "integer counts"),
         ({"timesteps": [100]}, r"in \[0, 100\)"),
         ({"num_inference_steps": 10, "timesteps": [5]}, "either num_inference_steps or timesteps"),
+        ({"timesteps": [0, 50, 99]}, r"strictly descending.*\[0, 50, 99\]"),
+        ({"timesteps": [50, 50, 0]}, "strictly descending"),
+        ({"timesteps": [50.5, 0]}, "integers"),
+        ({"timesteps": []}, "non-empty"),
     ],
 )
 def test_bad_set_timesteps_is_an_error(kwargs, message):
@@ -222,7 +230,7 @@ def test_ddim_eta_needs_noise_only_when_positive():
     b = scheduler.step(output, 50, sample, eta=1.0, generator=torch.Generator().manual_seed(1)).prev_sample
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.allclose(a, deterministic)
-    with pytest.raises(ValueError, match="eta must be non-negative"):
+    with pytest.raises(ValueError, match="eta must be a non-negative number"):
         scheduler.step(output, 50, sample, eta=-1.0)
 
 
@@ -290,12 +298,15 @@ def test_inverse_step_then_step_returns_along_an_exact_prediction():
 def test_diffusers_scheduler_kwargs():
     config = GuidedDDPMScheduler(num_train_timesteps=50, beta_schedule="cosine", variance_type="learned_range").config
     kwargs = diffusers_scheduler_kwargs(config, DPMSolverMultistepScheduler)
-    assert kwargs["num_train_timesteps"] == 50 and len(kwargs["trained_betas"]) == 50
+    # The config is already in diffusers' terms: the cosine schedule by diffusers' name, no explicit betas needed.
+    assert kwargs["num_train_timesteps"] == 50 and kwargs["beta_schedule"] == "squaredcos_cap_v2"
+    assert kwargs["trained_betas"] is None
     assert kwargs["variance_type"] == "learned_range" and kwargs["prediction_type"] == "epsilon"
     assert "clip_sample" not in diffusers_scheduler_kwargs(config, EulerDiscreteScheduler)
     assert diffusers_scheduler_kwargs(config, DDIMScheduler)["clip_sample"] is True
     fixed = GuidedDDPMScheduler(variance_type="fixed_large")
-    assert diffusers_scheduler_kwargs(fixed, DPMSolverMultistepScheduler)["variance_type"] is None
+    assert "variance_type" not in diffusers_scheduler_kwargs(fixed, DPMSolverMultistepScheduler)
+    assert diffusers_scheduler_kwargs(fixed, DDPMScheduler)["variance_type"] == "fixed_large"
     with pytest.raises(ValueError, match="'epsilon' or 'sample', got 'previous_sample'"):
         to_diffusers_scheduler(GuidedDDPMScheduler(prediction_type="previous_sample"), DDIMScheduler)
 

@@ -11,6 +11,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 
 from .labels import ClassLabels, normalize_id2label, resolve_class_labels
 from .sampling import (
+    CallStateMixin,
     check_output_type,
     check_step_noise,
     classifier_gradient,
@@ -34,7 +35,7 @@ def null_class_id(unet: Any) -> int | None:
     return None
 
 
-class ClassifierGuidedPipeline(DiffusionPipeline):
+class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
     r"""
     Sampling for ADM / IDDPM / DDPM models with classifier guidance (ADM-G), classifier-free guidance and CLIP guidance.
 
@@ -145,7 +146,7 @@ class ClassifierGuidedPipeline(DiffusionPipeline):
         """
         unet = self.unet
         x_in = x.to(unet.dtype)
-        if guidance_scale is None:
+        if guidance_scale is None or guidance_scale == 1:  # w = 1 is the conditional output itself
             kwargs = {"class_labels": labels} if labels is not None else {}
             return unet(x_in, t_model, **kwargs).sample.float()
         null = torch.full_like(labels, null_class_id(unet))
@@ -198,7 +199,7 @@ class ClassifierGuidedPipeline(DiffusionPipeline):
         prompt: str | list[str] | None = None,
         clip_guidance_scale: float = 100.0,
         eta: float = 0.0,
-        clip_denoised: bool = True,
+        clip_denoised: bool | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         step_noise: torch.Tensor | Sequence[torch.Tensor] | None = None,
@@ -216,9 +217,10 @@ class ClassifierGuidedPipeline(DiffusionPipeline):
                 without a null class and for classifier guidance.
             batch_size (`int`, *optional*): how many images, for unconditional sampling (defaults to the number of
                 labels, else 1).
-            num_inference_steps (`int`, *optional*): evenly spaced steps; or use ``timestep_respacing``.
+            num_inference_steps (`int`, *optional*): N steps laid out as diffusers does (the scheduler's
+                ``timestep_spacing``); or use ``timestep_respacing``.
             timestep_respacing (`str`, *optional*): the originals' respacing spec (``"250"``, ``"ddim25"``,
-                ``"10,15,20"``); neither argument: the scheduler config's respacing.
+                ``"10,15,20"``); neither argument: the scheduler config's respacing (stock schedulers: 50 steps).
             classifier_scale (`float`, *optional*): scale of the classifier's gradient of log p(y | x_t) (ADM-G's
                 ``--classifier_scale``); applied to the mean under DDPM, to epsilon under DDIM and stock schedulers.
                 Defaults to the pipeline config's ``classifier_scale`` when class labels are given and there is a
@@ -229,22 +231,28 @@ class ClassifierGuidedPipeline(DiffusionPipeline):
             prompt (`str` or list, *optional*): CLIP guidance toward this text, through the predicted x_0.
             clip_guidance_scale (`float`, defaults to 100): scale of the CLIP similarity gradient.
             eta (`float`, defaults to 0): DDIM's noise scale (DDIM schedulers only).
-            clip_denoised (`bool`, defaults to True): clamp the x_0 prediction to [-1, 1] at each step.
+            clip_denoised (`bool`, *optional*): clamp the x_0 prediction to [-1, 1] at each step; None keeps the
+                scheduler's setting (``clip_sample``, True in converted folders). Stock schedulers clip with
+                ``clip_sample`` or thresholding at 1; one that cannot clip refuses True.
             generator (`torch.Generator`, *optional*): makes sampling reproducible.
             latents (`torch.Tensor`, *optional*): x_T, shape (batch, channels, size, size).
             step_noise (`torch.Tensor` or list, *optional*): the standard normal noise of every step (leading dim =
                 steps), instead of drawing it: reproduces a recorded trajectory of the original code.
-            output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` (NHWC in [0, 1]) or ``"pt"`` (NCHW in [0, 1]).
+            output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` (NHWC in [0, 1]), ``"pt"`` (NCHW in
+                [0, 1]) or ``"latent"`` (the final samples as they are: NCHW float32 in about [-1, 1]).
             return_dict (`bool`, defaults to True): return an [`~diffusers.ImagePipelineOutput`] rather than a tuple.
             callback_on_step_end (`Callable`, *optional*): ``callback(pipeline, step, timestep, callback_kwargs)``
                 after every step, with ``latents`` (x_{t-1}) and ``pred_original_sample`` (x_0) among
-                ``callback_on_step_end_tensor_inputs``; may return ``{"latents": ...}`` to replace them.
+                ``callback_on_step_end_tensor_inputs``; may return ``{"latents": ...}`` of the same shape to replace
+                x_{t-1}. The pipeline's ``num_timesteps``, ``guidance_scale``, ``do_classifier_free_guidance`` and
+                ``interrupt`` (set ``pipe._interrupt = True`` to stop) are there for it, as in diffusers.
             callback_on_step_end_tensor_inputs (list of `str`): which tensors the callback gets.
 
         Returns:
             [`~diffusers.ImagePipelineOutput`] or `tuple`: the images.
         """
         check_output_type(output_type)
+        self._start_call(guidance_scale)
         if classifier_scale is None:
             use_default = class_labels is not None and self.classifier is not None
             classifier_scale = (self.config.get("classifier_scale") or 0.0) if use_default else 0.0

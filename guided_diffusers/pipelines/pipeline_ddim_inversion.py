@@ -12,6 +12,7 @@ from diffusers.utils import BaseOutput
 from ..schedulers import GuidedDDIMScheduler
 from .labels import ClassLabels, normalize_id2label, resolve_class_labels
 from .sampling import (
+    CallStateMixin,
     check_output_type,
     classifier_gradient,
     denoising_loop,
@@ -36,7 +37,7 @@ class DDIMInversionPipelineOutput(BaseOutput):
     reconstruction_error: torch.Tensor
 
 
-class DDIMInversionPipeline(DiffusionPipeline):
+class DDIMInversionPipeline(CallStateMixin, DiffusionPipeline):
     r"""
     DDIM inversion (the reverse ODE of guided-diffusion's ``ddim_reverse_sample_loop``): images to their latents x_T,
     and eta-0 DDIM sampling back, optionally under other class labels or classifier guidance, which edits the image.
@@ -99,8 +100,19 @@ class DDIMInversionPipeline(DiffusionPipeline):
         class_labels: ClassLabels | None = None,
         classifier_scale: float = 0.0,
         clip_denoised: bool = True,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
-        """x_T -> x_0 by eta-0 DDIM, optionally with classifier guidance toward ``class_labels``."""
+        """x_T -> x_0 by DDIM (eta 0: deterministic), optionally with classifier guidance toward ``class_labels``.
+
+        Args:
+            latents (`torch.Tensor`): x_T, e.g. from [`invert`].
+            class_labels (*optional*): labels to decode under.
+            classifier_scale (`float`, defaults to 0): classifier guidance toward ``class_labels``.
+            clip_denoised (`bool`, defaults to True): clamp each x_0 prediction to [-1, 1].
+            eta (`float`, defaults to 0): DDIM's noise scale; above 0 the decode draws noise from ``generator``.
+            generator (`torch.Generator`, *optional*): the noise of an eta > 0 decode.
+        """
         labels = self._labels(class_labels, latents.shape[0], "class_labels")
         if classifier_scale and (self.classifier is None or labels is None):
             raise ValueError("expected a classifier and class_labels for classifier_scale, got " + ("no classifier" if self.classifier is None else "no labels"))
@@ -109,7 +121,9 @@ class DDIMInversionPipeline(DiffusionPipeline):
             gradient = classifier_gradient(self.classifier, x, t_model, labels, classifier_scale) if classifier_scale else None
             return self._model_output(x, t, labels), gradient
 
-        return denoising_loop(self, latents.float(), self.scheduler.timesteps, predict, eta=0.0, clip_denoised=clip_denoised)
+        return denoising_loop(
+            self, latents.float(), self.scheduler.timesteps, predict, eta=eta, clip_denoised=clip_denoised, generator=generator
+        )
 
     @torch.no_grad()
     def __call__(
@@ -121,6 +135,8 @@ class DDIMInversionPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         timestep_respacing: str | None = None,
         clip_denoised: bool = True,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
     ) -> DDIMInversionPipelineOutput | tuple:
@@ -129,25 +145,32 @@ class DDIMInversionPipeline(DiffusionPipeline):
         ``edit_class_labels`` and/or classifier guidance when given: an edit).
 
         Args:
-            images: PIL images, uint8 NHWC arrays, or a tensor in [-1, 1] (NCHW) at the model's size.
+            images: PIL images, NHWC arrays (uint8, or float in [0, 1]), tensors in [-1, 1] (NCHW), or lists of any of
+                these, at the model's size.
             class_labels (*optional*): the images' labels, for class-conditional models.
             edit_class_labels (*optional*): labels to decode under instead (an edit); defaults to ``class_labels``.
             classifier_scale (`float`, defaults to 0): classifier guidance toward the decoding labels.
             num_inference_steps (`int`, *optional*): evenly spaced steps; or ``timestep_respacing`` (e.g. ``"ddim50"``).
             timestep_respacing (`str`, *optional*): the originals' respacing spec.
             clip_denoised (`bool`, defaults to True): clamp each x_0 prediction to [-1, 1].
-            output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` or ``"pt"``.
+            eta (`float`, defaults to 0): DDIM's noise scale for the edit's decode (the reconstruction is always eta
+                0); above 0 the edit is stochastic, drawn from ``generator``.
+            generator (`torch.Generator`, *optional*): makes an eta > 0 edit reproducible.
+            output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict (`bool`, defaults to True): return a [`DDIMInversionPipelineOutput`].
         """
         check_output_type(output_type)
+        self._start_call()
         set_sampling_timesteps(self.scheduler, num_inference_steps, timestep_respacing, self._execution_device)
         source = to_model_input(images, self.unet.config.sample_size).to(self._execution_device)
         latents = self.invert(source, class_labels, clip_denoised)
         reconstruction = self.decode(latents, class_labels, 0.0, clip_denoised)
         error = (reconstruction - source).abs().mean(dim=(1, 2, 3)).cpu()
-        edited = edit_class_labels is not None or classifier_scale
+        edited = edit_class_labels is not None or classifier_scale or eta
         decode_labels = edit_class_labels if edit_class_labels is not None else class_labels
-        result = self.decode(latents, decode_labels, classifier_scale, clip_denoised) if edited else reconstruction
+        result = (
+            self.decode(latents, decode_labels, classifier_scale, clip_denoised, eta, generator) if edited else reconstruction
+        )
         images_out = postprocess_images(result, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

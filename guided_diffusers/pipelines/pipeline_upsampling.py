@@ -10,6 +10,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 
 from .labels import ClassLabels, normalize_id2label, resolve_class_labels
 from .sampling import (
+    CallStateMixin,
     check_output_type,
     check_step_noise,
     denoising_loop,
@@ -20,7 +21,7 @@ from .sampling import (
 )
 
 
-class ADMUpsamplingPipeline(DiffusionPipeline):
+class ADMUpsamplingPipeline(CallStateMixin, DiffusionPipeline):
     r"""
     Low-resolution images (plus class labels for class-conditional upsamplers) to high-resolution samples with an
     [`ADMSuperResUNet2DModel`] (ADM-U). Chains after [`ClassifierGuidedPipeline`] for the 64->256 and 128->512 cascades.
@@ -49,7 +50,7 @@ class ADMUpsamplingPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         timestep_respacing: str | None = None,
         eta: float = 0.0,
-        clip_denoised: bool = True,
+        clip_denoised: bool | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         step_noise: torch.Tensor | Sequence[torch.Tensor] | None = None,
@@ -61,20 +62,22 @@ class ADMUpsamplingPipeline(DiffusionPipeline):
         Upsample images.
 
         Args:
-            low_res_images: PIL images, uint8 NHWC arrays, or a float tensor in [-1, 1] (NCHW), at ``low_res_size``.
+            low_res_images: PIL images, NHWC arrays (uint8, or float in [0, 1]), tensors in [-1, 1] (NCHW), or lists
+                of any of these, at ``low_res_size``.
             class_labels (*optional*): one label per image (or one for all), for class-conditional upsamplers.
-            num_inference_steps (`int`, *optional*): evenly spaced steps; or use ``timestep_respacing``.
+            num_inference_steps (`int`, *optional*): N steps laid out as diffusers does; or use ``timestep_respacing``.
             timestep_respacing (`str`, *optional*): the originals' respacing spec (``"250"``, ``"ddim25"``).
             eta (`float`, defaults to 0): DDIM's noise scale (DDIM schedulers only).
-            clip_denoised (`bool`, defaults to True): clamp the x_0 prediction to [-1, 1].
+            clip_denoised (`bool`, *optional*): clamp the x_0 prediction to [-1, 1]; None keeps the scheduler's setting.
             generator (`torch.Generator`, *optional*): makes sampling reproducible.
             latents (`torch.Tensor`, *optional*): x_T at the high resolution.
             step_noise (*optional*): the noise of every step instead of drawing it.
-            output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` or ``"pt"``.
+            output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict (`bool`, defaults to True): return an [`~diffusers.ImagePipelineOutput`].
             callback_on_step_end (`Callable`, *optional*): as in [`ClassifierGuidedPipeline`].
         """
         check_output_type(output_type)
+        self._start_call()
         config = self.unet.config
         low_res = to_model_input(low_res_images, self.config.low_res_size, "low_res_images")
         size = config.sample_size

@@ -2,14 +2,17 @@
 
 from .gaussian import (
     BETA_SCHEDULES,
+    DIFFUSERS_BETA_SCHEDULES,
     MEAN_TYPES,
     VARIANCE_TYPES,
     GaussianDiffusion,
     ReverseStepPrediction,
     betas_for_alpha_bar,
+    diffusers_schedule,
     get_beta_schedule,
     get_ddpm_beta_schedule,
     get_named_beta_schedule,
+    linear_schedule_bounds,
     respace_betas,
     scheduler_config_from_diffusion_flags,
     space_timesteps,
@@ -20,6 +23,7 @@ from .scheduling_utils import diffusers_scheduler_kwargs, to_diffusers_scheduler
 
 __all__ = [
     "BETA_SCHEDULES",
+    "DIFFUSERS_BETA_SCHEDULES",
     "MEAN_TYPES",
     "VARIANCE_TYPES",
     "GaussianDiffusion",
@@ -30,10 +34,12 @@ __all__ = [
     "GuidedDDPMSchedulerOutput",
     "ReverseStepPrediction",
     "betas_for_alpha_bar",
+    "diffusers_schedule",
     "diffusers_scheduler_kwargs",
     "get_beta_schedule",
     "get_ddpm_beta_schedule",
     "get_named_beta_schedule",
+    "linear_schedule_bounds",
     "respace_betas",
     "scheduler_config_from_diffusion_flags",
     "space_timesteps",

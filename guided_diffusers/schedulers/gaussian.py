@@ -2,9 +2,10 @@
 
 Everything the schedulers, the training losses and the pipelines need lives here:
 
-- beta schedules: the named ``linear`` (scaled by 1000/T) and ``cosine`` ones of improved-diffusion and
-  guided-diffusion, the original DDPM ones (``quad``, ``linear``, ``warmup10``, ``warmup50``, ``const``, ``jsd``)
-  and explicit betas;
+- beta schedules: diffusers' names with diffusers' meaning (``linear``, ``scaled_linear``, ``squaredcos_cap_v2``),
+  the originals' named ``linear`` (scaled by 1000/T) and ``cosine`` of improved-diffusion and guided-diffusion
+  (translated to diffusers' names once, by [`diffusers_schedule`]), the original DDPM ones (``quad``, ``warmup10``,
+  ``warmup50``, ``const``, ``jsd``) and explicit betas;
 - timestep respacing from the originals' spec strings (``"250"``, ``"10,15,20"``, ``"ddim25"``);
 - [`GaussianDiffusion`], a process (full or respaced) holding its float64 tables and giving the forward process,
   the posterior, the model's reverse step p(x_{t-1} | x_t) from a model output, the conversions between epsilon,
@@ -26,21 +27,27 @@ import torch
 
 __all__ = [
     "BETA_SCHEDULES",
+    "DIFFUSERS_BETA_SCHEDULES",
     "MEAN_TYPES",
     "VARIANCE_TYPES",
     "GaussianDiffusion",
     "ReverseStepPrediction",
     "betas_for_alpha_bar",
+    "diffusers_schedule",
     "get_beta_schedule",
     "get_ddpm_beta_schedule",
     "get_named_beta_schedule",
+    "linear_schedule_bounds",
     "respace_betas",
     "scheduler_config_from_diffusion_flags",
     "space_timesteps",
 ]
 
-#: Names accepted by [`get_beta_schedule`] (and the schedulers' ``beta_schedule``).
-BETA_SCHEDULES = ("linear", "cosine", "quad", "warmup10", "warmup50", "const", "jsd")
+#: diffusers' schedule names, with diffusers' meaning: ``linear`` is linspace(beta_start, beta_end, T) at any T.
+DIFFUSERS_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+#: Names accepted by [`get_beta_schedule`] (and the schedulers' ``beta_schedule``): diffusers' names, the originals'
+#: ``cosine`` (= ``squaredcos_cap_v2``), DDPM's ``quad`` (= ``scaled_linear``) and DDPM's schedules diffusers lacks.
+BETA_SCHEDULES = (*DIFFUSERS_BETA_SCHEDULES, "cosine", "quad", "warmup10", "warmup50", "const", "jsd")
 #: What the model predicts: noise, x_0, or x_{t-1}.
 MEAN_TYPES = ("epsilon", "sample", "previous_sample")
 #: How the reverse-step variance is chosen.
@@ -88,16 +95,6 @@ def _check_num_timesteps(num_diffusion_timesteps: Any) -> int:
     return int(num_diffusion_timesteps)
 
 
-def _scaled_linear_schedule(num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
-    scale = 1000 / num_timesteps
-    if max(beta_start, beta_end) * scale > 1:
-        raise ValueError(
-            f"the linear schedule scales betas by 1000 / T: at T = {num_timesteps} beta_end becomes "
-            f"{beta_end * scale:g}, expected at most 1 (use more steps or another schedule)"
-        )
-    return np.linspace(scale * beta_start, scale * beta_end, num_timesteps, dtype=np.float64)
-
-
 def get_named_beta_schedule(schedule_name: str, num_diffusion_timesteps: int) -> np.ndarray:
     """The named schedules of improved-diffusion and guided-diffusion.
 
@@ -111,7 +108,7 @@ def get_named_beta_schedule(schedule_name: str, num_diffusion_timesteps: int) ->
     """
     num_diffusion_timesteps = _check_num_timesteps(num_diffusion_timesteps)
     if schedule_name == "linear":
-        return _scaled_linear_schedule(num_diffusion_timesteps, 0.0001, 0.02)
+        return np.linspace(*linear_schedule_bounds(num_diffusion_timesteps), num_diffusion_timesteps, dtype=np.float64)
     if schedule_name == "cosine":
         return betas_for_alpha_bar(num_diffusion_timesteps, _cosine_alpha_bar)
     raise ValueError(f"unknown named beta schedule {schedule_name!r}; expected one of 'linear', 'cosine'")
@@ -158,16 +155,17 @@ def get_beta_schedule(
     beta_end: float = 0.02,
     trained_betas: Sequence[float] | np.ndarray | torch.Tensor | None = None,
 ) -> np.ndarray:
-    """One entry point for every schedule, as the schedulers' configs name them.
+    """One entry point for every schedule, as the schedulers' configs name them (diffusers' meaning of each name).
 
     Args:
-        beta_schedule (`str`): one of [`BETA_SCHEDULES`]. ``"linear"`` is the named linear schedule: beta_start to
-            beta_end at T = 1000, both scaled by 1000 / T (at T = 1000 it is exactly DDPM's linear schedule).
-            ``"cosine"`` ignores beta_start and beta_end. ``"quad"``, ``"warmup10"``, ``"warmup50"``, ``"const"`` and
-            ``"jsd"`` are DDPM's, unscaled.
+        beta_schedule (`str`): one of [`BETA_SCHEDULES`]. ``"linear"`` is diffusers' linear schedule,
+            linspace(beta_start, beta_end, T), unscaled at any T (the originals' named linear at T steps is this with
+            beta_start and beta_end scaled by 1000 / T: see [`linear_schedule_bounds`]). ``"scaled_linear"`` (= DDPM's
+            ``"quad"``) is linear in sqrt(beta). ``"squaredcos_cap_v2"`` (= the originals' ``"cosine"``) ignores
+            beta_start and beta_end. ``"warmup10"``, ``"warmup50"``, ``"const"`` and ``"jsd"`` are DDPM's.
         num_train_timesteps (`int`): T.
-        beta_start (`float`, defaults to 1e-4): the first beta (at T = 1000 for ``"linear"``).
-        beta_end (`float`, defaults to 0.02): the last beta (at T = 1000 for ``"linear"``).
+        beta_start (`float`, defaults to 1e-4): the first beta.
+        beta_end (`float`, defaults to 0.02): the last beta.
         trained_betas (array-like, *optional*): explicit betas; when given, the name is not used.
 
     Returns:
@@ -184,15 +182,55 @@ def get_beta_schedule(
                 f"got {tuple(betas.shape)}"
             )
         return betas
-    if beta_schedule == "linear":
-        return _scaled_linear_schedule(num_train_timesteps, beta_start, beta_end)
-    if beta_schedule == "cosine":
+    if beta_schedule in ("squaredcos_cap_v2", "cosine"):
         return get_named_beta_schedule("cosine", num_train_timesteps)
+    if beta_schedule == "scaled_linear":
+        beta_schedule = "quad"
     if beta_schedule in _DDPM_SCHEDULES:
+        if beta_schedule == "linear" and max(beta_start, beta_end) > 1:
+            raise ValueError(f"linear betas must be at most 1, got beta_start {beta_start:g} and beta_end {beta_end:g}")
         return get_ddpm_beta_schedule(
             beta_schedule, beta_start=beta_start, beta_end=beta_end, num_diffusion_timesteps=num_train_timesteps
         )
     raise ValueError(f"unknown beta_schedule {beta_schedule!r}; expected one of {', '.join(BETA_SCHEDULES)}")
+
+
+def linear_schedule_bounds(num_diffusion_timesteps: int) -> tuple[float, float]:
+    """beta_start and beta_end of the originals' named ``linear`` schedule at T steps: 1e-4 and 0.02, times 1000 / T.
+
+    ``get_beta_schedule("linear", T, *linear_schedule_bounds(T))`` is bit-identical to the originals' schedule, and
+    diffusers' ``beta_schedule="linear"`` with the same bounds is the same schedule (to float32).
+    """
+    num_diffusion_timesteps = _check_num_timesteps(num_diffusion_timesteps)
+    scale = 1000 / num_diffusion_timesteps
+    if 0.02 * scale > 1:
+        raise ValueError(
+            f"the linear schedule scales betas by 1000 / T: at T = {num_diffusion_timesteps} beta_end becomes "
+            f"{0.02 * scale:g}, expected at most 1 (use more steps or another schedule)"
+        )
+    return scale * 0.0001, scale * 0.02
+
+
+def diffusers_schedule(
+    beta_schedule: str, num_train_timesteps: int, beta_start: float = 0.0001, beta_end: float = 0.02
+) -> dict[str, Any]:
+    """The config keys that store a schedule under a name every diffusers scheduler reads the same way.
+
+    The originals' ``cosine`` becomes ``squaredcos_cap_v2`` and DDPM's ``quad`` ``scaled_linear`` (the same tables);
+    DDPM's schedules that diffusers lacks (``warmup10``, ``warmup50``, ``const``, ``jsd``) are stored as explicit
+    ``trained_betas`` beside their name. diffusers' names pass unchanged.
+
+    Returns:
+        `dict`: ``beta_schedule`` and, where needed, ``trained_betas``.
+    """
+    if beta_schedule == "cosine":
+        return {"beta_schedule": "squaredcos_cap_v2"}
+    if beta_schedule == "quad":
+        return {"beta_schedule": "scaled_linear"}
+    if beta_schedule in DIFFUSERS_BETA_SCHEDULES:
+        return {"beta_schedule": beta_schedule}
+    betas = get_beta_schedule(beta_schedule, num_train_timesteps, beta_start=beta_start, beta_end=beta_end)
+    return {"beta_schedule": beta_schedule, "trained_betas": betas.tolist()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -807,8 +845,9 @@ class GaussianDiffusion:
         t: int | torch.Tensor,
         eta: float = 0.0,
         noise: torch.Tensor | None = None,
+        noise_pred: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One DDIM step x_t -> x_{t-1} (Song et al., equation 12), epsilon re-derived from x_0.
+        """One DDIM step x_t -> x_{t-1} (Song et al., equation 12), epsilon re-derived from x_0 unless given.
 
         Args:
             pred_original_sample (`torch.Tensor`): the (clipped, possibly guided) x_0 prediction.
@@ -816,8 +855,11 @@ class GaussianDiffusion:
             t (`int` or `torch.Tensor`): steps of this process.
             eta (`float`, defaults to 0.0): 0 is deterministic DDIM, 1 matches the DDPM posterior variance.
             noise (`torch.Tensor`, *optional*): the standard normal noise (needed when eta > 0).
+            noise_pred (`torch.Tensor`, *optional*): the epsilon of the direction to x_t; re-derived from
+                ``pred_original_sample`` when absent (guided-diffusion's DDIM).
         """
-        noise_pred = self.predict_noise_from_start(x_t, t, pred_original_sample)
+        if noise_pred is None:
+            noise_pred = self.predict_noise_from_start(x_t, t, pred_original_sample)
         alpha_bar_prev = self.extract("alphas_cumprod_prev", t, x_t)
         sigma = self.ddim_sigma(t, x_t, eta)
         mean = pred_original_sample * torch.sqrt(alpha_bar_prev) + torch.sqrt(
@@ -878,8 +920,9 @@ def scheduler_config_from_diffusion_flags(flags: Mapping[str, Any]) -> dict[str,
             ``rescale_timesteps``, ``timestep_respacing`` (and the loss flags, ignored here).
 
     Returns:
-        `dict`: ``num_train_timesteps``, ``beta_schedule``, ``prediction_type``, ``variance_type``,
-        ``rescale_timesteps``, ``timestep_respacing``.
+        `dict`: ``num_train_timesteps``, ``beta_schedule`` in diffusers' terms (the originals' ``linear`` as diffusers'
+        ``linear`` with ``beta_start``/``beta_end`` scaled by 1000 / T, ``cosine`` as ``squaredcos_cap_v2``),
+        ``prediction_type``, ``variance_type``, ``rescale_timesteps``, ``timestep_respacing``.
     """
     flags = dict(flags)
     if "diffusion_steps" in flags:
@@ -894,9 +937,15 @@ def scheduler_config_from_diffusion_flags(flags: Mapping[str, Any]) -> dict[str,
         variance_type = "learned_range"
     else:
         variance_type = "fixed_small" if values["sigma_small"] else "fixed_large"
+    num_train_timesteps = int(values["steps"])
+    if values["noise_schedule"] == "linear":
+        beta_start, beta_end = linear_schedule_bounds(num_train_timesteps)
+        schedule = {"beta_schedule": "linear", "beta_start": beta_start, "beta_end": beta_end}
+    else:
+        schedule = {"beta_schedule": "squaredcos_cap_v2"}
     return {
-        "num_train_timesteps": int(values["steps"]),
-        "beta_schedule": values["noise_schedule"],
+        "num_train_timesteps": num_train_timesteps,
+        **schedule,
         "prediction_type": "sample" if values["predict_xstart"] else "epsilon",
         "variance_type": variance_type,
         "rescale_timesteps": bool(values["rescale_timesteps"]),

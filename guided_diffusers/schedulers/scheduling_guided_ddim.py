@@ -12,7 +12,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .scheduling_utils import GuidedSchedulerMixin
+from .scheduling_utils import COMPATIBLE_SCHEDULERS, GuidedSchedulerMixin
 
 __all__ = ["GuidedDDIMInverseOutput", "GuidedDDIMScheduler", "GuidedDDIMSchedulerOutput"]
 
@@ -69,22 +69,26 @@ class GuidedDDIMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
 
     Args: the same as [`GuidedDDPMScheduler`]:
         num_train_timesteps (`int`, defaults to 1000): T of the trained process.
-        beta_schedule (`str`, defaults to ``"linear"``): see
-            [`~guided_diffusers.schedulers.gaussian.get_beta_schedule`].
-        beta_start (`float`, defaults to 1e-4): the first beta (at T = 1000 for ``"linear"``).
-        beta_end (`float`, defaults to 0.02): the last beta (at T = 1000 for ``"linear"``).
+        beta_schedule (`str`, defaults to ``"linear"``): diffusers' names and meanings (``"linear"`` unscaled,
+            ``"scaled_linear"``, ``"squaredcos_cap_v2"``), plus DDPM's schedules; see [`GuidedDDPMScheduler`].
+        beta_start (`float`, defaults to 1e-4): the first beta.
+        beta_end (`float`, defaults to 0.02): the last beta.
         trained_betas (`list[float]`, *optional*): explicit betas, overriding the schedule.
         prediction_type (`str`, defaults to ``"epsilon"``): ``"epsilon"``, ``"sample"`` or ``"previous_sample"``.
-        variance_type (`str`, defaults to ``"fixed_large"``): the model's variance type; ``"learned"`` and
-            ``"learned_range"`` mean 2C output channels.
+        variance_type (`str`, defaults to ``"fixed_small"``): the model's variance type; ``"learned"`` and
+            ``"learned_range"`` mean 2C output channels (DDIM does not use them); None means ``"fixed_small"``.
         clip_sample (`bool`, defaults to True): clamp the x_0 prediction to [-clip_sample_range, clip_sample_range].
         clip_sample_range (`float`, defaults to 1.0): the clipping bound.
         rescale_timesteps (`bool`, defaults to False): the model was trained on t * 1000 / T.
         timestep_respacing (`str`, *optional*): the respacing after construction and for ``set_timesteps()`` without
             arguments (e.g. ``"ddim25"``); every step when absent.
+        timestep_spacing (`str`, defaults to ``"leading"``, as diffusers' DDPM and DDIM schedulers): how
+            ``set_timesteps(N)`` with an int N lays out its steps: ``"leading"``, ``"trailing"`` or ``"linspace"``,
+            exactly as diffusers does. The originals' respacing is asked for with a string (``"250"``, ``"ddim25"``).
+        steps_offset (`int`, defaults to 0): added to the ``"leading"`` grid, as in diffusers.
     """
 
-    _compatibles: list[str] = []
+    _compatibles = COMPATIBLE_SCHEDULERS
 
     @register_to_config
     def __init__(
@@ -95,11 +99,13 @@ class GuidedDDIMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
         beta_end: float = 0.02,
         trained_betas: list[float] | np.ndarray | None = None,
         prediction_type: str = "epsilon",
-        variance_type: str = "fixed_large",
+        variance_type: str | None = "fixed_small",
         clip_sample: bool = True,
         clip_sample_range: float = 1.0,
         rescale_timesteps: bool = False,
         timestep_respacing: str | None = None,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
     ):
         self._initialize()
 
@@ -109,6 +115,7 @@ class GuidedDDIMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
         timestep: int | torch.Tensor,
         sample: torch.Tensor,
         eta: float = 0.0,
+        use_clipped_model_output: bool | None = True,
         generator: torch.Generator | list[torch.Generator] | None = None,
         variance_noise: torch.Tensor | None = None,
         guidance_gradient: torch.Tensor | None = None,
@@ -124,6 +131,10 @@ class GuidedDDIMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
                 sample).
             sample (`torch.Tensor`): x_t.
             eta (`float`, defaults to 0.0): the DDIM noise scale (0: deterministic; 1: DDPM-like).
+            use_clipped_model_output (`bool`, defaults to True): as in diffusers' DDIMScheduler: True re-derives
+                epsilon from the clipped x_0 for the direction to x_t (guided-diffusion's DDIM, hence our default);
+                False (or None, as diffusers reads it) uses the model's own epsilon. Both give the same step when
+                nothing was clipped.
             generator (`torch.Generator`, *optional*): for the noise when eta > 0.
             variance_noise (`torch.Tensor`, *optional*): the standard normal noise to use instead of drawing it.
             guidance_gradient (`torch.Tensor`, *optional*): the scaled gradient of log p(y | x_t) at ``sample``;
@@ -135,22 +146,30 @@ class GuidedDDIMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
         Returns:
             [`GuidedDDIMSchedulerOutput`] or `tuple`: (prev_sample, pred_original_sample).
         """
-        if eta < 0:
-            raise ValueError(f"eta must be non-negative, got {eta}")
+        if not eta >= 0:  # also refuses nan
+            raise ValueError(f"eta must be a non-negative number, got {eta}")
         process = self.sampling_diffusion
         steps = self._to_process_steps(timestep, sample)
         pred_original_sample = self.pred_original_sample(model_output, timestep, sample, clip_sample, denoised_fn)
+        model_noise = None
+        if not use_clipped_model_output:
+            unclipped = self.pred_original_sample(model_output, timestep, sample, False, denoised_fn)
+            model_noise = process.predict_noise_from_start(sample, steps, unclipped)
         if guidance_gradient is not None:
             self._check_guidance_gradient(guidance_gradient, sample)
             pred_original_sample = process.guided_pred_original_sample(
                 pred_original_sample, sample, steps, guidance_gradient
             )
+            if model_noise is not None:
+                model_noise = process.guided_noise(model_noise, steps, guidance_gradient)
         noise = None
         if eta > 0:
             noise = variance_noise
             if noise is None:
                 noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-        prev_sample = process.ddim_step(pred_original_sample, sample, steps, eta=eta, noise=noise)
+        prev_sample = process.ddim_step(
+            pred_original_sample, sample, steps, eta=eta, noise=noise, noise_pred=model_noise
+        )
         if not return_dict:
             return prev_sample, pred_original_sample
         return GuidedDDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)

@@ -12,7 +12,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .scheduling_utils import GuidedSchedulerMixin
+from .scheduling_utils import COMPATIBLE_SCHEDULERS, GuidedSchedulerMixin
 
 __all__ = ["GuidedDDPMScheduler", "GuidedDDPMSchedulerOutput"]
 
@@ -59,24 +59,31 @@ class GuidedDDPMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
 
     Args:
         num_train_timesteps (`int`, defaults to 1000): T of the trained process.
-        beta_schedule (`str`, defaults to ``"linear"``): ``"linear"`` (scaled by 1000 / T), ``"cosine"``, or DDPM's
-            ``"quad"``, ``"warmup10"``, ``"warmup50"``, ``"const"``, ``"jsd"``; see
+        beta_schedule (`str`, defaults to ``"linear"``): diffusers' ``"linear"`` (linspace(beta_start, beta_end, T),
+            unscaled), ``"scaled_linear"`` or ``"squaredcos_cap_v2"`` (the originals' cosine), or DDPM's
+            ``"warmup10"``, ``"warmup50"``, ``"const"``, ``"jsd"``; the originals' ``"cosine"`` and DDPM's ``"quad"``
+            are accepted and stored under diffusers' names. See
             [`~guided_diffusers.schedulers.gaussian.get_beta_schedule`].
-        beta_start (`float`, defaults to 1e-4): the first beta (at T = 1000 for ``"linear"``).
-        beta_end (`float`, defaults to 0.02): the last beta (at T = 1000 for ``"linear"``).
+        beta_start (`float`, defaults to 1e-4): the first beta.
+        beta_end (`float`, defaults to 0.02): the last beta.
         trained_betas (`list[float]`, *optional*): explicit betas, overriding the schedule.
         prediction_type (`str`, defaults to ``"epsilon"``): ``"epsilon"``, ``"sample"`` (x_0) or ``"previous_sample"``
             (x_{t-1}).
-        variance_type (`str`, defaults to ``"fixed_large"``): ``"fixed_small"``, ``"fixed_large"``, ``"learned"`` or
-            ``"learned_range"`` (the model outputs twice the channels for the last two).
+        variance_type (`str`, defaults to ``"fixed_small"``, diffusers' default): ``"fixed_small"`` (the posterior
+            variance), ``"fixed_large"`` (beta_t), ``"learned"`` or ``"learned_range"`` (the model outputs twice the
+            channels for the last two); None (a stock solver's "not learned") means ``"fixed_small"``.
         clip_sample (`bool`, defaults to True): clamp the x_0 prediction to [-clip_sample_range, clip_sample_range].
         clip_sample_range (`float`, defaults to 1.0): the clipping bound.
         rescale_timesteps (`bool`, defaults to False): the model was trained on t * 1000 / T (see [`model_timestep`]).
         timestep_respacing (`str`, *optional*): the respacing in effect after construction and for
             ``set_timesteps()`` without arguments; every step when absent.
+        timestep_spacing (`str`, defaults to ``"leading"``, as diffusers' DDPM and DDIM schedulers): how
+            ``set_timesteps(N)`` with an int N lays out its steps: ``"leading"``, ``"trailing"`` or ``"linspace"``,
+            exactly as diffusers does. The originals' respacing is asked for with a string (``"250"``, ``"ddim25"``).
+        steps_offset (`int`, defaults to 0): added to the ``"leading"`` grid, as in diffusers.
     """
 
-    _compatibles: list[str] = []
+    _compatibles = COMPATIBLE_SCHEDULERS
 
     @register_to_config
     def __init__(
@@ -87,11 +94,13 @@ class GuidedDDPMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
         beta_end: float = 0.02,
         trained_betas: list[float] | np.ndarray | None = None,
         prediction_type: str = "epsilon",
-        variance_type: str = "fixed_large",
+        variance_type: str | None = "fixed_small",
         clip_sample: bool = True,
         clip_sample_range: float = 1.0,
         rescale_timesteps: bool = False,
         timestep_respacing: str | None = None,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
     ):
         self._initialize()
 

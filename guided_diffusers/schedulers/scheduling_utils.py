@@ -11,9 +11,36 @@ import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .gaussian import BETA_SCHEDULES, MEAN_TYPES, VARIANCE_TYPES, GaussianDiffusion, space_timesteps
+from .gaussian import (
+    BETA_SCHEDULES,
+    MEAN_TYPES,
+    VARIANCE_TYPES,
+    GaussianDiffusion,
+    diffusers_schedule,
+    space_timesteps,
+)
 
-__all__ = ["GuidedSchedulerMixin", "diffusers_scheduler_kwargs", "to_diffusers_scheduler"]
+__all__ = ["COMPATIBLE_SCHEDULERS", "TIMESTEP_SPACINGS", "GuidedSchedulerMixin", "diffusers_scheduler_kwargs", "to_diffusers_scheduler"]
+
+#: The stock diffusers schedulers that ``X.from_config(guided.config)`` turns our configs into (and back), and that the
+#: pipelines drive; each is tested for the same alphas_cumprod both ways.
+COMPATIBLE_SCHEDULERS = [
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "UniPCMultistepScheduler",
+    "DEISMultistepScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "PNDMScheduler",
+]
+#: diffusers' ways of laying ``N`` steps over the T trained ones (``set_timesteps(N)`` with an int N).
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
 class GuidedSchedulerMixin:
@@ -32,6 +59,7 @@ class GuidedSchedulerMixin:
     init_noise_sigma = 1.0
 
     def _initialize(self) -> None:
+        self._store_in_diffusers_terms()
         config = self.config
         if config.beta_schedule not in BETA_SCHEDULES and config.trained_betas is None:
             raise ValueError(
@@ -47,11 +75,38 @@ class GuidedSchedulerMixin:
             )
         if not config.clip_sample_range > 0:
             raise ValueError(f"clip_sample_range must be positive, got {config.clip_sample_range}")
+        if config.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(
+                f"unknown timestep_spacing {config.timestep_spacing!r}; expected one of {', '.join(TIMESTEP_SPACINGS)}"
+            )
         self.diffusion = GaussianDiffusion.from_config(config)
         #: The full process's float64 betas and alphas_cumprod.
         self.betas = self.diffusion.betas
         self.alphas_cumprod = self.diffusion.alphas_cumprod
         self.set_timesteps(config.timestep_respacing)
+
+    def _store_in_diffusers_terms(self) -> None:
+        """Rewrite the config so that every key means what it means in diffusers, once, at construction.
+
+        The originals' ``cosine`` is stored as ``squaredcos_cap_v2`` and DDPM's ``quad`` as ``scaled_linear``; DDPM's
+        schedules that diffusers lacks carry explicit ``trained_betas``; a ``variance_type`` of None (a stock
+        config's "no learned variance") is diffusers' default, ``fixed_small``. A stock scheduler built with
+        ``X.from_config(self.config)`` then runs exactly this process.
+        """
+        config = self.config
+        updates: dict[str, Any] = {}
+        if config.variance_type is None:
+            updates["variance_type"] = "fixed_small"
+        if config.trained_betas is None and config.beta_schedule in BETA_SCHEDULES:
+            schedule = diffusers_schedule(
+                config.beta_schedule, config.num_train_timesteps, config.beta_start, config.beta_end
+            )
+            updates.update({k: v for k, v in schedule.items() if config.get(k) != v})
+        # The process itself is never "a default": diffusers' from_config drops default-valued keys and gives the new
+        # class its own defaults (Heun's linear is 0.00085..0.012), so these keys always travel.
+        process_keys = {"num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "trained_betas", *updates}
+        defaults = [name for name in config.get("_use_default_values", []) if name not in process_keys]
+        self.register_to_config(**updates, _use_default_values=defaults)
 
     # -- timesteps --------------------------------------------------------------------------------------------------
 
@@ -61,14 +116,18 @@ class GuidedSchedulerMixin:
         device: str | torch.device | None = None,
         timesteps: Sequence[int] | None = None,
     ) -> None:
-        """Choose the sampling timesteps: a step count, a respacing spec, or explicit original timesteps.
+        """Choose the sampling timesteps: a step count, a respacing spec of the originals, or explicit timesteps.
 
         Args:
-            num_inference_steps (`int` or `str`, *optional*): an int N takes N evenly spaced steps (the originals'
-                ``"N"``); a string is a respacing spec of the originals: ``"250"``, ``"10,15,20"`` (per-section counts)
-                or ``"ddim25"`` (integer stride). None uses the config's ``timestep_respacing``, or every step.
+            num_inference_steps (`int` or `str`, *optional*): an int N lays N steps out as diffusers does, by the
+                config's ``timestep_spacing`` (``"leading"``: T // N apart from 0 plus ``steps_offset``;
+                ``"trailing"``: from T - 1 down; ``"linspace"``: evenly from 0 to T - 1, rounded). A string is a
+                respacing spec of the originals: ``"250"`` (N steps including 0 and T - 1, as the originals round
+                them), ``"10,15,20"`` (per-section counts) or ``"ddim25"`` (integer stride). None uses the config's
+                ``timestep_respacing``, or every step.
             device (`str` or `torch.device`, *optional*): where ``timesteps`` goes.
-            timesteps (sequence of `int`, *optional*): explicit original timesteps to keep (instead of the above).
+            timesteps (sequence of `int`, *optional*): explicit original timesteps, strictly descending, in
+                [0, num_train_timesteps), as diffusers' custom timesteps (instead of the above).
         """
         num_train_timesteps = self.config.num_train_timesteps
         if num_inference_steps is None and timesteps is None:
@@ -76,32 +135,59 @@ class GuidedSchedulerMixin:
         if timesteps is not None:
             if num_inference_steps is not None:
                 raise ValueError("pass either num_inference_steps or timesteps, got both")
-            use_timesteps = sorted(set(int(t) for t in timesteps))
-            if not use_timesteps or use_timesteps[0] < 0 or use_timesteps[-1] >= num_train_timesteps:
-                raise ValueError(
-                    f"timesteps must be a non-empty list in [0, {num_train_timesteps}), got {list(timesteps)}"
-                )
+            use_timesteps = self._check_custom_timesteps(timesteps)
         elif num_inference_steps is None or num_inference_steps == "":
             use_timesteps = list(range(num_train_timesteps))
-        else:
-            if isinstance(num_inference_steps, bool):
-                raise ValueError(
-                    f"num_inference_steps must be an int or a respacing spec, got {num_inference_steps!r}"
-                )
-            if isinstance(num_inference_steps, (int, np.integer)):
-                if not 1 <= num_inference_steps <= num_train_timesteps:
-                    raise ValueError(
-                        f"num_inference_steps must be in [1, {num_train_timesteps}] (num_train_timesteps), "
-                        f"got {num_inference_steps}"
-                    )
-                num_inference_steps = str(int(num_inference_steps))
+        elif isinstance(num_inference_steps, str):
             use_timesteps = space_timesteps(num_train_timesteps, num_inference_steps)
+        else:
+            use_timesteps = self._spaced_timesteps(num_inference_steps)
         self.num_inference_steps = len(use_timesteps)
         self.sampling_diffusion = GaussianDiffusion.from_config(self.config, use_timesteps=use_timesteps)
         process_index = torch.full((num_train_timesteps,), -1, dtype=torch.long)
         process_index[torch.tensor(use_timesteps)] = torch.arange(len(use_timesteps))
         self._process_index = process_index
         self.timesteps = torch.tensor(use_timesteps[::-1], dtype=torch.long, device=device)
+
+    def _spaced_timesteps(self, num_inference_steps: Any) -> list[int]:
+        """diffusers' grid of N steps for the config's ``timestep_spacing`` (ascending)."""
+        num_train_timesteps = self.config.num_train_timesteps
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+            raise ValueError(
+                f"num_inference_steps must be an int or a respacing spec string, got {num_inference_steps!r}"
+            )
+        if not 1 <= num_inference_steps <= num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps must be in [1, {num_train_timesteps}] (num_train_timesteps), got {num_inference_steps}"
+            )
+        steps = int(num_inference_steps)
+        spacing = self.config.timestep_spacing
+        if spacing == "linspace":
+            grid = np.linspace(0, num_train_timesteps - 1, steps).round().astype(np.int64)
+        elif spacing == "leading":
+            grid = np.arange(0, steps) * (num_train_timesteps // steps) + self.config.steps_offset
+        else:  # trailing
+            grid = np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / steps)).astype(np.int64)[::-1] - 1
+        grid = sorted(set(int(t) for t in grid))
+        if grid[0] < 0 or grid[-1] >= num_train_timesteps:
+            raise ValueError(
+                f"timestep_spacing {spacing!r} with steps_offset {self.config.steps_offset} puts timesteps outside "
+                f"[0, {num_train_timesteps}): {grid[0]}..{grid[-1]}"
+            )
+        return grid
+
+    def _check_custom_timesteps(self, timesteps: Sequence[int] | torch.Tensor) -> list[int]:
+        """Custom timesteps as diffusers takes them: integers, strictly descending, in [0, T); returned ascending."""
+        num_train_timesteps = self.config.num_train_timesteps
+        values = timesteps.tolist() if isinstance(timesteps, (torch.Tensor, np.ndarray)) else list(timesteps)
+        if not values or any(isinstance(v, bool) or int(v) != v for v in values):
+            raise ValueError(f"timesteps must be a non-empty list of integers, got {values}")
+        values = [int(v) for v in values]
+        if any(a <= b for a, b in zip(values, values[1:])):
+            raise ValueError(f"timesteps must be strictly descending, as scheduler.timesteps are, got {values}")
+        if values[-1] < 0 or values[0] >= num_train_timesteps:
+            raise ValueError(f"timesteps must lie in [0, {num_train_timesteps}), got {values}")
+        return values[::-1]
 
     def _to_process_steps(self, timestep: int | torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """Original timesteps (int or tensor) as (batch,) steps of the sampling process; errors for foreign ones."""
@@ -131,10 +217,12 @@ class GuidedSchedulerMixin:
             return self.diffusion.model_timesteps(flat, batch_size=flat.shape[0]).reshape(timestep.shape)
         return self.diffusion.model_timesteps(timestep)[0]
 
-    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
-        """The original timestep that follows ``timestep`` in ``timesteps`` (-1 after the last)."""
+    def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
+        """The original timestep that follows ``timestep`` in ``timesteps`` (-1 after the last), as a tensor like diffusers'."""
         step = int(self._to_process_steps(torch.as_tensor(timestep).reshape(1), torch.empty(1))[0])
-        return int(self.sampling_diffusion.timestep_map[step - 1]) if step > 0 else -1
+        previous = int(self.sampling_diffusion.timestep_map[step - 1]) if step > 0 else -1
+        device = timestep.device if isinstance(timestep, torch.Tensor) else None
+        return torch.tensor(previous, dtype=torch.long, device=device)
 
     def pred_original_sample(
         self,
@@ -217,47 +305,36 @@ def diffusers_scheduler_kwargs(
 ) -> dict[str, Any]:
     """The constructor kwargs of a stock diffusers scheduler that runs the same process as a guided scheduler config.
 
-    The full process's float64 betas go in as ``trained_betas`` (so every schedule, at any T, is exact up to the stock
-    scheduler's float32 tables), with ``num_train_timesteps``, ``prediction_type`` (``"epsilon"`` or ``"sample"``),
-    ``clip_sample`` / ``clip_sample_range`` and ``variance_type`` where ``scheduler_class`` takes them. Only the
-    arguments ``scheduler_class.__init__`` accepts are returned.
-
-    Learned-sigma models output 6 channels: [`~diffusers.DPMSolverMultistepScheduler`] and
-    [`~diffusers.DDPMScheduler`] drop the variance channels themselves (``variance_type`` is passed); for the others
-    feed ``model_output[:, :3]``. With ``rescale_timesteps`` the model must be given ``t * 1000 /
-    num_train_timesteps``, which stock schedulers do not do: [`to_diffusers_scheduler`] records it in the stock
-    scheduler's config, and the pipelines rescale accordingly.
+    Our configs are stored in diffusers' terms (see [`GuidedSchedulerMixin`]), so these are simply the config's keys
+    that ``scheduler_class.__init__`` accepts, as ``scheduler_class.from_config`` would take them; a config given as a
+    mapping is first normalised by building our scheduler from it.
 
     Args:
         config_or_scheduler: a [`GuidedDDPMScheduler`], [`GuidedDDIMScheduler`] or one of their configs.
         scheduler_class (`type`): a diffusers scheduler class, e.g. ``DPMSolverMultistepScheduler``.
     """
-    config = _config_dict(config_or_scheduler)
+    config = _guided_config(config_or_scheduler)
     prediction_type = config.get("prediction_type", "epsilon")
     if prediction_type not in ("epsilon", "sample"):
         raise ValueError(
             f"stock diffusers schedulers take prediction_type 'epsilon' or 'sample', got {prediction_type!r}"
         )
-    num_train_timesteps = config.get("num_train_timesteps", 1000)
-    betas = GaussianDiffusion.from_config(config).betas
-    variance_type = config.get("variance_type", "fixed_small")
-    candidates: dict[str, Any] = {
-        "num_train_timesteps": num_train_timesteps,
-        "trained_betas": betas.tolist(),
-        "prediction_type": prediction_type,
-        "clip_sample": config.get("clip_sample", True),
-        "clip_sample_range": config.get("clip_sample_range", 1.0),
-    }
     accepted = inspect.signature(scheduler_class.__init__).parameters
-    if "variance_type" in accepted:
-        default = accepted["variance_type"].default
-        if scheduler_class.__name__.startswith("DDPM"):
-            candidates["variance_type"] = variance_type
-        elif variance_type in ("learned", "learned_range"):
-            candidates["variance_type"] = variance_type
-        else:
-            candidates["variance_type"] = default
-    return {name: value for name, value in candidates.items() if name in accepted}
+    kwargs = {name: value for name, value in config.items() if name in accepted and not name.startswith("_")}
+    if "variance_type" in kwargs and kwargs["variance_type"] not in ("learned", "learned_range"):
+        if not scheduler_class.__name__.startswith("DDPM"):
+            kwargs.pop("variance_type")  # only DDPMScheduler reads fixed variances; the solvers read "learned" only
+    return kwargs
+
+
+def _guided_config(config_or_scheduler: Any) -> dict[str, Any]:
+    """The config of a guided scheduler, or a config mapping normalised to diffusers' terms."""
+    if isinstance(config_or_scheduler, GuidedSchedulerMixin):
+        return dict(config_or_scheduler.config)
+    config = _config_dict(config_or_scheduler)
+    from .scheduling_guided_ddpm import GuidedDDPMScheduler
+
+    return dict(GuidedDDPMScheduler.from_config(config).config)
 
 
 def to_diffusers_scheduler(
@@ -265,7 +342,10 @@ def to_diffusers_scheduler(
 ) -> SchedulerMixin:
     """A stock diffusers scheduler (DDIM, DPM-Solver, Euler, UniPC, ...) for the process of a guided scheduler config.
 
-    See [`diffusers_scheduler_kwargs`] for what is carried over and how to feed learned-sigma models.
+    The same as ``scheduler_class.from_config(scheduler.config, **overrides)``, the diffusers way, which works as it
+    is: our configs are stored in diffusers' terms. ``rescale_timesteps`` (not a stock setting) stays in the stock
+    config, so the pipelines give rescaled-timestep models ``t * 1000 / T``; a learned-sigma model's variance channels
+    are dropped by the pipelines unless the stock scheduler reads them.
 
     Args:
         config_or_scheduler: a [`GuidedDDPMScheduler`], [`GuidedDDIMScheduler`] or one of their configs.
@@ -275,8 +355,7 @@ def to_diffusers_scheduler(
     kwargs = diffusers_scheduler_kwargs(config_or_scheduler, scheduler_class)
     kwargs.update(overrides)
     scheduler = scheduler_class(**kwargs)
-    if _config_dict(config_or_scheduler).get("rescale_timesteps"):
-        # Not a stock scheduler setting: recorded in its config so the pipelines give the model t * 1000 / T. (It is
-        # dropped if the stock scheduler is saved and reloaded; convert again from the guided config then.)
+    if _guided_config(config_or_scheduler).get("rescale_timesteps"):
+        # Not a stock setting: kept in the stock config (diffusers keeps unknown keys, also through save and load).
         scheduler.register_to_config(rescale_timesteps=True)
     return scheduler

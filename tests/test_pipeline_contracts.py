@@ -1,0 +1,351 @@
+"""Pipelines drive every stock scheduler as diffusers' own pipelines do, with diffusers' call conventions."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    AutoModel,
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.models.unets.unet_2d import UNet2DOutput
+from PIL import Image
+
+from guided_diffusers import (
+    ADMClassifier,
+    ADMUNet2DModel,
+    ClassifierGuidedPipeline,
+    DDIMInversionPipeline,
+    GuidedDDIMScheduler,
+    GuidedDDPMScheduler,
+)
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+STOCK = [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler, EulerDiscreteScheduler,
+         HeunDiscreteScheduler]
+T = 40
+SHAPE = (2, 3, 8, 8)
+
+
+def _randomize_zeros(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """The originals zero-initialise output layers; random ones make every test see a non-trivial model."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return model.eval()
+
+
+def _unet(class_dropout_prob: float = 0.0) -> ADMUNet2DModel:
+    torch.manual_seed(0)
+    unet = ADMUNet2DModel(sample_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                          attention_downsample_factors=(2,), num_classes=10, out_channels=6,
+                          class_dropout_prob=class_dropout_prob)
+    return _randomize_zeros(unet, 1)
+
+
+def _classifier() -> ADMClassifier:
+    torch.manual_seed(2)
+    classifier = ADMClassifier(sample_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                               attention_downsample_factors=(2,), num_classes=10, num_head_channels=16)
+    return _randomize_zeros(classifier, 3)
+
+
+def _guided_scheduler(rescale: bool = True) -> GuidedDDPMScheduler:
+    # improved-diffusion's process: cosine, learned range, t * 1000 / T given to the model
+    return GuidedDDPMScheduler(num_train_timesteps=T, beta_schedule="cosine", variance_type="learned_range",
+                               rescale_timesteps=rescale)
+
+
+def _pipeline(stock=None, rescale: bool = True, **kwargs) -> ClassifierGuidedPipeline:
+    scheduler = _guided_scheduler(rescale)
+    if stock is not None:
+        scheduler = stock.from_config(scheduler.config)  # the diffusers way to swap
+    pipe = ClassifierGuidedPipeline(unet=_unet(**kwargs), scheduler=scheduler, classifier=_classifier())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _textbook_loop(pipe, labels: torch.Tensor, steps: int, seed: int, scale: float) -> torch.Tensor:
+    """diffusers' canonical sampling loop written out, with classifier guidance on epsilon at the VP input."""
+    scheduler, unet, classifier = pipe.scheduler, pipe.unet, pipe.classifier
+    scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(SHAPE, generator=generator) * scheduler.init_noise_sigma
+    keeps_variance = isinstance(scheduler, DDPMScheduler)
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(latents, t)
+        t_model = t.float() * 1000 / T if scheduler.config.get("rescale_timesteps") else t
+        output = unet(model_input, t_model, class_labels=labels).sample
+        eps = output[:, :3]
+        if scale:
+            with torch.enable_grad():
+                x = model_input.detach().requires_grad_(True)
+                log_probs = torch.log_softmax(classifier(x, t_model).logits, dim=-1)
+                gradient = torch.autograd.grad(log_probs[torch.arange(len(labels)), labels].sum(), x)[0] * scale
+            if scheduler.init_noise_sigma != 1:  # sigma space: the scheduler's own sigma at this step
+                alpha_bar = 1 / (1 + scheduler.sigmas[scheduler.step_index] ** 2)
+            else:
+                alpha_bar = scheduler.alphas_cumprod[int(t)]
+            eps = eps - (1 - alpha_bar) ** 0.5 * gradient
+        model_output = torch.cat([eps, output[:, 3:]], dim=1) if keeps_variance else eps
+        kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        latents = scheduler.step(model_output, t, latents, **kwargs).prev_sample
+    return (latents / 2 + 0.5).clamp(0, 1)
+
+
+@pytest.mark.parametrize("scale", [0.0, 2.0], ids=["unguided", "classifier_guided"])
+@pytest.mark.parametrize("stock", STOCK, ids=lambda c: c.__name__)
+def test_pipeline_matches_textbook_loop_for_every_stock_scheduler(stock, scale, record_property):
+    pipe = _pipeline(stock)
+    labels = torch.tensor([1, 7])
+    with torch.no_grad():
+        images = pipe(class_labels=labels, num_inference_steps=6, classifier_scale=scale, output_type="pt",
+                      generator=torch.Generator().manual_seed(0)).images
+        expected = _textbook_loop(pipe, labels, 6, 0, scale)
+    error = (images - expected).abs().max().item()
+    record_property("max_abs_error", error)
+    print(f"\n{stock.__name__} scale={scale}: max |pipeline - textbook| = {error:.2e}")
+    assert error < 1e-4
+    assert images.std() > 0.01  # a real image, not a constant
+    if scale:  # and the guidance reached it
+        unguided = pipe(class_labels=labels, num_inference_steps=6, output_type="pt",
+                        generator=torch.Generator().manual_seed(0)).images
+        assert (images - unguided).abs().max() > 1e-3
+
+
+class _GaussianClassifier(torch.nn.Module):
+    """log p(y | x) up to a constant for classes at fixed means: its gradient points from x toward the class mean."""
+
+    def __init__(self, means: torch.Tensor):
+        super().__init__()
+        self.register_buffer("means", means)
+
+    def forward(self, x, timesteps):
+        distances = ((x[:, None] - self.means[None]) ** 2).flatten(2).sum(-1)
+        return type("Output", (), {"logits": -2 * distances})()  # a Gaussian likelihood of standard deviation 0.5
+
+
+@pytest.mark.parametrize("stock", [EulerDiscreteScheduler, HeunDiscreteScheduler, DPMSolverMultistepScheduler,
+                                   UniPCMultistepScheduler, DDIMScheduler], ids=lambda c: c.__name__)
+def test_guidance_moves_samples_toward_the_class(stock):
+    """The gradient is taken at the VP-scaled input and shifts epsilon the right way: from the same x_T, guided
+    samples end nearer the class the classifier favours, in sigma-space and VP schedulers alike."""
+    means = torch.stack([torch.full((3, 8, 8), -0.5), torch.full((3, 8, 8), 0.5)])
+    pipe = _pipeline(stock)
+    # "leading" starts at t = 36 (sigma 6) rather than the cosine schedule's last step (sigma 800), where one Euler
+    # step of a strong, stiff guidance overshoots whatever its sign
+    pipe.scheduler = stock.from_config(pipe.scheduler.config, timestep_spacing="leading")
+    pipe.classifier.forward = _GaussianClassifier(means).forward  # the pipeline's classifier, with known log-probs
+    table = _guided_scheduler().alphas_cumprod
+
+    def exact_unet(sample, timestep, class_labels=None, **kwargs):
+        """The exact model of N(0, 0.5^2) data: eps = sqrt(1 - ab) x_t / (ab / 4 + 1 - ab), t given as t * 1000 / T."""
+        position = float(torch.as_tensor(timestep).reshape(-1)[0]) * T / 1000
+        low = int(position)
+        weight = position - low
+        alpha_bar = float(table[low] * (1 - weight) + table[min(low + 1, T - 1)] * weight)
+        eps = (1 - alpha_bar) ** 0.5 * sample / (alpha_bar / 4 + 1 - alpha_bar)
+        return UNet2DOutput(sample=torch.cat([eps, torch.zeros_like(eps)], dim=1))
+
+    pipe.unet.forward = exact_unet
+
+    def sample(scale, label=1):
+        return pipe(class_labels=[label, label], num_inference_steps=10, classifier_scale=scale, output_type="latent",
+                    generator=torch.Generator().manual_seed(0), clip_denoised=False).images
+
+    unguided, guided = sample(0.0), sample(10.0)
+    assert 0.3 < unguided.std().item() < 0.8  # the exact model samples its data, N(0, 0.5^2), in 10 steps
+    assert (guided - unguided).mean() > 5e-4  # toward the class mean 0.5 ...
+    assert (guided - means[1]).pow(2).mean() < (unguided - means[1]).pow(2).mean()  # ... and nearer it
+    assert (sample(10.0, label=0) - unguided).mean() < -5e-4  # and toward -0.5 for the other class
+
+
+def test_variance_channels_kept_only_where_the_scheduler_reads_them():
+    from guided_diffusers.pipelines.sampling import reads_variance_channels
+
+    config = _guided_scheduler().config
+    assert reads_variance_channels(DDPMScheduler.from_config(config))
+    assert reads_variance_channels(DPMSolverMultistepScheduler.from_config(config))
+    for stock in (DDIMScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler):
+        swapped = stock.from_config(config)
+        assert swapped.config.variance_type == "learned_range"  # diffusers keeps the key it does not use
+        assert not reads_variance_channels(swapped)
+
+
+def test_fractional_timesteps_reach_the_model_rescaled():
+    pipe = _pipeline(EulerDiscreteScheduler)
+    seen = []
+    forward = pipe.unet.forward
+
+    def spy(sample, timestep, *args, **kwargs):
+        seen.append(torch.as_tensor(timestep).float().reshape(-1)[0].item())
+        return forward(sample, timestep, *args, **kwargs)
+
+    pipe.unet.forward = spy
+    pipe(class_labels=[1, 2], num_inference_steps=5, output_type="latent", generator=torch.Generator().manual_seed(0))
+    expected = (pipe.scheduler.timesteps.float() * 1000 / T).tolist()
+    assert seen == pytest.approx(expected, rel=1e-6)
+    assert any(value != int(value) for value in seen)  # continuous, not truncated
+
+
+def test_clip_denoised_is_honoured_or_refused():
+    pipe = _pipeline(DDIMScheduler)
+    run = dict(class_labels=[1, 2], num_inference_steps=4, output_type="latent")
+    clipped = pipe(**run, clip_denoised=True, generator=torch.Generator().manual_seed(0)).images
+    unclipped = pipe(**run, clip_denoised=False, generator=torch.Generator().manual_seed(0)).images
+    assert (clipped - unclipped).abs().max() > 1e-4
+    assert pipe.scheduler.config.clip_sample is True  # restored after the call
+    reference = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    manual = ClassifierGuidedPipeline(unet=pipe.unet, scheduler=reference)
+    manual.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(manual(**run, generator=torch.Generator().manual_seed(0)).images, unclipped)
+    # DPM-Solver clips by thresholding at 1, and its config comes back unchanged
+    dpm = _pipeline(DPMSolverMultistepScheduler)
+    dpm(**run, clip_denoised=True, generator=torch.Generator().manual_seed(0))
+    assert dpm.scheduler.config.thresholding is False
+    # Euler cannot clip: refused before any model call
+    euler = _pipeline(EulerDiscreteScheduler)
+    calls = []
+    euler.unet.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match="expected clip_denoised None or False for EulerDiscreteScheduler"):
+        euler(**run, clip_denoised=True)
+    assert calls == []
+
+
+def test_stock_step_counts_are_checked_before_work():
+    pipe = _pipeline(DPMSolverMultistepScheduler)
+    with pytest.raises(ValueError, match=r"expected num_inference_steps in \[1, 40\].*got 41"):
+        pipe(class_labels=[1], num_inference_steps=41)
+    with pytest.raises(ValueError, match=r"expected num_inference_steps in \[1, 40\].*got 0"):
+        pipe(class_labels=[1], num_inference_steps=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Call conventions
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_callback_sees_the_properties_and_may_replace_latents():
+    pipe = _pipeline(guided := None, class_dropout_prob=0.1)
+    seen = []
+    replacement = torch.full(SHAPE, 0.25)
+
+    def callback(pipeline, step, timestep, tensors):
+        seen.append((pipeline.num_timesteps, pipeline.guidance_scale, pipeline.do_classifier_free_guidance))
+        return {"latents": replacement} if step == pipeline.num_timesteps - 1 else {}
+
+    out = pipe(class_labels=[1, 2], num_inference_steps=4, guidance_scale=3.0, callback_on_step_end=callback,
+               output_type="latent", generator=torch.Generator().manual_seed(0)).images
+    assert seen == [(4, 3.0, True)] * 4
+    torch.testing.assert_close(out, replacement)
+    assert guided is None and not pipe(class_labels=[1], num_inference_steps=1, guidance_scale=1.0,
+                                       output_type="latent").images.isnan().any()
+    assert pipe.do_classifier_free_guidance is False  # w = 1 is the conditional model alone
+
+
+def test_callback_latents_of_another_shape_are_refused():
+    pipe = _pipeline()
+    with pytest.raises(ValueError, match=r"expected callback latents of shape \(2, 3, 8, 8\), got \(1, 3, 8, 8\)"):
+        pipe(class_labels=[1, 2], num_inference_steps=3,
+             callback_on_step_end=lambda p, i, t, k: {"latents": torch.zeros(1, 3, 8, 8)})
+
+
+def test_interrupt_skips_the_remaining_steps():
+    pipe = _pipeline()
+    calls = []
+    pipe.unet.register_forward_hook(lambda *args: calls.append(1))
+
+    def stop_after_two(pipeline, step, timestep, tensors):
+        if step == 1:
+            pipeline._interrupt = True
+        return {}
+
+    pipe(class_labels=[1, 2], num_inference_steps=5, callback_on_step_end=stop_after_two, output_type="latent")
+    assert len(calls) == 2 and pipe.interrupt is True
+    pipe(class_labels=[1, 2], num_inference_steps=5, output_type="latent")  # a new call starts uninterrupted
+    assert len(calls) == 7
+
+
+def test_output_type_latent_is_the_final_sample():
+    pipe = _pipeline()
+    latent = pipe(class_labels=[1, 2], num_inference_steps=3, output_type="latent",
+                  generator=torch.Generator().manual_seed(0)).images
+    images = pipe(class_labels=[1, 2], num_inference_steps=3, output_type="pt",
+                  generator=torch.Generator().manual_seed(0)).images
+    torch.testing.assert_close(images, (latent / 2 + 0.5).clamp(0, 1))
+
+
+@pytest.mark.parametrize("stock", [None, EulerDiscreteScheduler], ids=["guided_ddpm", "euler"])
+def test_batch_consistency_with_per_image_generators(stock):
+    pipe = _pipeline(stock)
+    both = pipe(class_labels=[1, 2], num_inference_steps=3, output_type="latent",
+                generator=[torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)]).images
+    first = pipe(class_labels=[1], num_inference_steps=3, output_type="latent",
+                 generator=[torch.Generator().manual_seed(5)]).images
+    torch.testing.assert_close(both[:1], first, rtol=1e-4, atol=1e-4)
+
+
+def test_inversion_pipeline_takes_a_generator():
+    scheduler = GuidedDDIMScheduler(num_train_timesteps=T, beta_schedule="cosine", variance_type="learned_range")
+    pipe = DDIMInversionPipeline(unet=_unet(), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 8, 8) * 2 - 1
+    run = dict(class_labels=[1], edit_class_labels=[4], num_inference_steps=4, eta=1.0, output_type="pt")
+    a = pipe(image, generator=torch.Generator().manual_seed(0), **run).images
+    b = pipe(image, generator=torch.Generator().manual_seed(0), **run).images
+    c = pipe(image, generator=torch.Generator().manual_seed(1), **run).images
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - c).abs().max() > 1e-3
+
+
+def test_image_inputs_accept_what_diffusers_accepts():
+    from guided_diffusers.pipelines.sampling import to_model_input
+
+    array = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    reference = torch.from_numpy(array).permute(0, 3, 1, 2).float() / 127.5 - 1
+    variants = {
+        "uint8 array": array,
+        "list of uint8 arrays": list(array),
+        "float array in [0, 1]": array.astype(np.float32) / 255,
+        "list of PIL": [Image.fromarray(a) for a in array],
+        "tensor": reference,
+        "list of CHW tensors": list(reference),
+        "list of 1CHW tensors": [r[None] for r in reference],
+    }
+    for name, images in variants.items():
+        torch.testing.assert_close(to_model_input(images, 8), reference, rtol=1e-6, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match=r"expected image tensors in \[-1, 1\], got values in \[0, 255\]"):
+        to_model_input((reference + 1) * 127.5)
+    with pytest.raises(ValueError, match="one kind"):
+        to_model_input([array[0], reference[0]])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_automodel_loads_our_models_from_a_pipeline_folder(tmp_path):
+    pipe = _pipeline()
+    pipe.save_pretrained(tmp_path)
+    # diffusers imports the library named in model_index.json itself; (its load id needs the path as a str)
+    unet = AutoModel.from_pretrained(str(tmp_path), subfolder="unet")
+    classifier = AutoModel.from_pretrained(str(tmp_path), subfolder="classifier")
+    assert type(unet) is ADMUNet2DModel and type(classifier) is ADMClassifier
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(unet(x, torch.tensor([5]), class_labels=torch.tensor([1])).sample,
+                               pipe.unet(x, torch.tensor([5]), class_labels=torch.tensor([1])).sample)
+    loaded = DiffusionPipeline.from_pretrained(tmp_path)
+    assert type(loaded) is ClassifierGuidedPipeline
