@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 
+import numpy as np
 import torch
 
 ClassLabels = int | str | Sequence[int | str] | torch.Tensor
@@ -47,14 +48,19 @@ def resolve_class_labels(
         num_classes: how many classes the model knows.
         id2label: the class names by id; the ImageNet table when absent and ``num_classes`` is 1000.
     """
-    if isinstance(class_labels, (int, str)) or (torch.is_tensor(class_labels) and class_labels.ndim == 0):
+    if isinstance(class_labels, (int, str, float, np.integer, np.floating)) or (
+        torch.is_tensor(class_labels) and class_labels.ndim == 0
+    ):
         class_labels = [class_labels]
     if torch.is_tensor(class_labels):
-        if class_labels.dtype.is_floating_point or class_labels.ndim != 1:
+        if class_labels.dtype.is_floating_point or class_labels.dtype == torch.bool or class_labels.ndim != 1:
             raise ValueError(f"expected class_labels as a 1-D integer tensor, got {class_labels.dtype} of shape {tuple(class_labels.shape)}")
         ids = class_labels.to(torch.long).cpu()
     else:
         values = list(class_labels)
+        wrong = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, str, np.integer))]
+        if wrong:
+            raise ValueError(f"expected class labels as integer ids or class names, got {wrong[0]!r} in {values!r}")
         if any(isinstance(v, str) for v in values):
             table = {int(k): v for k, v in id2label.items()} if id2label else (imagenet_id2label() if num_classes == 1000 else None)
             if table is None:

@@ -12,7 +12,9 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from .labels import ClassLabels, normalize_id2label, resolve_class_labels
 from .sampling import (
     CallStateMixin,
+    check_batch_size,
     check_output_type,
+    check_scale,
     check_step_noise,
     classifier_gradient,
     denoising_loop,
@@ -97,6 +99,9 @@ class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
         guidance_scale: float | None,
         prompt: str | list[str] | None,
     ) -> tuple[torch.Tensor | None, int]:
+        check_batch_size(batch_size)
+        check_scale("classifier_scale", classifier_scale)
+        check_scale("guidance_scale", guidance_scale)
         conditional = bool(getattr(self.unet.config, "num_classes", None))
         labels = None
         if class_labels is not None:
@@ -106,8 +111,6 @@ class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
                 raise ValueError("expected no class_labels for an unconditional U-Net without a classifier, got some")
             labels = resolve_class_labels(class_labels, self.num_classes, self.config.id2label)
         if batch_size is not None:
-            if batch_size < 1:
-                raise ValueError(f"expected batch_size >= 1, got {batch_size}")
             if labels is not None and len(labels) not in (1, batch_size):
                 raise ValueError(f"expected {batch_size} class labels for batch_size {batch_size}, got {len(labels)}")
             if labels is not None and len(labels) == 1:
@@ -260,6 +263,8 @@ class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
         if unknown:
             raise ValueError(f"expected callback tensor inputs among {self._callback_tensor_inputs}, got {sorted(unknown)}")
         labels, batch = self._check_inputs(class_labels, batch_size, classifier_scale, guidance_scale, prompt)
+        check_scale("clip_guidance_scale", clip_guidance_scale)
+        check_scale("eta", eta, minimum=0)
         device = self._execution_device
         timesteps = set_sampling_timesteps(self.scheduler, num_inference_steps, timestep_respacing, device)
         config = self.unet.config

@@ -14,6 +14,7 @@ from .labels import ClassLabels, normalize_id2label, resolve_class_labels
 from .sampling import (
     CallStateMixin,
     check_output_type,
+    check_scale,
     classifier_gradient,
     denoising_loop,
     postprocess_images,
@@ -160,6 +161,8 @@ class DDIMInversionPipeline(CallStateMixin, DiffusionPipeline):
             return_dict (`bool`, defaults to True): return a [`DDIMInversionPipelineOutput`].
         """
         check_output_type(output_type)
+        check_scale("classifier_scale", classifier_scale)
+        check_scale("eta", eta, minimum=0)
         self._start_call()
         set_sampling_timesteps(self.scheduler, num_inference_steps, timestep_respacing, self._execution_device)
         source = to_model_input(images, self.unet.config.sample_size).to(self._execution_device)

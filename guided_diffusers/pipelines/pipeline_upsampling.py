@@ -12,6 +12,7 @@ from .labels import ClassLabels, normalize_id2label, resolve_class_labels
 from .sampling import (
     CallStateMixin,
     check_output_type,
+    check_scale,
     check_step_noise,
     denoising_loop,
     initial_latents,
@@ -77,6 +78,7 @@ class ADMUpsamplingPipeline(CallStateMixin, DiffusionPipeline):
             callback_on_step_end (`Callable`, *optional*): as in [`ClassifierGuidedPipeline`].
         """
         check_output_type(output_type)
+        check_scale("eta", eta, minimum=0)
         self._start_call()
         config = self.unet.config
         low_res = to_model_input(low_res_images, self.config.low_res_size, "low_res_images")

@@ -304,16 +304,45 @@ def classifier_gradient(
     return (gradient * scale).to(sample.dtype)
 
 
-def check_latents(latents: torch.Tensor, shape: Sequence[int]) -> None:
+def check_latents(latents: Any, shape: Sequence[int]) -> None:
+    if not torch.is_tensor(latents):
+        raise ValueError(f"expected latents as a torch.Tensor of shape {tuple(shape)}, got {type(latents).__name__}")
     if tuple(latents.shape) != tuple(shape):
         raise ValueError(f"expected latents of shape {tuple(shape)}, got {tuple(latents.shape)}")
+    if not latents.dtype.is_floating_point or not torch.isfinite(latents).all():
+        raise ValueError(f"expected latents as finite floats, got {latents.dtype} with non-finite or integer values")
 
 
 def check_step_noise(step_noise: torch.Tensor | Sequence[torch.Tensor] | None, steps: int, shape: Sequence[int]) -> None:
     if step_noise is None:
         return
-    if len(step_noise) != steps or any(tuple(n.shape) != tuple(shape) for n in step_noise):
-        raise ValueError(f"expected step_noise as {steps} tensors of shape {tuple(shape)}, got {len(step_noise)} of shape {tuple(step_noise[0].shape)}")
+    expected = f"expected step_noise as {steps} tensors of shape {tuple(shape)}"
+    if not (torch.is_tensor(step_noise) or isinstance(step_noise, (list, tuple))):
+        raise ValueError(f"{expected}, got {type(step_noise).__name__}")
+    if len(step_noise) != steps:
+        raise ValueError(f"{expected}, got {len(step_noise)}")
+    bad = [i for i, noise in enumerate(step_noise) if not torch.is_tensor(noise) or tuple(noise.shape) != tuple(shape)]
+    if bad:
+        got = step_noise[bad[0]]
+        raise ValueError(f"{expected}, got {tuple(got.shape) if torch.is_tensor(got) else type(got).__name__} at step {bad[0]}")
+
+
+def check_scale(name: str, value: Any, minimum: float | None = None) -> None:
+    """A guidance scale or eta: a finite real number (at least ``minimum``), or a one-line error before any work."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"expected {name} as a number, got {type(value).__name__} {value!r}")
+    if not np.isfinite(value) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum:g}" if minimum is not None else ""
+        raise ValueError(f"expected {name} as a finite number{bound}, got {value}")
+
+
+def check_batch_size(batch_size: Any) -> None:
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"expected batch_size as a whole number >= 1, got {batch_size!r}")
 
 
 def initial_latents(
