@@ -216,3 +216,25 @@ def test_diffusers_ddim_pipeline_runs_our_scheduler_config():
     images = pipe(batch_size=1, num_inference_steps=2, use_clipped_model_output=True, output_type="np",
                   generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (1, 8, 8, 3) and np.isfinite(images).all()
+
+
+def test_converted_folder_scheduler_swaps(tmp_path):
+    """A converted improved-diffusion folder (cosine, T = 4000) writes a scheduler config every stock scheduler reads
+    as the same process, and a saved stock config loads back into ours."""
+    from parity import load_case, parity_dir
+
+    from guided_diffusers.conversion.convert import convert_adm
+
+    case, _ = load_case("id_unet")
+    convert_adm(parity_dir() / "id_unet" / "original.pt", tmp_path / "out", source=case["source"],
+                model_config=case["constructor_kwargs"],
+                diffusion_flags="--diffusion_steps 4000 --noise_schedule cosine --learn_sigma True")
+    folder = tmp_path / "out" / "scheduler"
+    ours = GuidedDDPMScheduler.from_pretrained(folder)
+    assert ours.config.beta_schedule == "squaredcos_cap_v2" and ours.config.num_train_timesteps == 4000
+    expected = _expected_alphas_cumprod("cosine_4000")
+    for stock in STOCK:
+        swapped = stock.from_pretrained(folder)
+        assert _error(swapped, expected) < 1e-6
+        swapped.save_pretrained(tmp_path / stock.__name__)
+        assert _error(GuidedDDIMScheduler.from_pretrained(tmp_path / stock.__name__), expected) < 1e-6
