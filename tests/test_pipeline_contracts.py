@@ -349,3 +349,39 @@ def test_automodel_loads_our_models_from_a_pipeline_folder(tmp_path):
                                pipe.unet(x, torch.tensor([5]), class_labels=torch.tensor([1])).sample)
     loaded = DiffusionPipeline.from_pretrained(tmp_path)
     assert type(loaded) is ClassifierGuidedPipeline
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Guidance in a limited interval of noise levels
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stock", [None, DPMSolverMultistepScheduler], ids=["guided_ddpm", "dpm_solver"])
+def test_interval_covering_every_step_is_plain_guidance(stock):
+    pipe = _pipeline(stock, class_dropout_prob=0.1)
+    run = dict(class_labels=[1, 2], num_inference_steps=5, classifier_scale=2.0, guidance_scale=3.0, output_type="latent")
+    plain = pipe(**run, generator=torch.Generator().manual_seed(0)).images
+    covering = pipe(**run, guidance_interval=(0.0, float("inf")), generator=torch.Generator().manual_seed(0)).images
+    torch.testing.assert_close(covering, plain, rtol=0, atol=0)
+
+
+def test_interval_guides_only_inside_and_saves_evaluations():
+    from guided_diffusers.pipelines.sampling import noise_level
+
+    pipe = _pipeline(class_dropout_prob=0.1)
+    pipe.scheduler.set_timesteps(6)
+    levels = [noise_level(pipe.scheduler, t) for t in pipe.scheduler.timesteps]
+    low, high = sorted(levels)[1], sorted(levels)[3]  # inside: the 3rd and 4th lowest noise levels
+    unet_batches, classifier_calls = [], []
+    pipe.unet.register_forward_hook(lambda module, args, output: unet_batches.append(args[0].shape[0]))
+    pipe.classifier.register_forward_hook(lambda *args: classifier_calls.append(1))
+    run = dict(class_labels=[1, 2], num_inference_steps=6, classifier_scale=2.0, guidance_scale=3.0, output_type="latent")
+    inside = pipe(**run, guidance_interval=(low, high), generator=torch.Generator().manual_seed(0)).images
+    assert len(classifier_calls) == 2 and sorted(unet_batches) == [2, 2, 2, 2, 4, 4]
+    nowhere = pipe(**run, guidance_interval=(0.0, min(levels) / 2), generator=torch.Generator().manual_seed(0)).images
+    conditional = pipe(class_labels=[1, 2], num_inference_steps=6, output_type="latent",
+                       generator=torch.Generator().manual_seed(0)).images
+    torch.testing.assert_close(nowhere, conditional, rtol=0, atol=0)
+    assert (inside - conditional).abs().max() > 1e-4
+    with pytest.raises(ValueError, match=r"expected guidance_interval \(low, high\) with 0 <= low < high"):
+        pipe(**run, guidance_interval=(2.0, 1.0))

@@ -13,12 +13,14 @@ from .labels import ClassLabels, normalize_id2label, resolve_class_labels
 from .sampling import (
     CallStateMixin,
     check_batch_size,
+    check_guidance_interval,
     check_output_type,
     check_scale,
     check_step_noise,
     classifier_gradient,
     denoising_loop,
     initial_latents,
+    noise_level,
     postprocess_images,
     predict_original_sample,
     set_sampling_timesteps,
@@ -201,6 +203,7 @@ class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
         guidance_scale: float | None = None,
         prompt: str | list[str] | None = None,
         clip_guidance_scale: float = 100.0,
+        guidance_interval: tuple[float, float] | None = None,
         eta: float = 0.0,
         clip_denoised: bool | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -233,6 +236,10 @@ class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
                 conditional sampling. Combines with ``classifier_scale``.
             prompt (`str` or list, *optional*): CLIP guidance toward this text, through the predicted x_0.
             clip_guidance_scale (`float`, defaults to 100): scale of the CLIP similarity gradient.
+            guidance_interval (`tuple[float, float]`, *optional*): guide only at noise levels sigma =
+                sqrt((1 - alpha_bar) / alpha_bar) in (low, high] (Kynkaenniemi et al. 2024, "Applying Guidance in a
+                Limited Interval"); elsewhere the step uses the conditional model alone, without the classifier's
+                gradient or the null-class forward, so it costs one U-Net evaluation. None guides at every step.
             eta (`float`, defaults to 0): DDIM's noise scale (DDIM schedulers only).
             clip_denoised (`bool`, *optional*): clamp the x_0 prediction to [-1, 1] at each step; None keeps the
                 scheduler's setting (``clip_sample``, True in converted folders). Stock schedulers clip with
@@ -264,6 +271,7 @@ class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
             raise ValueError(f"expected callback tensor inputs among {self._callback_tensor_inputs}, got {sorted(unknown)}")
         labels, batch = self._check_inputs(class_labels, batch_size, classifier_scale, guidance_scale, prompt)
         check_scale("clip_guidance_scale", clip_guidance_scale)
+        interval = check_guidance_interval(guidance_interval)
         check_scale("eta", eta, minimum=0)
         device = self._execution_device
         timesteps = set_sampling_timesteps(self.scheduler, num_inference_steps, timestep_respacing, device)
@@ -279,6 +287,8 @@ class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
         text = self._clip_text_embeddings(prompt, batch, device) if prompt is not None else None
 
         def predict(x: torch.Tensor, t: torch.Tensor, t_model: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            if interval is not None and not interval[0] < noise_level(self.scheduler, t) <= interval[1]:
+                return self.unet_output(x, t_model, unet_labels, None), None
             if text is not None:
                 output, gradient = self._clip_gradient(x, t, t_model, unet_labels, guidance_scale, text, clip_guidance_scale)
             else:

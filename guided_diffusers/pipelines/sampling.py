@@ -93,6 +93,28 @@ def alpha_bar_at(scheduler: Any, t: torch.Tensor, like: torch.Tensor) -> torch.T
     return value.to(device=like.device, dtype=like.dtype)
 
 
+def noise_level(scheduler: Any, t: torch.Tensor) -> float:
+    """sigma = sqrt((1 - alpha_bar) / alpha_bar) at timestep ``t``: the noise level, whatever the scheduler's kind."""
+    if is_guided_scheduler(scheduler):
+        alpha_bar = float(scheduler.alphas_cumprod[int(t)])
+    else:
+        alpha_bar = float(alpha_bar_at(scheduler, t, torch.empty((), dtype=torch.float64)))
+    return float(np.sqrt((1 - alpha_bar) / alpha_bar)) if alpha_bar > 0 else float("inf")
+
+
+def check_guidance_interval(interval: Any) -> tuple[float, float] | None:
+    """A (low, high] range of noise levels sigma, 0 <= low < high (high may be inf), or a one-line error."""
+    if interval is None:
+        return None
+    try:
+        low, high = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected guidance_interval as (low, high) noise levels, got {interval!r}") from None
+    if np.isnan(low) or np.isnan(high) or not 0 <= low < high:
+        raise ValueError(f"expected guidance_interval (low, high) with 0 <= low < high, got {interval!r}")
+    return low, high
+
+
 def prediction_channels(model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
     """The prediction channels of a model output (learned-sigma models append as many variance channels)."""
     return model_output[:, : sample.shape[1]]
