@@ -223,9 +223,30 @@ def test_gradient_checkpointing_gives_same_gradients(index):
     plain = grads()
     model.enable_gradient_checkpointing()
     assert model.is_gradient_checkpointing
+    calls = []
+    for module in model.modules():  # count the blocks that really went through checkpointing
+        checkpoint = getattr(module, "_gradient_checkpointing_func", None)
+        if checkpoint is not None and getattr(module, "gradient_checkpointing", False):
+            module._gradient_checkpointing_func = lambda *args, _f=checkpoint, **kwargs: (calls.append(1), _f(*args, **kwargs))[1]
     checkpointed = grads()
+    assert len(calls) >= 3  # every level's residual blocks at least
     for a, b in zip(plain, checkpointed):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_super_res_forward_keeps_the_parent_argument_order():
+    torch.manual_seed(0)
+    sr = ADMSuperResUNet2DModel(sample_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                                attention_downsample_factors=(2,), num_classes=10).eval()
+    x, low_res, labels = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 8, 8), torch.tensor([1, 2])
+    with torch.no_grad():
+        positional = sr(x, 5, labels, low_res=low_res).sample
+        keywords = sr(sample=x, timestep=5, class_labels=labels, low_res=low_res).sample
+    torch.testing.assert_close(positional, keywords, rtol=0, atol=0)
+    with pytest.raises(TypeError):
+        sr(x, 5, labels, True, low_res)  # low_res only as a keyword
+    with pytest.raises(ValueError, match="expected low_res images for the super-resolution model, got None"):
+        sr(x, 5, labels)
 
 
 def test_dropout_only_in_training():

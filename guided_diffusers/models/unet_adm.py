@@ -208,7 +208,8 @@ class ADMSuperResUNet2DModel(ADMUNet2DModel):
     ADM-U, the super-resolution U-Net: ``low_res`` is upsampled bilinearly to the sample's size and
     concatenated with it inside forward, so ``conv_in`` sees ``2 * in_channels`` channels.
 
-    Takes the same arguments as [`ADMUNet2DModel`]; ``in_channels`` is the image's channel count.
+    Takes the same arguments as [`ADMUNet2DModel`]; ``in_channels`` is the image's channel count. ``forward`` keeps the
+    parent's argument order and takes ``low_res`` as a keyword.
     """
 
     _input_multiplicity = 2
@@ -217,17 +218,19 @@ class ADMSuperResUNet2DModel(ADMUNet2DModel):
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor | float | int,
-        low_res: torch.Tensor | None = None,
         class_labels: torch.Tensor | None = None,
         return_dict: bool = True,
+        *,
+        low_res: torch.Tensor | None = None,
     ) -> UNet2DOutput | tuple[torch.Tensor]:
         r"""
         Args:
             sample (`torch.Tensor`): Noisy high-resolution images ``(batch, in_channels, H, W)``.
             timestep (`torch.Tensor` or `float` or `int`): As in [`ADMUNet2DModel.forward`].
-            low_res (`torch.Tensor`): The low-resolution conditioning images ``(batch, in_channels, h, w)`` in [-1, 1].
             class_labels (`torch.Tensor`, *optional*): Class ids for class-conditional models.
             return_dict (`bool`, defaults to True): Return a [`UNet2DOutput`].
+            low_res (`torch.Tensor`, keyword): The low-resolution conditioning images ``(batch, in_channels, h, w)``
+                in [-1, 1]; required.
         """
         channels = self.config.in_channels
         self._check_sample(sample, channels)
