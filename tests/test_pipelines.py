@@ -270,6 +270,10 @@ def test_class_names():
         pipe(class_labels=["cat"])
     imagenet = _pipe(unet=_tiny_unet(num_classes=1000))
     assert imagenet.labels["golden retriever"] == 207
+    assert imagenet.labels["Golden Retriever"] == 207 == imagenet.labels[" golden retriever "]  # as class_labels takes it
+    assert "golden retriever" in list(imagenet.labels) and len(imagenet.labels) > 1000
+    with pytest.raises(KeyError, match="ambiguous"):
+        imagenet.labels["crane"]
     assert torch.equal(_run(imagenet, class_labels=["golden retriever"]), _run(imagenet, class_labels=[207]))
     with pytest.raises(ValueError, match="class name 'crane' is ambiguous: ids \\[134, 517\\]"):
         imagenet(class_labels=["crane"])

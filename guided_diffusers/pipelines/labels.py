@@ -37,6 +37,33 @@ def _name_index(id2label: Mapping[int, str]) -> dict[str, list[int]]:
     return index
 
 
+class ClassNames(Mapping[str, int]):
+    """Class name -> id for every comma-separated synonym of every label, looked up case-insensitively.
+
+    ``names["Golden Retriever"]`` and ``names["golden retriever"]`` give the same id, as ``class_labels`` accepts
+    them; iteration yields the names as ``id2label`` spells them (as diffusers' DiTPipeline ``labels`` does).
+    """
+
+    def __init__(self, id2label: Mapping[int | str, str]):
+        table = {int(k): v for k, v in id2label.items()}
+        self._names = {name.strip(): class_id for class_id, label in table.items() for name in label.split(",") if name.strip()}
+        self._index = _name_index(table)
+
+    def __getitem__(self, name: str) -> int:
+        matches = self._index.get(str(name).strip().lower()) if isinstance(name, str) else None
+        if not matches:
+            raise KeyError(f"unknown class name {name!r}")
+        if len(matches) > 1:
+            raise KeyError(f"class name {name!r} is ambiguous: ids {matches}")
+        return matches[0]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 def resolve_class_labels(
     class_labels: ClassLabels, num_classes: int, id2label: Mapping[int | str, str] | None = None
 ) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
-from .labels import ClassLabels, normalize_id2label, resolve_class_labels
+from .labels import ClassLabels, ClassNames, normalize_id2label, resolve_class_labels
 from .sampling import (
     CallStateMixin,
     check_batch_size,
@@ -86,12 +86,11 @@ class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
         return num_classes or None
 
     @property
-    def labels(self) -> dict[str, int]:
-        """Class name -> id, for every comma-separated synonym of every label (as diffusers' DiTPipeline offers)."""
+    def labels(self) -> ClassNames:
+        """Class name -> id, for every comma-separated synonym of every label, case-insensitive (as ``class_labels``)."""
         from .labels import imagenet_id2label
 
-        id2label = self.config.id2label or (imagenet_id2label() if self.num_classes == 1000 else {})
-        return {name.strip(): int(i) for i, label in id2label.items() for name in label.split(",")}
+        return ClassNames(self.config.id2label or (imagenet_id2label() if self.num_classes == 1000 else {}))
 
     def _check_inputs(
         self,
