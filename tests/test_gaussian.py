@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -69,7 +71,7 @@ def test_spaced_betas_and_posterior_log_variance_match_original():
     process = GaussianDiffusion.from_config({"num_train_timesteps": 1000, "beta_schedule": "linear"}, use_timesteps)
     torch.testing.assert_close(process.betas, schedules["spaced_betas_linear_1000_250"], atol=1e-15, rtol=0)
     torch.testing.assert_close(
-        process.tables["posterior_log_variance_clipped"],
+        process.tables.posterior_log_variance_clipped,
         schedules["spaced_posterior_log_variance_clipped_linear_1000_250"],
         atol=1e-12,
         rtol=0,
@@ -201,21 +203,22 @@ def _process(**kwargs) -> GaussianDiffusion:
 
 def test_tables_are_float64_and_cast_at_use():
     process = _process()
-    assert all(table.dtype == torch.float64 for table in process.tables.values())
+    tables = [getattr(process.tables, field.name) for field in dataclasses.fields(process.tables)]
+    assert len(tables) == 18 and all(table.dtype == torch.float64 for table in tables)
     x = torch.zeros(2, 3, 4, 4)
-    assert process.extract("betas", 3, x).dtype == torch.float32
-    assert process.extract("betas", 3, x.double()).dtype == torch.float64
-    assert process.extract("betas", torch.tensor([1, 2]), x)[:, 0, 0, 0].tolist() == pytest.approx(
+    assert process.extract(process.tables.betas, 3, x).dtype == torch.float32
+    assert process.extract(process.tables.betas, 3, x.double()).dtype == torch.float64
+    assert process.extract(process.tables.betas, torch.tensor([1, 2]), x)[:, 0, 0, 0].tolist() == pytest.approx(
         process.betas[[1, 2]].tolist()
     )
 
 
 def test_posterior_log_variance_is_clipped_and_fixed_large_takes_the_posterior_at_zero():
     process = _process()
-    assert process.tables["posterior_variance"][0] == 0
-    assert process.tables["posterior_log_variance_clipped"][0] == torch.log(process.tables["posterior_variance"][1])
-    assert process.tables["fixed_large_variance"][0] == process.tables["posterior_variance"][1]
-    torch.testing.assert_close(process.tables["fixed_large_variance"][1:], process.betas[1:])
+    assert process.tables.posterior_variance[0] == 0
+    assert process.tables.posterior_log_variance_clipped[0] == torch.log(process.tables.posterior_variance[1])
+    assert process.tables.fixed_large_variance[0] == process.tables.posterior_variance[1]
+    torch.testing.assert_close(process.tables.fixed_large_variance[1:], process.betas[1:])
 
 
 def test_conversions_between_noise_start_and_previous_are_consistent():
@@ -265,9 +268,9 @@ def test_learned_variances():
     ranged = _process(variance_type="learned_range")
     low = ranged.p_mean_variance(torch.cat([x_t, -torch.ones_like(x_t)], 1), x_t, t)
     high = ranged.p_mean_variance(torch.cat([x_t, torch.ones_like(x_t)], 1), x_t, t)
-    torch.testing.assert_close(low.log_variance, ranged.extract("posterior_log_variance_clipped", t, x_t))
-    torch.testing.assert_close(high.log_variance, ranged.extract("log_betas", t, x_t))
-    torch.testing.assert_close(high.variance, ranged.extract("betas", t, x_t))
+    torch.testing.assert_close(low.log_variance, ranged.extract(ranged.tables.posterior_log_variance_clipped, t, x_t))
+    torch.testing.assert_close(high.log_variance, ranged.extract(ranged.tables.log_betas, t, x_t))
+    torch.testing.assert_close(high.variance, ranged.extract(ranged.tables.betas, t, x_t))
     learned = _process(variance_type="learned")
     values = torch.full_like(x_t, -3.0)
     out = learned.p_mean_variance(torch.cat([x_t, values], 1), x_t, t)
@@ -279,7 +282,7 @@ def test_fixed_large_variance():
     process = _process(variance_type="fixed_large")
     x_t = torch.zeros(2, 3, 2, 2, dtype=torch.float64)
     out = process.p_mean_variance(x_t, x_t, torch.tensor([0, 7]))
-    assert out.variance[0, 0, 0, 0] == process.tables["posterior_variance"][1]
+    assert out.variance[0, 0, 0, 0] == process.tables.posterior_variance[1]
     assert out.variance[1, 0, 0, 0] == process.betas[7]
 
 
@@ -343,7 +346,7 @@ def test_guidance_shifts():
 
     scored = process.condition_score(prediction, x_t, t, gradient)
     eps = process.predict_noise_from_start(x_t, t, prediction.pred_original_sample)
-    alpha_bar = process.extract("alphas_cumprod", t, x_t)
+    alpha_bar = process.extract(process.tables.alphas_cumprod, t, x_t)
     expected_start = process.predict_start_from_noise(x_t, t, eps - (1 - alpha_bar).sqrt() * gradient)
     torch.testing.assert_close(scored.pred_original_sample, expected_start)
     torch.testing.assert_close(scored.mean, process.q_posterior_mean_variance(expected_start, x_t, t)[0])
@@ -369,7 +372,7 @@ def test_ddim_eta_one_has_the_posterior_variance_and_step_zero_no_noise():
     process = _process()
     x = torch.zeros(1, 1, 1, 1, dtype=torch.float64)
     sigma = process.ddim_sigma(20, x, eta=1.0)
-    torch.testing.assert_close(sigma**2, process.extract("posterior_variance", 20, x))
+    torch.testing.assert_close(sigma**2, process.extract(process.tables.posterior_variance, 20, x))
     start = torch.full((1, 1, 1, 1), 0.5, dtype=torch.float64)
     assert process.ddim_step(start, x, 0, eta=1.0, noise=torch.ones_like(x)).item() == pytest.approx(0.5)
     with pytest.raises(ValueError, match="needs noise"):

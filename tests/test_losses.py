@@ -151,7 +151,7 @@ def test_vb_term_is_the_decoder_nll_at_zero_and_zero_for_the_true_posterior():
     out = vb_terms_bpd(process, noise, x_start, x_t, t)
     assert out["output"][1].abs().item() < 1e-5  # exact eps: p equals the posterior
     mean = process.q_posterior_mean_variance(x_start, x_t, t)[0]
-    log_variance = process.extract("posterior_log_variance_clipped", t, x_t)
+    log_variance = process.extract(process.tables.posterior_log_variance_clipped, t, x_t)
     nll = -discretized_gaussian_log_likelihood(x_start, means=mean, log_scales=0.5 * log_variance)
     torch.testing.assert_close(out["output"][0], mean_flat(nll)[0] / math.log(2.0))
 

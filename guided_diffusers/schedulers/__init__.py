@@ -1,12 +1,17 @@
-"""Schedulers and the shared Gaussian diffusion math."""
+"""Schedulers and the diffusion math they share: schedules and respacing (``schedules``), the Gaussian process
+(``gaussian``), DDIM's steps (``ddim``), our two schedulers and their bridge to stock diffusers schedulers."""
 
 from .gaussian import (
-    BETA_SCHEDULES,
-    DIFFUSERS_BETA_SCHEDULES,
     MEAN_TYPES,
     VARIANCE_TYPES,
+    DiffusionTables,
     GaussianDiffusion,
     ReverseStepPrediction,
+    scheduler_config_from_diffusion_flags,
+)
+from .schedules import (
+    BETA_SCHEDULES,
+    DIFFUSERS_BETA_SCHEDULES,
     betas_for_alpha_bar,
     diffusers_schedule,
     get_beta_schedule,
@@ -14,7 +19,6 @@ from .gaussian import (
     get_named_beta_schedule,
     linear_schedule_bounds,
     respace_betas,
-    scheduler_config_from_diffusion_flags,
     space_timesteps,
 )
 from .scheduling_guided_ddim import GuidedDDIMInverseOutput, GuidedDDIMScheduler, GuidedDDIMSchedulerOutput
@@ -24,6 +28,7 @@ from .scheduling_utils import diffusers_scheduler_kwargs, to_diffusers_scheduler
 __all__ = [
     "BETA_SCHEDULES",
     "DIFFUSERS_BETA_SCHEDULES",
+    "DiffusionTables",
     "MEAN_TYPES",
     "VARIANCE_TYPES",
     "GaussianDiffusion",

@@ -1,15 +1,10 @@
-"""The Gaussian diffusion math of DDPM, improved-diffusion and guided-diffusion, written once.
+"""The Gaussian diffusion process of DDPM, improved-diffusion and guided-diffusion, written once.
 
-Everything the schedulers, the training losses and the pipelines need lives here:
-
-- beta schedules: diffusers' names with diffusers' meaning (``linear``, ``scaled_linear``, ``squaredcos_cap_v2``),
-  the originals' named ``linear`` (scaled by 1000/T) and ``cosine`` of improved-diffusion and guided-diffusion
-  (translated to diffusers' names once, by [`diffusers_schedule`]), the original DDPM ones (``quad``, ``warmup10``,
-  ``warmup50``, ``const``, ``jsd``) and explicit betas;
-- timestep respacing from the originals' spec strings (``"250"``, ``"10,15,20"``, ``"ddim25"``);
-- [`GaussianDiffusion`], a process (full or respaced) holding its float64 tables and giving the forward process,
-  the posterior, the model's reverse step p(x_{t-1} | x_t) from a model output, the conversions between epsilon,
-  x_0 and x_{t-1}, DDIM steps and inversion, the model-facing timestep and the classifier-guidance shifts.
+[`GaussianDiffusion`] is a process (full or respaced) holding its float64 tables as named attributes
+([`DiffusionTables`]) and giving the forward process, the posterior, the model's reverse step p(x_{t-1} | x_t) from a
+model output, the conversions between epsilon, x_0 and x_{t-1}, the model-facing timestep and the
+classifier-guidance shifts; DDIM's steps come from [`~guided_diffusers.schedulers.ddim.DDIMSteps`]. Which process
+(the betas) is [`~guided_diffusers.schedulers.schedules`]'s business.
 
 Tables are kept in float64 and cast to the sample's dtype at the moment they are used, exactly as the originals do,
 so the results agree with them to float32 rounding.
@@ -17,7 +12,6 @@ so the results agree with them to float32 rounding.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,319 +19,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from .ddim import DDIMSteps
+from .schedules import get_beta_schedule, linear_schedule_bounds, respace_betas
+
 __all__ = [
-    "BETA_SCHEDULES",
-    "DIFFUSERS_BETA_SCHEDULES",
     "MEAN_TYPES",
     "VARIANCE_TYPES",
+    "DiffusionTables",
     "GaussianDiffusion",
     "ReverseStepPrediction",
-    "betas_for_alpha_bar",
-    "diffusers_schedule",
-    "get_beta_schedule",
-    "get_ddpm_beta_schedule",
-    "get_named_beta_schedule",
-    "linear_schedule_bounds",
-    "respace_betas",
     "scheduler_config_from_diffusion_flags",
-    "space_timesteps",
 ]
 
-#: diffusers' schedule names, with diffusers' meaning: ``linear`` is linspace(beta_start, beta_end, T) at any T.
-DIFFUSERS_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-#: Names accepted by [`get_beta_schedule`] (and the schedulers' ``beta_schedule``): diffusers' names, the originals'
-#: ``cosine`` (= ``squaredcos_cap_v2``), DDPM's ``quad`` (= ``scaled_linear``) and DDPM's schedules diffusers lacks.
-BETA_SCHEDULES = (*DIFFUSERS_BETA_SCHEDULES, "cosine", "quad", "warmup10", "warmup50", "const", "jsd")
 #: What the model predicts: noise, x_0, or x_{t-1}.
 MEAN_TYPES = ("epsilon", "sample", "previous_sample")
 #: How the reverse-step variance is chosen.
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
 #: Variance types whose models output twice the image channels (prediction, then variance values).
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
-
-_DDPM_SCHEDULES = ("quad", "linear", "warmup10", "warmup50", "const", "jsd")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Beta schedules
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def betas_for_alpha_bar(
-    num_diffusion_timesteps: int, alpha_bar: Callable[[float], float], max_beta: float = 0.999
-) -> np.ndarray:
-    """Discretise a continuous alpha-bar function of t in [0, 1] into betas.
-
-    Args:
-        num_diffusion_timesteps (`int`): the number of betas to produce.
-        alpha_bar (`Callable[[float], float]`): the cumulative product of (1 - beta) as a function of t in [0, 1].
-        max_beta (`float`, defaults to 0.999): the cap on each beta, avoiding the singularity at t = 1.
-
-    Returns:
-        `np.ndarray`: float64 betas, beta_i = min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta).
-    """
-    betas = []
-    for i in range(num_diffusion_timesteps):
-        start, end = i / num_diffusion_timesteps, (i + 1) / num_diffusion_timesteps
-        betas.append(min(1 - alpha_bar(end) / alpha_bar(start), max_beta))
-    return np.array(betas, dtype=np.float64)
-
-
-def _cosine_alpha_bar(t: float) -> float:
-    return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
-
-def _check_num_timesteps(num_diffusion_timesteps: Any) -> int:
-    if isinstance(num_diffusion_timesteps, bool) or not isinstance(num_diffusion_timesteps, (int, np.integer)):
-        raise ValueError(f"num_diffusion_timesteps must be a positive int, got {num_diffusion_timesteps!r}")
-    if num_diffusion_timesteps < 1:
-        raise ValueError(f"num_diffusion_timesteps must be a positive int, got {num_diffusion_timesteps}")
-    return int(num_diffusion_timesteps)
-
-
-def get_named_beta_schedule(schedule_name: str, num_diffusion_timesteps: int) -> np.ndarray:
-    """The named schedules of improved-diffusion and guided-diffusion.
-
-    Args:
-        schedule_name (`str`): ``"linear"`` (DDPM's 1e-4 to 0.02 at T = 1000, both ends scaled by 1000 / T so any T
-            works) or ``"cosine"`` (alpha-bar = cos^2((t + 0.008) / 1.008 * pi / 2), betas capped at 0.999).
-        num_diffusion_timesteps (`int`): T.
-
-    Returns:
-        `np.ndarray`: T float64 betas.
-    """
-    num_diffusion_timesteps = _check_num_timesteps(num_diffusion_timesteps)
-    if schedule_name == "linear":
-        return np.linspace(*linear_schedule_bounds(num_diffusion_timesteps), num_diffusion_timesteps, dtype=np.float64)
-    if schedule_name == "cosine":
-        return betas_for_alpha_bar(num_diffusion_timesteps, _cosine_alpha_bar)
-    raise ValueError(f"unknown named beta schedule {schedule_name!r}; expected one of 'linear', 'cosine'")
-
-
-def get_ddpm_beta_schedule(
-    schedule_name: str, *, beta_start: float, beta_end: float, num_diffusion_timesteps: int
-) -> np.ndarray:
-    """The beta schedules of the original DDPM code (Ho et al.).
-
-    Args:
-        schedule_name (`str`): ``"quad"`` (linear in sqrt(beta)), ``"linear"``, ``"warmup10"`` / ``"warmup50"``
-            (linear over the first 10% / 50% of steps, then constant at beta_end), ``"const"`` (beta_end everywhere)
-            or ``"jsd"`` (1/T, 1/(T-1), ..., 1).
-        beta_start (`float`): the first beta.
-        beta_end (`float`): the last beta.
-        num_diffusion_timesteps (`int`): T.
-
-    Returns:
-        `np.ndarray`: T float64 betas.
-    """
-    num = _check_num_timesteps(num_diffusion_timesteps)
-    if schedule_name == "quad":
-        betas = np.linspace(beta_start**0.5, beta_end**0.5, num, dtype=np.float64) ** 2
-    elif schedule_name == "linear":
-        betas = np.linspace(beta_start, beta_end, num, dtype=np.float64)
-    elif schedule_name in ("warmup10", "warmup50"):
-        warmup_steps = int(num * (0.1 if schedule_name == "warmup10" else 0.5))
-        betas = beta_end * np.ones(num, dtype=np.float64)
-        betas[:warmup_steps] = np.linspace(beta_start, beta_end, warmup_steps, dtype=np.float64)
-    elif schedule_name == "const":
-        betas = beta_end * np.ones(num, dtype=np.float64)
-    elif schedule_name == "jsd":
-        betas = 1.0 / np.linspace(num, 1, num, dtype=np.float64)
-    else:
-        raise ValueError(f"unknown DDPM beta schedule {schedule_name!r}; expected one of {', '.join(_DDPM_SCHEDULES)}")
-    return betas
-
-
-def get_beta_schedule(
-    beta_schedule: str,
-    num_train_timesteps: int,
-    beta_start: float = 0.0001,
-    beta_end: float = 0.02,
-    trained_betas: Sequence[float] | np.ndarray | torch.Tensor | None = None,
-) -> np.ndarray:
-    """One entry point for every schedule, as the schedulers' configs name them (diffusers' meaning of each name).
-
-    Args:
-        beta_schedule (`str`): one of [`BETA_SCHEDULES`]. ``"linear"`` is diffusers' linear schedule,
-            linspace(beta_start, beta_end, T), unscaled at any T (the originals' named linear at T steps is this with
-            beta_start and beta_end scaled by 1000 / T: see [`linear_schedule_bounds`]). ``"scaled_linear"`` (= DDPM's
-            ``"quad"``) is linear in sqrt(beta). ``"squaredcos_cap_v2"`` (= the originals' ``"cosine"``) ignores
-            beta_start and beta_end. ``"warmup10"``, ``"warmup50"``, ``"const"`` and ``"jsd"`` are DDPM's.
-        num_train_timesteps (`int`): T.
-        beta_start (`float`, defaults to 1e-4): the first beta.
-        beta_end (`float`, defaults to 0.02): the last beta.
-        trained_betas (array-like, *optional*): explicit betas; when given, the name is not used.
-
-    Returns:
-        `np.ndarray`: T float64 betas.
-    """
-    num_train_timesteps = _check_num_timesteps(num_train_timesteps)
-    if trained_betas is not None:
-        if isinstance(trained_betas, torch.Tensor):
-            trained_betas = trained_betas.detach().cpu().double().numpy()
-        betas = np.asarray(trained_betas, dtype=np.float64)
-        if betas.shape != (num_train_timesteps,):
-            raise ValueError(
-                f"trained_betas must have shape ({num_train_timesteps},) to match num_train_timesteps, "
-                f"got {tuple(betas.shape)}"
-            )
-        return betas
-    if beta_schedule in ("squaredcos_cap_v2", "cosine"):
-        return get_named_beta_schedule("cosine", num_train_timesteps)
-    if beta_schedule == "scaled_linear":
-        beta_schedule = "quad"
-    if beta_schedule in _DDPM_SCHEDULES:
-        if beta_schedule == "linear" and max(beta_start, beta_end) > 1:
-            raise ValueError(f"linear betas must be at most 1, got beta_start {beta_start:g} and beta_end {beta_end:g}")
-        return get_ddpm_beta_schedule(
-            beta_schedule, beta_start=beta_start, beta_end=beta_end, num_diffusion_timesteps=num_train_timesteps
-        )
-    raise ValueError(f"unknown beta_schedule {beta_schedule!r}; expected one of {', '.join(BETA_SCHEDULES)}")
-
-
-def linear_schedule_bounds(num_diffusion_timesteps: int) -> tuple[float, float]:
-    """beta_start and beta_end of the originals' named ``linear`` schedule at T steps: 1e-4 and 0.02, times 1000 / T.
-
-    ``get_beta_schedule("linear", T, *linear_schedule_bounds(T))`` is bit-identical to the originals' schedule, and
-    diffusers' ``beta_schedule="linear"`` with the same bounds is the same schedule (to float32).
-    """
-    num_diffusion_timesteps = _check_num_timesteps(num_diffusion_timesteps)
-    scale = 1000 / num_diffusion_timesteps
-    if 0.02 * scale > 1:
-        raise ValueError(
-            f"the linear schedule scales betas by 1000 / T: at T = {num_diffusion_timesteps} beta_end becomes "
-            f"{0.02 * scale:g}, expected at most 1 (use more steps or another schedule)"
-        )
-    return scale * 0.0001, scale * 0.02
-
-
-def diffusers_schedule(
-    beta_schedule: str, num_train_timesteps: int, beta_start: float = 0.0001, beta_end: float = 0.02
-) -> dict[str, Any]:
-    """The config keys that store a schedule under a name every diffusers scheduler reads the same way.
-
-    The originals' ``cosine`` becomes ``squaredcos_cap_v2`` and DDPM's ``quad`` ``scaled_linear`` (the same tables);
-    DDPM's schedules that diffusers lacks (``warmup10``, ``warmup50``, ``const``, ``jsd``) are stored as explicit
-    ``trained_betas`` beside their name. diffusers' names pass unchanged.
-
-    Returns:
-        `dict`: ``beta_schedule`` and, where needed, ``trained_betas``.
-    """
-    if beta_schedule == "cosine":
-        return {"beta_schedule": "squaredcos_cap_v2"}
-    if beta_schedule == "quad":
-        return {"beta_schedule": "scaled_linear"}
-    if beta_schedule in DIFFUSERS_BETA_SCHEDULES:
-        return {"beta_schedule": beta_schedule}
-    betas = get_beta_schedule(beta_schedule, num_train_timesteps, beta_start=beta_start, beta_end=beta_end)
-    return {"beta_schedule": beta_schedule, "trained_betas": betas.tolist()}
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Respacing
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _parse_section_counts(spec: str | int | Iterable[int]) -> list[int]:
-    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
-        return [int(spec)]
-    if isinstance(spec, str):
-        parts = [part.strip() for part in spec.split(",")]
-        try:
-            counts = [int(part) for part in parts]
-        except ValueError:
-            raise ValueError(
-                f"timestep respacing must be 'N', 'N1,N2,...' or 'ddimN' with integer counts, got {spec!r}"
-            ) from None
-    else:
-        try:
-            counts = [int(count) for count in spec]
-        except (TypeError, ValueError):
-            raise ValueError(f"timestep respacing must be a spec string or a list of ints, got {spec!r}") from None
-    if not counts or any(count < 0 for count in counts) or sum(counts) == 0:
-        raise ValueError(
-            f"timestep respacing needs non-negative section counts taking at least one step, got {spec!r}"
-        )
-    return counts
-
-
-def space_timesteps(num_timesteps: int, section_counts: str | int | Iterable[int]) -> list[int]:
-    """The timesteps of the original process that a respaced process keeps, as the originals choose them.
-
-    Args:
-        num_timesteps (`int`): T of the original process.
-        section_counts (`str`, `int` or list of `int`): ``"250"`` takes 250 evenly spaced steps (rounded);
-            ``"10,15,20"`` splits the process into three equal sections and takes 10, 15 and 20 evenly spaced steps
-            from them; ``"ddim25"`` takes ``range(0, T, stride)`` for the smallest integer stride giving exactly 25 steps.
-
-    Returns:
-        `list[int]`: the kept timesteps of the original process, ascending.
-
-    Raises:
-        `ValueError`: for a malformed spec, a section asked for more steps than it has, or a ``ddimN`` that no integer
-        stride can make.
-    """
-    num_timesteps = _check_num_timesteps(num_timesteps)
-    if isinstance(section_counts, str) and section_counts.strip().startswith("ddim"):
-        spec = section_counts.strip()
-        try:
-            desired_count = int(spec[len("ddim") :])
-        except ValueError:
-            raise ValueError(f"timestep respacing 'ddimN' needs an integer N, got {section_counts!r}") from None
-        for stride in range(1, num_timesteps + 1):
-            if len(range(0, num_timesteps, stride)) == desired_count:
-                return list(range(0, num_timesteps, stride))
-        raise ValueError(
-            f"cannot take exactly {desired_count} steps from {num_timesteps} with an integer stride ({spec!r})"
-        )
-    counts = _parse_section_counts(section_counts)
-    size_per_section, extra = divmod(num_timesteps, len(counts))
-    start = 0
-    steps: set[int] = set()
-    for i, count in enumerate(counts):
-        size = size_per_section + (1 if i < extra else 0)
-        if size < count:
-            raise ValueError(
-                f"cannot take {count} steps from a section of {size} steps "
-                f"(timestep respacing {section_counts!r} of {num_timesteps} steps)"
-            )
-        stride = 1 if count <= 1 else (size - 1) / (count - 1)
-        position = 0.0
-        for _ in range(count):
-            steps.add(start + round(position))
-            position += stride
-        start += size
-    return sorted(steps)
-
-
-def respace_betas(betas: np.ndarray | Sequence[float], use_timesteps: Iterable[int]) -> np.ndarray:
-    """The betas of the process that keeps only ``use_timesteps`` of the process with ``betas``.
-
-    The respaced process keeps the original alphas_cumprod at the kept steps: beta'_k = 1 - alpha_bar[t_k] /
-    alpha_bar[t_{k-1}].
-
-    Args:
-        betas (array-like): the original process's betas.
-        use_timesteps (iterable of `int`): the original timesteps to keep.
-
-    Returns:
-        `np.ndarray`: float64 betas, one per kept timestep, in ascending timestep order.
-    """
-    betas = np.asarray(betas, dtype=np.float64)
-    keep = set(int(t) for t in use_timesteps)
-    if not keep:
-        raise ValueError("use_timesteps must keep at least one timestep, got none")
-    out_of_range = sorted(t for t in keep if not 0 <= t < len(betas))
-    if out_of_range:
-        raise ValueError(f"use_timesteps must lie in [0, {len(betas)}), got {out_of_range}")
-    alphas_cumprod = np.cumprod(1.0 - betas, axis=0)
-    last_alpha_cumprod = 1.0
-    new_betas = []
-    for i, alpha_cumprod in enumerate(alphas_cumprod):
-        if i in keep:
-            new_betas.append(1 - alpha_cumprod / last_alpha_cumprod)
-            last_alpha_cumprod = alpha_cumprod
-    return np.array(new_betas, dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -362,7 +61,71 @@ class ReverseStepPrediction:
     pred_original_sample: torch.Tensor
 
 
-class GaussianDiffusion:
+@dataclass(frozen=True)
+class DiffusionTables:
+    """A process's float64 tables, one per timestep, as CPU tensors (cast to the sample's dtype and device at use).
+
+    Built by [`DiffusionTables.from_betas`] exactly as the originals compute them.
+    """
+
+    betas: torch.Tensor
+    log_betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    alphas_cumprod_prev: torch.Tensor
+    alphas_cumprod_next: torch.Tensor
+    sqrt_alphas_cumprod: torch.Tensor
+    sqrt_one_minus_alphas_cumprod: torch.Tensor
+    log_one_minus_alphas_cumprod: torch.Tensor
+    sqrt_recip_alphas_cumprod: torch.Tensor
+    sqrt_recipm1_alphas_cumprod: torch.Tensor
+    posterior_variance: torch.Tensor
+    posterior_log_variance_clipped: torch.Tensor
+    posterior_mean_coef1: torch.Tensor
+    posterior_mean_coef2: torch.Tensor
+    recip_posterior_mean_coef1: torch.Tensor
+    posterior_mean_coef2_over_coef1: torch.Tensor
+    fixed_large_variance: torch.Tensor
+    fixed_large_log_variance: torch.Tensor
+
+    @classmethod
+    def from_betas(cls, betas: np.ndarray) -> DiffusionTables:
+        """Every table from float64 betas (a beta of 1, DDPM's jsd, gives alpha_bar_T = 0 without warnings)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            alphas = 1.0 - betas
+            alphas_cumprod = np.cumprod(alphas, axis=0)
+            alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+            alphas_cumprod_next = np.append(alphas_cumprod[1:], 0.0)
+            posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+            # The posterior variance is 0 at t = 0: its log (and fixed_large's first variance) take the t = 1 value.
+            first_variance = posterior_variance[1] if len(betas) > 1 else betas[0]
+            posterior_log_variance_clipped = np.log(np.append(first_variance, posterior_variance[1:]))
+            fixed_large_variance = np.append(first_variance, betas[1:])
+            posterior_mean_coef1 = betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+            posterior_mean_coef2 = (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod)
+            values = dict(
+                betas=betas,
+                log_betas=np.log(betas),
+                alphas_cumprod=alphas_cumprod,
+                alphas_cumprod_prev=alphas_cumprod_prev,
+                alphas_cumprod_next=alphas_cumprod_next,
+                sqrt_alphas_cumprod=np.sqrt(alphas_cumprod),
+                sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - alphas_cumprod),
+                log_one_minus_alphas_cumprod=np.log(1.0 - alphas_cumprod),
+                sqrt_recip_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod),
+                sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod - 1),
+                posterior_variance=posterior_variance,
+                posterior_log_variance_clipped=posterior_log_variance_clipped,
+                posterior_mean_coef1=posterior_mean_coef1,
+                posterior_mean_coef2=posterior_mean_coef2,
+                recip_posterior_mean_coef1=1.0 / posterior_mean_coef1,
+                posterior_mean_coef2_over_coef1=posterior_mean_coef2 / posterior_mean_coef1,
+                fixed_large_variance=fixed_large_variance,
+                fixed_large_log_variance=np.log(fixed_large_variance),
+            )
+        return cls(**{name: torch.from_numpy(np.asarray(value, dtype=np.float64)) for name, value in values.items()})
+
+
+class GaussianDiffusion(DDIMSteps):
     """A Gaussian diffusion process, full or respaced, with float64 tables.
 
     Timestep arguments ``t`` of the methods index *this* process (0 .. num_timesteps - 1). For a respaced process,
@@ -419,45 +182,8 @@ class GaussianDiffusion:
                 f"got {tuple(self.timestep_map.shape)}"
             )
 
-        with np.errstate(divide="ignore", invalid="ignore"):  # a beta of 1 (DDPM's jsd) makes alpha_bar_T = 0
-            tables = self._tables(betas)
-        #: The float64 tables, by name, as torch tensors on the CPU (cast to the sample's dtype and device at use).
-        self.tables: dict[str, torch.Tensor] = {name: torch.from_numpy(value) for name, value in tables.items()}
-
-    def _tables(self, betas: np.ndarray) -> dict[str, np.ndarray]:
-        alphas = 1.0 - betas
-        alphas_cumprod = np.cumprod(alphas, axis=0)
-        alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
-        alphas_cumprod_next = np.append(alphas_cumprod[1:], 0.0)
-        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        # The posterior variance is 0 at t = 0: its log (and fixed_large's first variance) take the t = 1 value.
-        first_variance = posterior_variance[1] if self.num_timesteps > 1 else betas[0]
-        posterior_log_variance_clipped = np.log(np.append(first_variance, posterior_variance[1:]))
-        fixed_large_variance = np.append(first_variance, betas[1:])
-        posterior_mean_coef1 = betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        posterior_mean_coef2 = (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod)
-
-        tables = {
-            "betas": betas,
-            "log_betas": np.log(betas),
-            "alphas_cumprod": alphas_cumprod,
-            "alphas_cumprod_prev": alphas_cumprod_prev,
-            "alphas_cumprod_next": alphas_cumprod_next,
-            "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod),
-            "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - alphas_cumprod),
-            "log_one_minus_alphas_cumprod": np.log(1.0 - alphas_cumprod),
-            "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod),
-            "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod - 1),
-            "posterior_variance": posterior_variance,
-            "posterior_log_variance_clipped": posterior_log_variance_clipped,
-            "posterior_mean_coef1": posterior_mean_coef1,
-            "posterior_mean_coef2": posterior_mean_coef2,
-            "recip_posterior_mean_coef1": 1.0 / posterior_mean_coef1,
-            "posterior_mean_coef2_over_coef1": posterior_mean_coef2 / posterior_mean_coef1,
-            "fixed_large_variance": fixed_large_variance,
-            "fixed_large_log_variance": np.log(fixed_large_variance),
-        }
-        return tables
+        #: The float64 tables as named tensors (``process.tables.posterior_variance``).
+        self.tables = DiffusionTables.from_betas(betas)
 
     # -- construction ---------------------------------------------------------------------------------------------
 
@@ -499,12 +225,12 @@ class GaussianDiffusion:
     @property
     def betas(self) -> torch.Tensor:
         """The process's betas (float64)."""
-        return self.tables["betas"]
+        return self.tables.betas
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
         """The cumulative products of (1 - beta) (float64)."""
-        return self.tables["alphas_cumprod"]
+        return self.tables.alphas_cumprod
 
     def timestep_batch(
         self, t: int | torch.Tensor, batch_size: int, device: torch.device | None = None
@@ -536,17 +262,17 @@ class GaussianDiffusion:
             raise ValueError(f"timestep out of range: this process has steps 0..{self.num_timesteps - 1}, got {bad}")
         return t
 
-    def extract(self, name: str, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """The float64 table ``name`` at steps ``t``, cast to ``like``'s dtype and shaped to broadcast against it.
+    def extract(self, table: torch.Tensor, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A float64 table at steps ``t``, cast to ``like``'s dtype and shaped to broadcast against it.
 
         Args:
-            name (`str`): a key of [`tables`], e.g. ``"posterior_variance"``.
+            table (`torch.Tensor`): one of [`tables`], e.g. ``process.tables.posterior_variance``.
             t (`int` or `torch.Tensor`): steps of this process, one for all or one per sample.
             like (`torch.Tensor`): a (batch, ...) tensor giving batch size, dtype, device and rank.
         """
         t = self.timestep_batch(t, like.shape[0])
         dtype = like.dtype if like.is_floating_point() else torch.float32
-        values = self.tables[name][t.cpu()].to(device=like.device, dtype=dtype)
+        values = table[t.cpu()].to(device=like.device, dtype=dtype)
         return values.reshape(-1, *([1] * (like.ndim - 1))).expand(like.shape)
 
     def model_timesteps(self, t: int | torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
@@ -572,9 +298,9 @@ class GaussianDiffusion:
 
     def q_mean_variance(self, x_start: torch.Tensor, t: int | torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The distribution q(x_t | x_0): (mean, variance, log_variance), each shaped like ``x_start``."""
-        mean = self.extract("sqrt_alphas_cumprod", t, x_start) * x_start
-        variance = 1.0 - self.extract("alphas_cumprod", t, x_start)
-        log_variance = self.extract("log_one_minus_alphas_cumprod", t, x_start)
+        mean = self.extract(self.tables.sqrt_alphas_cumprod, t, x_start) * x_start
+        variance = 1.0 - self.extract(self.tables.alphas_cumprod, t, x_start)
+        log_variance = self.extract(self.tables.log_one_minus_alphas_cumprod, t, x_start)
         return mean, variance, log_variance
 
     def q_sample(
@@ -597,8 +323,8 @@ class GaussianDiffusion:
         if noise.shape != x_start.shape:
             raise ValueError(f"noise must have x_start's shape {tuple(x_start.shape)}, got {tuple(noise.shape)}")
         return (
-            self.extract("sqrt_alphas_cumprod", t, x_start) * x_start
-            + self.extract("sqrt_one_minus_alphas_cumprod", t, x_start) * noise
+            self.extract(self.tables.sqrt_alphas_cumprod, t, x_start) * x_start
+            + self.extract(self.tables.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
         )
 
     def q_posterior_mean_variance(
@@ -610,11 +336,11 @@ class GaussianDiffusion:
                 f"x_start and x_t must have the same shape, got {tuple(x_start.shape)} and {tuple(x_t.shape)}"
             )
         mean = (
-            self.extract("posterior_mean_coef1", t, x_t) * x_start
-            + self.extract("posterior_mean_coef2", t, x_t) * x_t
+            self.extract(self.tables.posterior_mean_coef1, t, x_t) * x_start
+            + self.extract(self.tables.posterior_mean_coef2, t, x_t) * x_t
         )
-        variance = self.extract("posterior_variance", t, x_t)
-        log_variance = self.extract("posterior_log_variance_clipped", t, x_t)
+        variance = self.extract(self.tables.posterior_variance, t, x_t)
+        log_variance = self.extract(self.tables.posterior_log_variance_clipped, t, x_t)
         return mean, variance, log_variance
 
     # -- conversions ----------------------------------------------------------------------------------------------
@@ -622,16 +348,15 @@ class GaussianDiffusion:
     def predict_start_from_noise(self, x_t: torch.Tensor, t: int | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_0 from x_t and the noise: sqrt(1 / alpha_bar) x_t - sqrt(1 / alpha_bar - 1) eps."""
         return (
-            self.extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t
-            - self.extract("sqrt_recipm1_alphas_cumprod", t, x_t) * noise
+            self.extract(self.tables.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - self.extract(self.tables.sqrt_recipm1_alphas_cumprod, t, x_t) * noise
         )
 
     def predict_noise_from_start(
         self, x_t: torch.Tensor, t: int | torch.Tensor, pred_original_sample: torch.Tensor
     ) -> torch.Tensor:
         """The noise from x_t and x_0: (sqrt(1 / alpha_bar) x_t - x_0) / sqrt(1 / alpha_bar - 1)."""
-        return (self.extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - pred_original_sample) / self.extract(
-            "sqrt_recipm1_alphas_cumprod", t, x_t
+        return (self.extract(self.tables.sqrt_recip_alphas_cumprod, t, x_t) * x_t - pred_original_sample) / self.extract(self.tables.sqrt_recipm1_alphas_cumprod, t, x_t
         )
 
     def predict_start_from_previous(
@@ -639,8 +364,8 @@ class GaussianDiffusion:
     ) -> torch.Tensor:
         """x_0 from x_t and the posterior mean x_{t-1}: (x_{t-1} - coef2 x_t) / coef1."""
         return (
-            self.extract("recip_posterior_mean_coef1", t, x_t) * previous_sample
-            - self.extract("posterior_mean_coef2_over_coef1", t, x_t) * x_t
+            self.extract(self.tables.recip_posterior_mean_coef1, t, x_t) * previous_sample
+            - self.extract(self.tables.posterior_mean_coef2_over_coef1, t, x_t) * x_t
         )
 
     # -- the model's reverse step ---------------------------------------------------------------------------------
@@ -693,14 +418,14 @@ class GaussianDiffusion:
         if self.variance_type == "learned":
             log_variance = variance_values
         elif self.variance_type == "learned_range":
-            min_log = self.extract("posterior_log_variance_clipped", t, x_t)
-            max_log = self.extract("log_betas", t, x_t)
+            min_log = self.extract(self.tables.posterior_log_variance_clipped, t, x_t)
+            max_log = self.extract(self.tables.log_betas, t, x_t)
             fraction = (variance_values + 1) / 2  # [-1, 1] -> [min, max]
             log_variance = fraction * max_log + (1 - fraction) * min_log
         elif self.variance_type == "fixed_large":
-            return self.extract("fixed_large_variance", t, x_t), self.extract("fixed_large_log_variance", t, x_t)
+            return self.extract(self.tables.fixed_large_variance, t, x_t), self.extract(self.tables.fixed_large_log_variance, t, x_t)
         else:
-            return self.extract("posterior_variance", t, x_t), self.extract("posterior_log_variance_clipped", t, x_t)
+            return self.extract(self.tables.posterior_variance, t, x_t), self.extract(self.tables.posterior_log_variance_clipped, t, x_t)
         if log_variance is None:
             raise ValueError(f"variance type {self.variance_type!r} needs the model's variance values, got None")
         return torch.exp(log_variance), log_variance
@@ -803,7 +528,7 @@ class GaussianDiffusion:
         Usable with any epsilon predictor, including under stock diffusers schedulers (``t`` then indexes this
         process, e.g. the full process of a scheduler's config).
         """
-        alpha_bar = self.extract("alphas_cumprod", t, noise)
+        alpha_bar = self.extract(self.tables.alphas_cumprod, t, noise)
         return noise - (1 - alpha_bar).sqrt() * gradient
 
     def condition_mean(self, prediction: ReverseStepPrediction, gradient: torch.Tensor) -> ReverseStepPrediction:
@@ -829,65 +554,6 @@ class GaussianDiffusion:
         noise = self.predict_noise_from_start(x_t, t, pred_original_sample)
         noise = self.guided_noise(noise, t, gradient)
         return self.predict_start_from_noise(x_t, t, noise)
-
-    # -- DDIM -----------------------------------------------------------------------------------------------------
-
-    def ddim_sigma(self, t: int | torch.Tensor, like: torch.Tensor, eta: float) -> torch.Tensor:
-        """DDIM's noise scale: eta * sqrt((1 - ab_prev) / (1 - ab)) * sqrt(1 - ab / ab_prev), ab = alpha_bar."""
-        alpha_bar = self.extract("alphas_cumprod", t, like)
-        alpha_bar_prev = self.extract("alphas_cumprod_prev", t, like)
-        return eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
-
-    def ddim_step(
-        self,
-        pred_original_sample: torch.Tensor,
-        x_t: torch.Tensor,
-        t: int | torch.Tensor,
-        eta: float = 0.0,
-        noise: torch.Tensor | None = None,
-        noise_pred: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """One DDIM step x_t -> x_{t-1} (Song et al., equation 12), epsilon re-derived from x_0 unless given.
-
-        Args:
-            pred_original_sample (`torch.Tensor`): the (clipped, possibly guided) x_0 prediction.
-            x_t (`torch.Tensor`): the sample at step t.
-            t (`int` or `torch.Tensor`): steps of this process.
-            eta (`float`, defaults to 0.0): 0 is deterministic DDIM, 1 matches the DDPM posterior variance.
-            noise (`torch.Tensor`, *optional*): the standard normal noise (needed when eta > 0).
-            noise_pred (`torch.Tensor`, *optional*): the epsilon of the direction to x_t; re-derived from
-                ``pred_original_sample`` when absent (guided-diffusion's DDIM).
-        """
-        if noise_pred is None:
-            noise_pred = self.predict_noise_from_start(x_t, t, pred_original_sample)
-        alpha_bar_prev = self.extract("alphas_cumprod_prev", t, x_t)
-        sigma = self.ddim_sigma(t, x_t, eta)
-        mean = pred_original_sample * torch.sqrt(alpha_bar_prev) + torch.sqrt(
-            (1 - alpha_bar_prev - sigma**2).clamp(min=0)
-        ) * noise_pred
-        if noise is None:
-            if eta != 0:
-                raise ValueError(f"DDIM with eta={eta} needs noise, got None")
-            return mean
-        if noise.shape != x_t.shape:
-            raise ValueError(f"noise must have the sample's shape {tuple(x_t.shape)}, got {tuple(noise.shape)}")
-        return mean + self._nonzero_mask(t, x_t) * sigma * noise
-
-    def ddim_reverse_step(
-        self, pred_original_sample: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor
-    ) -> torch.Tensor:
-        """The deterministic DDIM inversion step x_t -> x_{t+1} (the reverse ODE; alpha_bar after the last step is 0).
-
-        Args:
-            pred_original_sample (`torch.Tensor`): the x_0 prediction at step t.
-            x_t (`torch.Tensor`): the sample at step t.
-            t (`int` or `torch.Tensor`): steps of this process.
-        """
-        noise_pred = (
-            self.extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - pred_original_sample
-        ) / self.extract("sqrt_recipm1_alphas_cumprod", t, x_t)
-        alpha_bar_next = self.extract("alphas_cumprod_next", t, x_t)
-        return pred_original_sample * torch.sqrt(alpha_bar_next) + torch.sqrt(1 - alpha_bar_next) * noise_pred
 
 
 # ---------------------------------------------------------------------------------------------------------------------

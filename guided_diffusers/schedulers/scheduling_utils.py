@@ -11,14 +11,8 @@ import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .gaussian import (
-    BETA_SCHEDULES,
-    MEAN_TYPES,
-    VARIANCE_TYPES,
-    GaussianDiffusion,
-    diffusers_schedule,
-    space_timesteps,
-)
+from .gaussian import MEAN_TYPES, VARIANCE_TYPES, GaussianDiffusion
+from .schedules import BETA_SCHEDULES, diffusers_schedule, space_timesteps
 
 __all__ = ["COMPATIBLE_SCHEDULERS", "TIMESTEP_SPACINGS", "GuidedSchedulerMixin", "diffusers_scheduler_kwargs", "to_diffusers_scheduler"]
 
