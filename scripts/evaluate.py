@@ -145,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             source, infos = None, _check_evaluation_args(args)
         from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
 
-        state = PartialState()
+        # The CPU launch (ACCELERATE_USE_CPU=1, as Accelerator reads it) must give gloo processes, not one each.
+        state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
         if state.num_processes > 1 and args.device is not None:
             raise ValueError(f"expected no --device under accelerate launch (each process has its own), got {args.device!r}")
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
