@@ -387,6 +387,9 @@ def test_cli_rejects_bad_input_before_any_work(tmp_path, capsys, ref_images):
     inf_sigma_s = np.eye(2023)
     inf_sigma_s[3, 3] = np.inf
     inf_sigma = _save_batch(tmp_path / "inf_sigma_s.npz", ref_images, **{**statistics, "sigma_s": inf_sigma_s})
+    skewed_sigma = np.eye(2048)
+    skewed_sigma[0, 5] = 0.5
+    skewed = _save_batch(tmp_path / "skewed.npz", ref_images, **{**statistics, "sigma": skewed_sigma})
     read_only = tmp_path / "read_only"
     read_only.mkdir()
     locked = _save_batch(read_only / "locked.npz", ref_images)
@@ -407,6 +410,7 @@ def test_cli_rejects_bad_input_before_any_work(tmp_path, capsys, ref_images):
         ([str(nan_mu), str(good)], "expected finite values in mu of"),
         ([str(nan_mu), str(good)], "got 2048 NaN or infinite"),
         ([str(good), str(inf_sigma)], "expected finite values in sigma_s of"),
+        ([str(skewed), str(good)], "to be a covariance (symmetric), got entries differing from their transposes by up to 0.5"),
         ([str(good)], "expected two batches (REF_BATCH SAMPLE_BATCH), got 1"),
         ([str(good), str(good), "--image_size", "32"], "expected --image_size only with --write_reference"),
         (["--write_reference", str(tmp_path / "ref_out.npz")], "expected --source with --write_reference"),
@@ -424,5 +428,5 @@ def test_cli_rejects_bad_input_before_any_work(tmp_path, capsys, ref_images):
     read_only.chmod(0o755)
     # Nothing was written: no cache, no reference batch, no temporary file.
     assert sorted(path.name for path in tmp_path.rglob("*")) == sorted(
-        ["folder", "good.npz", "inf_sigma_s.npz", "locked.npz", "nan_mu.npz", "nchw.npz", "read_only"]
+        ["folder", "good.npz", "inf_sigma_s.npz", "locked.npz", "nan_mu.npz", "nchw.npz", "read_only", "skewed.npz"]
     )

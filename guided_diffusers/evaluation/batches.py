@@ -135,6 +135,13 @@ def inspect_image_batch(
                             f"expected finite values in {name} of {str(path)!r}, "
                             f"got {int(np.size(values) - np.isfinite(values).sum())} NaN or infinite"
                         )
+                    if values.ndim == 2:
+                        asymmetry = float(np.abs(values - values.T).max())
+                        if asymmetry > 1e-6 * max(float(np.abs(values).max()), 1e-30):
+                            raise ValueError(
+                                f"expected {name} of {str(path)!r} to be a covariance (symmetric), "
+                                f"got entries differing from their transposes by up to {asymmetry:.3g}"
+                            )
     return ImageBatchInfo(path, int(shape[0]), int(shape[1]), int(shape[2]), bool(present))
 
 
