@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from guided_diffusers.evaluation import (
     NpzImages,
+    RunningMoments,
     cache_path,
     compute_activations,
     compute_statistics,
@@ -92,6 +93,22 @@ def test_sharded_reading_gives_the_images_of_one_pass(tmp_path):
     pieces = [np.concatenate(list(source.batches(*shard_bounds(11, 3, p, 3), 3))) for p in range(3)]
     np.testing.assert_array_equal(np.concatenate(pieces), images)
     np.testing.assert_array_equal(source.take(np.array([0, 4, 10])), images[[0, 4, 10]])
+
+
+def test_running_moments_merged_in_any_parts_are_the_whole_sets_statistics():
+    # Offset features (mean 100, spread ~0.5): a naive sum of squares would lose the variance to cancellation.
+    features = np.random.default_rng(0).gamma(2.0, 0.3, size=(500, 40)) + 100
+    whole = compute_statistics(features)
+    for cuts in ([0, 500], [0, 1, 2, 250, 499, 500], [0, 0, 77, 77, 300, 500]):
+        merged = RunningMoments.of(features[:0])
+        for low, high in zip(cuts[:-1], cuts[1:]):
+            merged = merged.merge(RunningMoments.of(features[low:high]))
+        assert merged.count == 500
+        statistics = merged.statistics()
+        np.testing.assert_allclose(statistics.mu, whole.mu, rtol=1e-13)
+        np.testing.assert_allclose(statistics.sigma, whole.sigma, rtol=1e-9, atol=1e-12 * np.abs(whole.sigma).max())
+    with pytest.raises(ValueError, match="expected statistics of at least 2 vectors, got 1"):
+        RunningMoments.of(features[:1]).statistics()
 
 
 def test_float32_precision_switches_tf32_off_and_restores_it():
@@ -213,4 +230,16 @@ def test_two_processes_give_the_features_and_figures_of_one(tmp_path, weights, s
     for key in ("inception_score", "fid", "sfid"):
         assert two_report[key] == pytest.approx(one_report[key], rel=1e-5)
     assert (two_report["precision"], two_report["recall"]) == (one_report["precision"], one_report["recall"])
+    # A reference batch written by two processes (moments merged across them) is the one-process one.
+    reference = ["--write_reference", "REF", "--source", str(one / "samples.npz"), "--num_images", "5", *common[:-2]]
+    assert _load_evaluate_script().main([*reference[:1], str(one / "written.npz"), *reference[2:]]) == 0
+    command = [*launcher, str(SCRIPT), *reference[:1], str(two / "written.npz"), *reference[2:]]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(one / "written.npz") as a, np.load(two / "written.npz") as b:
+        np.testing.assert_array_equal(b["arr_0"], a["arr_0"])
+        for key in ("mu", "sigma", "mu_s", "sigma_s"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-9, err_msg=key)
+        with np.load(cache_path(one / "samples.npz")) as cached:  # and the statistics of all 7 images' features
+            np.testing.assert_allclose(a["sigma"], cached["sigma"], rtol=1e-6, atol=1e-12)
     shutil.rmtree(tmp_path)

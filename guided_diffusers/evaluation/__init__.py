@@ -20,6 +20,7 @@ from .evaluator import (
     compute_class_logits,
     evaluate_image_batches,
     extract_features,
+    extract_statistics,
     float32_precision,
     make_reference_batch,
 )
@@ -39,6 +40,7 @@ from .inception import (
 )
 from .metrics import (
     FIDStatistics,
+    RunningMoments,
     compute_statistics,
     frechet_distance,
     inception_score,
@@ -59,6 +61,7 @@ __all__ = [
     "DecodedImages",
     "FIDStatistics",
     "ImageBatchInfo",
+    "RunningMoments",
     "NpzImages",
     "InceptionWeightsUnavailableError",
     "SampleQualityResults",
@@ -68,6 +71,7 @@ __all__ = [
     "cache_path",
     "evaluate_image_batches",
     "extract_features",
+    "extract_statistics",
     "float16_squared_distances",
     "float32_precision",
     "frechet_distance",

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .batches import inspect_image_batch, iterate_image_batches, read_precomputed_statistics, write_reference_batch
 from .feature_cache import BatchFeatures, cache_key, cache_path, load_cached_features, save_cached_features, weights_fingerprint
 from .inception import POOL_FEATURES_DIM, SPATIAL_FEATURES_DIM, FIDInceptionV3
-from .metrics import FIDStatistics, compute_statistics, inception_score, precision_recall
+from .metrics import FIDStatistics, RunningMoments, inception_score, precision_recall
 
 # The original evaluator's batch sizes: images per Inception forward, pool vectors per softmax.
 DEFAULT_BATCH_SIZE = 64
@@ -246,6 +246,59 @@ def extract_features(
     return np.ascontiguousarray(both[:, : pool.shape[1]]), np.ascontiguousarray(both[:, pool.shape[1] :])
 
 
+def _gather_moments(moments: RunningMoments, state: Any) -> RunningMoments:
+    """Every process's moments, merged in process order."""
+    from accelerate.utils import gather
+
+    dim = moments.mean.shape[0]
+    packed = np.concatenate([[moments.count], moments.mean, moments.scatter.ravel()])
+    gathered = gather(torch.from_numpy(packed).to(state.device)).cpu().numpy().reshape(state.num_processes, -1)
+    merged = RunningMoments.of(np.zeros((0, dim)))
+    for row in gathered:
+        merged = merged.merge(RunningMoments(int(row[0]), row[1 : 1 + dim], row[1 + dim :].reshape(dim, dim)))
+    return merged
+
+
+def extract_statistics(
+    model: FIDInceptionV3,
+    source: ImageSource,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device = "cpu",
+    state: Any = None,
+    progress: bool = False,
+    description: str | None = None,
+) -> tuple[FIDStatistics, FIDStatistics] | None:
+    """FID statistics of the pool and spatial features of every image of ``source``, without holding the features.
+
+    Each process folds its run of batches (:func:`shard_bounds`) into float64 :class:`RunningMoments`; the moments
+    (two D x D matrices per process, not N feature vectors) are gathered and merged. Memory does not grow with the
+    number of images, so a whole training set can be the source.
+
+    Args:
+        model, source, batch_size, device, state, progress, description: as :func:`extract_features`.
+
+    Returns:
+        ``(pool, spatial)`` statistics on the main process, None on the others.
+    """
+    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    start, stop = shard_bounds(source.num_images, batch_size, rank, world)
+    if world > 1:
+        description = f"{description or 'statistics'} (process 0 of {world})"
+    pool = RunningMoments.of(np.zeros((0, POOL_FEATURES_DIM)))
+    spatial = RunningMoments.of(np.zeros((0, SPATIAL_FEATURES_DIM)))
+    batches = source.batches(start, stop, batch_size)
+    total = -(-(stop - start) // batch_size)
+    for batch in tqdm(batches, total=total, disable=not (progress and rank == 0), desc=description, unit="batch"):
+        pool_features, spatial_features = compute_activations(model, [batch], device)
+        pool = pool.merge(RunningMoments.of(pool_features))
+        spatial = spatial.merge(RunningMoments.of(spatial_features))
+    if world > 1:
+        pool, spatial = _gather_moments(pool, state), _gather_moments(spatial, state)
+    if rank != 0:
+        return None
+    return pool.statistics(), spatial.statistics()
+
+
 def _broadcast_flag(flag: bool, state: Any) -> bool:
     """The main process's ``flag``, on every process."""
     if state is None or state.num_processes == 1:
@@ -371,7 +424,7 @@ def make_reference_batch(
     """Write a reference batch in the originals' format: statistics over all of ``source``, ``num_images`` images.
 
     As the originals' reference batches: ``mu``/``sigma``/``mu_s``/``sigma_s`` are fitted to the features of every
-    image of the source, ``arr_0`` holds a random subset of ``num_images`` of them (seeded; in source order) for
+    image of the source (:func:`extract_statistics`: memory does not grow with the source), ``arr_0`` holds a random subset of ``num_images`` of them (seeded; in source order) for
     precision and recall, or all of them when the source has fewer.
 
     Args:
@@ -392,12 +445,12 @@ def make_reference_batch(
     if num_images < 1:
         raise ValueError(f"expected num_images >= 1, got {num_images}")
     with float32_precision(allow_tf32):
-        pool, spatial = extract_features(
+        statistics = extract_statistics(
             model, source, batch_size, device, state=state, progress=progress, description="reference images"
         )
-    if state is not None and not state.is_main_process:
+    if statistics is None:
         return None
     chosen = np.arange(source.num_images)
     if source.num_images > num_images:
         chosen = np.sort(np.random.default_rng(seed).choice(source.num_images, size=num_images, replace=False))
-    return write_reference_batch(output, source.take(chosen), compute_statistics(pool), compute_statistics(spatial))
+    return write_reference_batch(output, source.take(chosen), *statistics)

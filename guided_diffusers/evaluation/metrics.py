@@ -74,6 +74,54 @@ def compute_statistics(activations: np.ndarray) -> FIDStatistics:
     return FIDStatistics(mu, np.cov(activations, rowvar=False), factor)
 
 
+@dataclass(eq=False)
+class RunningMoments:
+    """Count, mean and scatter (``sum (x - mean)(x - mean)^T``) of feature vectors seen in parts, in float64.
+
+    Parts merge with Chan et al.'s pairwise update, so a set too large to hold (a reference dataset of millions of
+    images, spread over processes) gets the statistics :func:`compute_statistics` would fit to it whole, up to
+    rounding. Build one with :meth:`of`, combine with :meth:`merge`.
+
+    Attributes:
+        count: vectors seen.
+        mean: ``(D,)`` their mean.
+        scatter: ``(D, D)`` their centred sum of outer products.
+    """
+
+    count: int
+    mean: np.ndarray
+    scatter: np.ndarray
+
+    @classmethod
+    def of(cls, activations: np.ndarray) -> RunningMoments:
+        """The moments of ``(N, D)`` activations (N may be 0)."""
+        activations = np.asarray(activations, dtype=np.float64)
+        if activations.ndim != 2:
+            raise ValueError(f"expected activations of shape (N, D), got {activations.shape}")
+        if len(activations) == 0:
+            dim = activations.shape[1]
+            return cls(0, np.zeros(dim), np.zeros((dim, dim)))
+        mean = activations.mean(axis=0)
+        centred = activations - mean
+        return cls(len(activations), mean, centred.T @ centred)
+
+    def merge(self, other: RunningMoments) -> RunningMoments:
+        """The moments of both parts together."""
+        count = self.count + other.count
+        if other.count == 0 or self.count == 0:
+            return other if self.count == 0 else self
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / count)
+        scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.count * other.count / count)
+        return RunningMoments(count, mean, scatter)
+
+    def statistics(self) -> FIDStatistics:
+        """Mean and unbiased covariance, as ``np.cov``."""
+        if self.count < 2:
+            raise ValueError(f"expected statistics of at least 2 vectors, got {self.count}")
+        return FIDStatistics(self.mean, self.scatter / (self.count - 1))
+
+
 def _sum_sqrt_eigenvalues(symmetric: np.ndarray) -> float:
     eigenvalues = np.linalg.eigvalsh((symmetric + symmetric.T) / 2)
     # A singular product (fewer samples than dimensions) has eigenvalues that are zero up to rounding, with either
