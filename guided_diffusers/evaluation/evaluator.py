@@ -21,7 +21,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .batches import inspect_image_batch, iterate_image_batches, read_precomputed_statistics, write_reference_batch
-from .feature_cache import BatchFeatures, cache_key, cache_path, load_cached_features, save_cached_features, weights_fingerprint
+from .feature_cache import (
+    BatchFeatures,
+    cache_key,
+    cache_path,
+    load_cached_features,
+    save_cached_features,
+    weights_fingerprint,
+)
 from .inception import POOL_FEATURES_DIM, SPATIAL_FEATURES_DIM, FIDInceptionV3
 from .metrics import FIDStatistics, RunningMoments, inception_score, precision_recall
 
@@ -119,9 +126,15 @@ def float32_precision(allow_tf32: bool = False) -> Iterator[None]:
     precision = "tf32" if allow_tf32 else "ieee"
     if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cuda.matmul, "fp32_precision"):
         # PyTorch >= 2.9 refuses to mix its legacy allow_tf32 flags with these; use the new ones only.
-        settings = [(torch.backends.cudnn.conv, "fp32_precision", precision), (torch.backends.cuda.matmul, "fp32_precision", precision)]
+        settings = [
+            (torch.backends.cudnn.conv, "fp32_precision", precision),
+            (torch.backends.cuda.matmul, "fp32_precision", precision),
+        ]
     else:
-        settings = [(torch.backends.cudnn, "allow_tf32", allow_tf32), (torch.backends.cuda.matmul, "allow_tf32", allow_tf32)]
+        settings = [
+            (torch.backends.cudnn, "allow_tf32", allow_tf32),
+            (torch.backends.cuda.matmul, "allow_tf32", allow_tf32),
+        ]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in settings]
     try:
         for owner, name, value in settings:
@@ -178,7 +191,9 @@ class DecodedImages:
             yield self.images.load_uint8(range(first, min(first + batch_size, stop)))
 
     def take(self, indices: np.ndarray) -> np.ndarray:
-        return self.images.load_uint8(indices)
+        # In chunks: the loader's float32 copy of 10000 large images at once would not fit in memory.
+        chunks = [indices[first : first + DEFAULT_BATCH_SIZE] for first in range(0, len(indices), DEFAULT_BATCH_SIZE)]
+        return np.concatenate([self.images.load_uint8(chunk) for chunk in chunks])
 
 
 def shard_bounds(num_images: int, batch_size: int, process_index: int, num_processes: int) -> tuple[int, int]:
@@ -424,8 +439,9 @@ def make_reference_batch(
     """Write a reference batch in the originals' format: statistics over all of ``source``, ``num_images`` images.
 
     As the originals' reference batches: ``mu``/``sigma``/``mu_s``/``sigma_s`` are fitted to the features of every
-    image of the source (:func:`extract_statistics`: memory does not grow with the source), ``arr_0`` holds a random subset of ``num_images`` of them (seeded; in source order) for
-    precision and recall, or all of them when the source has fewer.
+    image of the source (:func:`extract_statistics`: memory does not grow with the source), ``arr_0`` holds a
+    random subset of ``num_images`` of them (seeded; in source order) for precision and recall, or all of them when
+    the source has fewer.
 
     Args:
         source: the images (:class:`NpzImages`, :class:`DecodedImages`).
