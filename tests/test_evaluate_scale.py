@@ -145,8 +145,11 @@ def test_cache_serves_a_second_run_without_network_pass_and_never_a_changed_file
         assert second == first
         # A changed file (same name) is recomputed: its 4 images, not the reference's.
         np.savez(samples, _images(3, 4))
-        third = evaluate_image_batches(ref, samples, model, **kwargs)
+        messages = []
+        third = evaluate_image_batches(ref, samples, model, **{**kwargs, "log": messages.append})
         assert counter.images == 13 and third != first
+        assert f"reading reference batch activations from {cache_path(ref)}..." in messages
+        assert f"{cache_path(samples)} is stale (another file, other weights or TF32 setting): replacing it" in messages
         # The cache holds arrays only (loads without pickle): the features of the file now there.
         with np.load(cache_path(samples), allow_pickle=False) as cached:
             expected_pool, _ = compute_activations(model, [_images(3, 4)])

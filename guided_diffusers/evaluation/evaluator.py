@@ -388,6 +388,8 @@ def evaluate_image_batches(
             if _broadcast_flag(cached is not None, state):
                 say(f"reading {name} batch activations from {cache_path(info.path)}...")
                 return cached
+            if cache and cache_path(info.path).is_file():
+                say(f"{cache_path(info.path)} is stale (another file, other weights or TF32 setting): replacing it")
             say(f"computing {name} batch activations...")
             source = NpzImages(info.path, info.num_images)
             pool, spatial = extract_features(
