@@ -3,6 +3,7 @@ batches, weight loading, and scripts/evaluate.py end to end, all with seeded ran
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import huggingface_hub
@@ -381,15 +382,51 @@ def test_cli_rejects_bad_input_before_any_work(tmp_path, capsys, ref_images):
     nchw = _save_batch(tmp_path / "nchw.npz", ref_images.transpose(0, 3, 1, 2).copy())
     missing_weights = str(tmp_path / "no_weights.pth")
     json_in_missing_dir = str(tmp_path / "no_dir" / "out.json")
+    statistics = {"mu": np.zeros(2048), "sigma": np.eye(2048), "mu_s": np.zeros(2023), "sigma_s": np.eye(2023)}
+    nan_mu = _save_batch(tmp_path / "nan_mu.npz", ref_images, **{**statistics, "mu": np.full(2048, np.nan)})
+    inf_sigma_s = np.eye(2023)
+    inf_sigma_s[3, 3] = np.inf
+    inf_sigma = _save_batch(tmp_path / "inf_sigma_s.npz", ref_images, **{**statistics, "sigma_s": inf_sigma_s})
+    skewed_sigma = np.eye(2048)
+    skewed_sigma[0, 5] = 0.5
+    skewed = _save_batch(tmp_path / "skewed.npz", ref_images, **{**statistics, "sigma": skewed_sigma})
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    locked = _save_batch(read_only / "locked.npz", ref_images)
+    read_only.chmod(0o555)
+    image_folder = tmp_path / "folder"
+    image_folder.mkdir()
     cases = [
+        *(  # root writes into a read-only folder anyway
+            [([str(locked), str(good), "--cache"], "expected --cache: the batch in an existing writable directory")]
+            if os.geteuid() != 0 else []
+        ),
         ([str(tmp_path / "missing.npz"), str(good)], "expected an .npz image batch at"),
         ([str(good), str(nchw)], "(NCHW? the originals store NHWC)"),
         ([str(good), str(good), "--batch_size", "0"], "expected --batch_size >= 1, got 0"),
         ([str(good), str(good), "--json", json_in_missing_dir], "expected --json in an existing directory"),
         ([str(good), str(good)], "no_weights.pth' (the given path), no such file"),
+        # Non-finite precomputed statistics: refused from the file, before the network is built.
+        ([str(nan_mu), str(good)], "expected finite values in mu of"),
+        ([str(nan_mu), str(good)], "got 2048 NaN or infinite"),
+        ([str(good), str(inf_sigma)], "expected finite values in sigma_s of"),
+        ([str(skewed), str(good)], "to be a covariance (symmetric), got entries differing from their transposes by up to 0.5"),
+        ([str(good)], "expected two batches (REF_BATCH SAMPLE_BATCH), got 1"),
+        ([str(good), str(good), "--image_size", "32"], "expected --image_size only with --write_reference"),
+        (["--write_reference", str(tmp_path / "ref_out.npz")], "expected --source with --write_reference"),
+        (["--write_reference", str(good), "--source", str(good)], "exists (pass --overwrite)"),
+        (["--write_reference", str(tmp_path / "r.npz"), "--source", str(image_folder)], "expected --image_size >= 1"),
+        (["--write_reference", str(tmp_path / "r.npz"), "--source", str(good), "--image_size", "8"], "expected no --image_size"),
+        (["--write_reference", str(tmp_path / "r.txt"), "--source", str(good)], "expected --write_reference to name an .npz"),
+        ([str(good), "--write_reference", str(tmp_path / "r.npz"), "--source", str(good)], "expected no batches with"),
     ]
     for argv, message in cases:
         # A weights path that does not exist comes last in the checks: the batch errors win over it.
         assert evaluate.main([*argv, "--inception_weights", missing_weights]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    read_only.chmod(0o755)
+    # Nothing was written: no cache, no reference batch, no temporary file.
+    assert sorted(path.name for path in tmp_path.rglob("*")) == sorted(
+        ["folder", "good.npz", "inf_sigma_s.npz", "locked.npz", "nan_mu.npz", "nchw.npz", "read_only", "skewed.npz"]
+    )

@@ -20,7 +20,7 @@ from ..schedulers.scheduling_utils import GuidedSchedulerMixin
 SchedulerKind = Literal["ddpm", "ddim"]
 SCHEDULER_CLASSES: dict[str, type] = {"ddpm": GuidedDDPMScheduler, "ddim": GuidedDDIMScheduler}
 
-__all__ = ["SCHEDULER_CLASSES", "DenoisingChain", "Guidance", "SchedulerKind"]
+__all__ = ["MAX_SEED", "SCHEDULER_CLASSES", "DenoisingChain", "Guidance", "SchedulerKind", "check_seed"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,26 @@ class Guidance:
     class_label: int | None = None
     classifier_scale: float = 0.0
     guidance_scale: float | None = None
+
+
+#: The largest seed a ``torch.Generator`` takes.
+MAX_SEED = 2**64 - 1
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int in ``[0, MAX_SEED]``; a negative, too large, fractional or non-numeric seed is refused.
+
+    Args:
+        seed: an int, or a float with an integral value (number boxes send floats).
+
+    Raises:
+        ValueError: one line saying what was expected and what came.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, float)) or (isinstance(seed, float) and not seed.is_integer()):
+        raise ValueError(f"expected the seed to be a whole number from 0 to 2**64 - 1, got {seed!r}")
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(f"expected the seed to be from 0 to 2**64 - 1, got {int(seed)}")
+    return int(seed)
 
 
 class DenoisingChain:
@@ -85,7 +105,7 @@ class DenoisingChain:
         self.pipeline = pipeline
         self.eta = float(eta)
         self.batch_size = int(batch_size)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.clip_denoised = clip_denoised
         self.device = pipeline._execution_device
         # A scheduler of our own: each visitor's chain keeps its grid without touching the shared pipeline.
@@ -100,7 +120,7 @@ class DenoisingChain:
     def reset(self, seed: int | None = None) -> None:
         """Start over from a fresh x_T drawn from ``seed`` (default: the chain's seed)."""
         if seed is not None:
-            self.seed = int(seed)
+            self.seed = check_seed(seed)
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         config = self.pipeline.unet.config
         shape = (self.batch_size, config.in_channels, config.sample_size, config.sample_size)

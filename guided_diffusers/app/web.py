@@ -1,7 +1,9 @@
 """The Gradio page of the web demo: controls, Generate, and Denoise / Diffuse / Reset over a :class:`DenoisingChain`.
 
 Served on loopback only, with Gradio's analytics off and no share link; every asset the page needs (fonts included)
-comes from the local server, so it renders with no network.
+comes from the local server, so it renders with no network. Requests must name the server by a loopback Host
+(``127.0.0.1:PORT``, ``localhost:PORT``, ``[::1]:PORT``): a web page whose own host name was re-pointed at 127.0.0.1
+(DNS rebinding) sends its own name, and is refused.
 """
 
 from __future__ import annotations
@@ -19,14 +21,27 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+from starlette.responses import PlainTextResponse  # noqa: E402
 
-from .chain import DenoisingChain, Guidance  # noqa: E402
+from .chain import DenoisingChain, Guidance, check_seed  # noqa: E402
 from .images import to_grid_image  # noqa: E402
 from .options import UNCONDITIONAL, PipelineOptions, load_pipeline, parse_class_choice  # noqa: E402
 
 DEFAULT_PIPELINE = "demo_output/pipeline"
 
-__all__ = ["DEFAULT_PIPELINE", "build_demo", "check_loopback", "launch", "pipeline_message"]
+__all__ = [
+    "DEFAULT_PIPELINE",
+    "LoopbackHostMiddleware",
+    "build_demo",
+    "check_loopback",
+    "is_loopback_host",
+    "launch",
+    "pipeline_message",
+]
+
+# Host headers a browser sends to this machine's loopback interface, for messages (an IPv6 literal comes in brackets).
+LOOPBACK_HOST_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 # Loaded pipelines by resolved folder, shared read-only by every visitor (each chain has its own scheduler).
 _PIPELINES: dict[str, Any] = {}
@@ -86,7 +101,8 @@ class _Settings:
         """What fixes a chain: changing any of these starts a fresh one. Guidance may change between steps."""
         eta = float(self.eta or 0.0) if self.scheduler == "ddim" else 0.0
         # A cleared number box arrives as None: fall back to the defaults shown at first.
-        return (self.path, self.scheduler, int(self.steps or 1), eta, int(self.batch_size or 1), int(self.seed or 0))
+        seed = check_seed(self.seed if self.seed is not None else 0)
+        return (self.path, self.scheduler, int(self.steps or 1), eta, int(self.batch_size or 1), seed)
 
     def guidance(self, options: PipelineOptions) -> Guidance:
         label = parse_class_choice(self.class_choice)
@@ -144,6 +160,10 @@ def _session_for(state: _Session | None, settings: _Settings) -> tuple[_Session,
 
 def _run(action: str, state: _Session | None, count: float | None, *values: Any) -> tuple:
     settings = _Settings(*values)
+    try:
+        settings.grid()  # the seed and the other grid values are checked before any work
+    except ValueError as error:
+        raise gr.Error(str(error)) from None
     note = ""
     if action in ("generate", "reset"):
         session = _new_session(settings)
@@ -280,7 +300,55 @@ def check_loopback(host: str) -> None:
         raise ValueError(f"expected a loopback address to bind (127.0.0.1, localhost, ::1), got {host!r}")
 
 
-def launch(pipeline_path: str = DEFAULT_PIPELINE, host: str = "127.0.0.1", port: int = 7860, **kwargs: Any) -> None:
+def is_loopback_host(host_header: str, port: int) -> bool:
+    """Whether a request's Host header names this server on loopback: ``localhost`` or a loopback IP literal
+    (``127.0.0.1``, ``[::1]``), with ``port``. A DNS-rebinding page sends its own host name, never one of these.
+
+    Args:
+        host_header: the Host header's value.
+        port: the port the server listens on.
+    """
+    name, colon, port_text = host_header.strip().lower().rpartition(":")
+    if not colon or port_text != str(port):
+        return False
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    try:
+        check_loopback(name)
+    except ValueError:
+        return False
+    return True
+
+
+class LoopbackHostMiddleware:
+    """ASGI middleware that answers 400 to any HTTP request (and closes any WebSocket) whose Host header is not
+    :func:`is_loopback_host`: binding to 127.0.0.1 keeps other machines out, this keeps out pages of other sites
+    that a browser on this machine runs (DNS rebinding).
+
+    Args:
+        app: the wrapped ASGI app.
+        port: the port the server listens on.
+    """
+
+    def __init__(self, app: Any, port: int) -> None:
+        self.app = app
+        self.port = port
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if not is_loopback_host(host, self.port):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                expected = ", ".join(f"{name}:{self.port}" for name in LOOPBACK_HOST_NAMES)
+                message = f"expected a request to this machine's loopback address ({expected}), got Host {host[:100]!r}\n"
+                await PlainTextResponse(message, status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def launch(pipeline_path: str = DEFAULT_PIPELINE, host: str = "127.0.0.1", port: int = 7860, **kwargs: Any) -> gr.Blocks:
     """Serve the page on ``host``:``port`` until interrupted.
 
     Args:
@@ -288,6 +356,9 @@ def launch(pipeline_path: str = DEFAULT_PIPELINE, host: str = "127.0.0.1", port:
         host: a loopback address.
         port: the port.
         kwargs: further ``gr.Blocks.launch`` arguments (e.g. ``prevent_thread_lock=True`` for tests).
+
+    Returns:
+        the page (with ``prevent_thread_lock=True`` it is still serving: stop it with ``.close()``).
     """
     check_loopback(host)
     demo = build_demo(pipeline_path)
@@ -301,5 +372,7 @@ def launch(pipeline_path: str = DEFAULT_PIPELINE, host: str = "127.0.0.1", port:
         mcp_server=False,
         enable_monitoring=False,
         show_error=True,
+        app_kwargs={"middleware": [Middleware(LoopbackHostMiddleware, port=port)]},
         **kwargs,
     )
+    return demo

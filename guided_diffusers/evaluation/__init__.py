@@ -5,13 +5,26 @@ come from a local file, ``$GUIDED_DIFFUSERS_INCEPTION_WEIGHTS``, or the Hub (``I
 ``scripts/evaluate.py`` is the command line.
 """
 
-from .batches import ImageBatchInfo, inspect_image_batch, iterate_image_batches, read_precomputed_statistics
+from .batches import (
+    ImageBatchInfo,
+    inspect_image_batch,
+    iterate_image_batches,
+    read_precomputed_statistics,
+    write_reference_batch,
+)
 from .evaluator import (
+    DecodedImages,
+    NpzImages,
     SampleQualityResults,
     compute_activations,
     compute_class_logits,
     evaluate_image_batches,
+    extract_features,
+    extract_statistics,
+    float32_precision,
+    make_reference_batch,
 )
+from .feature_cache import BatchFeatures, cache_path, load_cached_features
 from .inception import (
     INCEPTION_HUB_FILENAME,
     INCEPTION_HUB_REPO_ID,
@@ -27,9 +40,11 @@ from .inception import (
 )
 from .metrics import (
     FIDStatistics,
+    RunningMoments,
     compute_statistics,
     frechet_distance,
     inception_score,
+    float16_squared_distances,
     manifold_radii,
     pairwise_squared_distances,
     precision_recall,
@@ -42,19 +57,30 @@ __all__ = [
     "INCEPTION_WEIGHTS_URL",
     "FIDInceptionFeatures",
     "FIDInceptionV3",
+    "BatchFeatures",
+    "DecodedImages",
     "FIDStatistics",
     "ImageBatchInfo",
+    "RunningMoments",
+    "NpzImages",
     "InceptionWeightsUnavailableError",
     "SampleQualityResults",
     "compute_activations",
     "compute_class_logits",
     "compute_statistics",
+    "cache_path",
     "evaluate_image_batches",
+    "extract_features",
+    "extract_statistics",
+    "float16_squared_distances",
+    "float32_precision",
     "frechet_distance",
     "inception_score",
     "inspect_image_batch",
     "iterate_image_batches",
+    "load_cached_features",
     "load_fid_inception",
+    "make_reference_batch",
     "manifold_radii",
     "pairwise_squared_distances",
     "precision_recall",
@@ -62,4 +88,5 @@ __all__ = [
     "read_precomputed_statistics",
     "resize_bilinear_like_tensorflow1",
     "resolve_inception_weights",
+    "write_reference_batch",
 ]

@@ -1,4 +1,4 @@
-"""The originals' ``.npz`` batches: images as ``arr_0`` (uint8, NHWC), optionally precomputed FID statistics.
+"""The originals' ``.npz`` batches (images as ``arr_0``, uint8 NHWC, optionally FID statistics): reading, atomic writing.
 
 A reference batch of the originals (e.g. ``VIRTUAL_imagenet256_labeled.npz``) holds ``arr_0`` and may hold
 ``mu``/``sigma`` (pool features) and ``mu_s``/``sigma_s`` (spatial features); a sample batch is what the
@@ -9,8 +9,9 @@ in batches straight from the zip member, so a 50k-image batch never sits in memo
 from __future__ import annotations
 
 import os
+import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -125,15 +126,35 @@ def inspect_image_batch(
                         f"expected {name} in {str(path)!r} as floats of shape {expected_shape}, "
                         f"got {stat_dtype} of shape {tuple(stat_shape)}"
                     )
+            # The statistics are small (tens of MB): read them now, so a NaN is refused before any network pass.
+            with np.load(path, allow_pickle=False) as stored:
+                for name in STATISTICS_SHAPES:
+                    values = stored[name]
+                    if not np.isfinite(values).all():
+                        raise ValueError(
+                            f"expected finite values in {name} of {str(path)!r}, "
+                            f"got {int(np.size(values) - np.isfinite(values).sum())} NaN or infinite"
+                        )
+                    if values.ndim == 2:
+                        asymmetry = float(np.abs(values - values.T).max())
+                        if asymmetry > 1e-6 * max(float(np.abs(values).max()), 1e-30):
+                            raise ValueError(
+                                f"expected {name} of {str(path)!r} to be a covariance (symmetric), "
+                                f"got entries differing from their transposes by up to {asymmetry:.3g}"
+                            )
     return ImageBatchInfo(path, int(shape[0]), int(shape[1]), int(shape[2]), bool(present))
 
 
-def iterate_image_batches(path: str | os.PathLike, batch_size: int) -> Iterator[np.ndarray]:
-    """Yield ``arr_0`` in consecutive uint8 ``(B, H, W, 3)`` batches, streamed from the zip member.
+def iterate_image_batches(
+    path: str | os.PathLike, batch_size: int, start: int = 0, stop: int | None = None
+) -> Iterator[np.ndarray]:
+    """Yield ``arr_0[start:stop]`` in consecutive uint8 ``(B, H, W, 3)`` batches, streamed from the zip member.
 
     Args:
         path: an ``.npz`` batch (checked first with :func:`inspect_image_batch`).
         batch_size: images per batch (the last batch may be smaller).
+        start: the first image (one process's shard starts here; the images before it are skipped, not decoded).
+        stop: one past the last image (default: the end).
 
     Yields:
         writable uint8 arrays, in file order.
@@ -147,13 +168,17 @@ def iterate_image_batches(path: str | os.PathLike, batch_size: int) -> Iterator[
             # Fortran order, object arrays or a newer format: read the whole array instead of streaming bytes.
             with np.load(path) as arrays:
                 images = arrays[IMAGES_KEY]
-            for start in range(0, images.shape[0], batch_size):
-                yield np.ascontiguousarray(images[start : start + batch_size])
+            stop = images.shape[0] if stop is None else min(stop, images.shape[0])
+            for first in range(start, stop, batch_size):
+                yield np.ascontiguousarray(images[first : min(first + batch_size, stop)])
             return
         shape, _, dtype = header
         image_bytes = int(np.prod(shape[1:])) * dtype.itemsize
-        for start in range(0, shape[0], batch_size):
-            count = min(batch_size, shape[0] - start)
+        stop = shape[0] if stop is None else min(stop, shape[0])
+        if start > 0:
+            member.seek(start * image_bytes, os.SEEK_CUR)
+        for start in range(start, stop, batch_size):
+            count = min(batch_size, stop - start)
             data = member.read(count * image_bytes)
             if len(data) != count * image_bytes:
                 raise ValueError(
@@ -172,7 +197,54 @@ def read_precomputed_statistics(path: str | os.PathLike) -> tuple[FIDStatistics,
     Returns:
         ``(FIDStatistics(mu, sigma), FIDStatistics(mu_s, sigma_s))`` when the file has them, else None.
     """
-    with np.load(path) as arrays:
+    with np.load(path, allow_pickle=False) as arrays:
         if "mu" not in arrays.files:
             return None
         return FIDStatistics(arrays["mu"], arrays["sigma"]), FIDStatistics(arrays["mu_s"], arrays["sigma_s"])
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], None], suffix: str) -> None:
+    """Write a file through ``write(binary_file)`` under a temporary name beside ``path``, then rename it to ``path``:
+    a reader never sees half a file, and a failed write leaves nothing behind.
+
+    Args:
+        path: the final file.
+        write: writes the content to the open temporary file.
+        suffix: the temporary file's suffix (``np.savez`` needs ``.npz``).
+    """
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=suffix, delete=False) as tmp:
+        try:
+            write(tmp)
+        except BaseException:
+            tmp.close()
+            os.unlink(tmp.name)
+            raise
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp.name, 0o666 & ~umask)  # a temporary file is private; the result gets the usual permissions
+    os.replace(tmp.name, path)
+
+
+def write_reference_batch(path: str | os.PathLike, images: np.ndarray, pool: FIDStatistics, spatial: FIDStatistics) -> Path:
+    """Write a reference batch in the originals' format: ``arr_0`` (the images for precision and recall) and the
+    FID statistics ``mu``/``sigma`` (pool) and ``mu_s``/``sigma_s`` (spatial), written atomically.
+
+    Args:
+        path: the ``.npz`` to write.
+        images: uint8 ``(N, H, W, 3)``.
+        pool: statistics of the pool features (of the whole source, which may hold more images than ``images``).
+        spatial: statistics of the spatial features.
+
+    Returns:
+        the path written.
+    """
+    path = Path(path)
+    arrays = {
+        IMAGES_KEY: images,
+        "mu": pool.mu,
+        "sigma": pool.sigma,
+        "mu_s": spatial.mu,
+        "sigma_s": spatial.sigma,
+    }
+    write_atomically(path, lambda file: np.savez(file, **arrays), ".npz")
+    return path

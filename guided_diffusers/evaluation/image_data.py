@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..training.data import (
@@ -63,6 +64,16 @@ class EvaluationImages:
         if self.labels is not None:
             labels = torch.tensor([self.labels[int(index)] for index in indices], dtype=torch.long)
         return images, labels
+
+    def load_uint8(self, indices: Sequence[int]) -> np.ndarray:
+        """The images at ``indices`` as uint8 ``(N, H, W, 3)``, the layout of the originals' ``.npz`` batches.
+
+        Args:
+            indices: positions in ``range(len(self))``.
+        """
+        pixels = self.load(indices)[0] if len(indices) else torch.zeros(0, 3, self.image_size, self.image_size)
+        # The loader's floats are uint8 / 127.5 - 1: this recovers the bytes exactly.
+        return ((pixels + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def _is_save_to_disk_folder(path: Path) -> bool:

@@ -7,9 +7,14 @@ Definitions follow guided-diffusion's ``evaluations/evaluator.py``:
 - Inception Score: ``exp(E_x KL(p(y|x) || p(y)))`` over consecutive splits of 5000 samples, averaged over splits.
 - Precision / recall (Kynkäänniemi et al. 2019): each feature vector gets a ball whose squared radius is the squared
   distance to its 3rd nearest neighbour in its own set (itself excluded); precision is the fraction of samples
-  inside some reference ball, recall the fraction of references inside some sample ball. Distances are computed in
-  row x column blocks, so memory stays bounded; the block sizes change the memory used, not the result. They are
-  float32 (the original tries float16 first and falls back to float32 when that overflows).
+  inside (``<=``) some reference ball, recall the fraction of references inside some sample ball. Distances are
+  computed in blocks of 10000 x 10000 vectors. By default they are computed as the original's ``DistanceBlock``
+  does (``distance_precision="float16"``): features rounded to float16, ``|u|^2 - 2 u.v + |v|^2`` with float16
+  results (float32 accumulation inside the norms and the matrix product, as TensorFlow's GPU kernels do), and the
+  whole block recomputed in float32 when any float16 distance is not finite. The float16 rounding makes many
+  distances exactly equal to a radius, and ``<=`` counts them in: this is what the published precision and recall
+  are. ``"float32"`` and ``"float64"`` compute the same formula in that dtype (no ties from rounding; precision and
+  recall come out lower by up to about half a point, see the README).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import torch
 INCEPTION_SCORE_SPLIT_SIZE = 5000
 MANIFOLD_NUM_NEIGHBOURS = 3
 MANIFOLD_BATCH_SIZE = 10000
+# How precision/recall distances are computed: the original's float16 (default), or exactly in float32 / float64.
+DISTANCE_PRECISIONS = ("float16", "float32", "float64")
 
 
 @dataclass(eq=False)  # arrays have no single truth value to compare by
@@ -65,6 +72,54 @@ def compute_statistics(activations: np.ndarray) -> FIDStatistics:
     mu = activations.mean(axis=0)
     factor = (activations - mu) / np.sqrt(num_vectors - 1) if num_vectors <= dim else None
     return FIDStatistics(mu, np.cov(activations, rowvar=False), factor)
+
+
+@dataclass(eq=False)
+class RunningMoments:
+    """Count, mean and scatter (``sum (x - mean)(x - mean)^T``) of feature vectors seen in parts, in float64.
+
+    Parts merge with Chan et al.'s pairwise update, so a set too large to hold (a reference dataset of millions of
+    images, spread over processes) gets the statistics :func:`compute_statistics` would fit to it whole, up to
+    rounding. Build one with :meth:`of`, combine with :meth:`merge`.
+
+    Attributes:
+        count: vectors seen.
+        mean: ``(D,)`` their mean.
+        scatter: ``(D, D)`` their centred sum of outer products.
+    """
+
+    count: int
+    mean: np.ndarray
+    scatter: np.ndarray
+
+    @classmethod
+    def of(cls, activations: np.ndarray) -> RunningMoments:
+        """The moments of ``(N, D)`` activations (N may be 0)."""
+        activations = np.asarray(activations, dtype=np.float64)
+        if activations.ndim != 2:
+            raise ValueError(f"expected activations of shape (N, D), got {activations.shape}")
+        if len(activations) == 0:
+            dim = activations.shape[1]
+            return cls(0, np.zeros(dim), np.zeros((dim, dim)))
+        mean = activations.mean(axis=0)
+        centred = activations - mean
+        return cls(len(activations), mean, centred.T @ centred)
+
+    def merge(self, other: RunningMoments) -> RunningMoments:
+        """The moments of both parts together."""
+        count = self.count + other.count
+        if other.count == 0 or self.count == 0:
+            return other if self.count == 0 else self
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / count)
+        scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.count * other.count / count)
+        return RunningMoments(count, mean, scatter)
+
+    def statistics(self) -> FIDStatistics:
+        """Mean and unbiased covariance, as ``np.cov``."""
+        if self.count < 2:
+            raise ValueError(f"expected statistics of at least 2 vectors, got {self.count}")
+        return FIDStatistics(self.mean, self.scatter / (self.count - 1))
 
 
 def _sum_sqrt_eigenvalues(symmetric: np.ndarray) -> float:
@@ -197,12 +252,58 @@ def pairwise_squared_distances(rows: torch.Tensor, columns: torch.Tensor) -> tor
     return (row_norms - 2 * rows @ columns.T + column_norms).clamp_min(0.0)
 
 
-def _as_features(features: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+def _float16_norms(vectors: torch.Tensor) -> torch.Tensor:
+    # Squares rounded to float16, summed with a float32 accumulator, the sum rounded to float16.
+    return vectors.square().half().float().sum(dim=1).half()
+
+
+def float16_squared_distances(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """The original evaluator's distance block: squared distances in float16, float32 if float16 overflows.
+
+    The features are rounded to float16, then ``max(|u|^2 - 2 u.v + |v|^2, 0)`` is evaluated with float16 results
+    for every operation: the squared norms and the matrix product accumulate in float32 and round their results to
+    float16 (TensorFlow's GPU reduction and cuBLAS half GEMM do so), the subtraction and addition round to float16
+    in that order. The products of two float16 numbers are exact in float32, so the float32 matrix product of the
+    rounded features is that accumulation on any device. When any distance of the block is not finite (a norm or
+    product above float16's 65504), the whole block is :func:`pairwise_squared_distances` in float32 instead.
+
+    Args:
+        rows: float32 ``(R, D)``.
+        columns: float32 ``(C, D)``.
+
+    Returns:
+        float32 ``(R, C)`` (holding float16 values unless the block fell back to float32).
+    """
+    rows16, columns16 = rows.half(), columns.half()
+    # Eager element-wise ops on half tensors round each result to float16 (computed in float32: correctly rounded).
+    products = (rows16.float() @ columns16.float().T).half()
+    distances = (_float16_norms(rows16.float())[:, None] - 2 * products) + _float16_norms(columns16.float())[None, :]
+    distances = distances.clamp_min(0.0)
+    if not torch.isfinite(distances).all():
+        return pairwise_squared_distances(rows.float(), columns.float())
+    return distances.float()
+
+
+def _block_distances(rows: torch.Tensor, columns: torch.Tensor, distance_precision: str) -> torch.Tensor:
+    if distance_precision == "float16":
+        return float16_squared_distances(rows, columns)
+    return pairwise_squared_distances(rows, columns)
+
+
+def _check_distance_precision(distance_precision: str) -> torch.dtype:
+    """The dtype features and radii are held in for ``distance_precision``."""
+    if distance_precision not in DISTANCE_PRECISIONS:
+        raise ValueError(f"expected distance_precision in {DISTANCE_PRECISIONS}, got {distance_precision!r}")
+    return torch.float64 if distance_precision == "float64" else torch.float32
+
+
+def _as_features(features: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     features = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
     if features.ndim != 2:
         raise ValueError(f"expected feature vectors of shape (N, D), got {tuple(features.shape)}")
-    # float32, as the original's distance computation (which tries float16 first and falls back to float32).
-    return features.to(device=device, dtype=torch.float32)
+    if not torch.isfinite(features).all():
+        raise ValueError("expected finite feature vectors, got NaN or infinite values")
+    return features.to(device=device, dtype=dtype)
 
 
 def _check_batch_sizes(row_batch_size: int, col_batch_size: int) -> None:
@@ -216,36 +317,39 @@ def manifold_radii(
     row_batch_size: int = MANIFOLD_BATCH_SIZE,
     col_batch_size: int = MANIFOLD_BATCH_SIZE,
     device: str | torch.device = "cpu",
+    distance_precision: str = "float16",
 ) -> np.ndarray:
     """Squared radius of each vector's k-NN ball: squared distance to its k-th nearest neighbour in the same set.
 
-    Each vector's distance to itself (0) is the 0th smallest of its row, so the k-th smallest is the k-th
-    neighbour other than itself, as in the original's ``ManifoldEstimator.manifold_radii``.
+    Each vector's distance to itself (0 up to rounding) is the 0th smallest of its row, so the k-th smallest is the
+    k-th neighbour other than itself, as in the original's ``ManifoldEstimator.manifold_radii``.
 
     Args:
         features: ``(N, D)`` with N > ``num_neighbours``.
         num_neighbours: k (3 in the original).
         row_batch_size: vectors whose distances are computed at once (memory: ``row_batch_size * N`` floats).
-        col_batch_size: columns per distance block (memory/speed trade-off only).
+        col_batch_size: columns per distance block (with ``"float16"``, the unit of the float32 fallback).
         device: where the distances are computed.
+        distance_precision: ``"float16"`` (the original's), ``"float32"`` or ``"float64"``; see the module doc.
 
     Returns:
-        float32 ``(N,)`` squared radii.
+        ``(N,)`` squared radii, float64 for ``"float64"``, else float32.
     """
     _check_batch_sizes(row_batch_size, col_batch_size)
+    dtype = _check_distance_precision(distance_precision)
     device = torch.device(device)
-    features = _as_features(features, device)
+    features = _as_features(features, device, dtype)
     num_vectors = features.shape[0]
     if num_vectors <= num_neighbours:
         raise ValueError(
             f"expected more than {num_neighbours} feature vectors for k={num_neighbours}, got {num_vectors}"
         )
-    radii = torch.empty(num_vectors, dtype=torch.float32)
+    radii = torch.empty(num_vectors, dtype=dtype)
     for row_start in range(0, num_vectors, row_batch_size):
         rows = features[row_start : row_start + row_batch_size]
         distances = torch.cat(
             [
-                pairwise_squared_distances(rows, features[col_start : col_start + col_batch_size])
+                _block_distances(rows, features[col_start : col_start + col_batch_size], distance_precision)
                 for col_start in range(0, num_vectors, col_batch_size)
             ],
             dim=1,
@@ -262,11 +366,13 @@ def precision_recall(
     row_batch_size: int = MANIFOLD_BATCH_SIZE,
     col_batch_size: int = MANIFOLD_BATCH_SIZE,
     device: str | torch.device = "cpu",
+    distance_precision: str = "float16",
 ) -> tuple[float, float]:
     """Improved precision and recall (k-NN manifolds), as the original evaluator's ``compute_prec_recall``.
 
     Precision: the fraction of samples within (``<=``) some reference vector's k-NN ball. Recall: the fraction of
-    reference vectors within some sample's k-NN ball. Squared distances are compared with squared radii.
+    reference vectors within some sample's k-NN ball. Squared distances are compared with squared radii, block by
+    block (reference rows x sample columns), each block's distances computed as ``distance_precision`` says.
 
     Args:
         ref_features: ``(N_ref, D)`` reference pool features.
@@ -275,29 +381,34 @@ def precision_recall(
         row_batch_size: reference vectors per distance block.
         col_batch_size: sample vectors per distance block.
         device: where the distances are computed.
+        distance_precision: ``"float16"`` (default: the original's float16 distances with its float32 fallback,
+            which reproduces its figures), ``"float32"`` or ``"float64"`` (exact in that dtype).
 
     Returns:
         ``(precision, recall)``.
     """
     _check_batch_sizes(row_batch_size, col_batch_size)
+    dtype = _check_distance_precision(distance_precision)
     device = torch.device(device)
-    ref = _as_features(ref_features, device)
-    samples = _as_features(sample_features, device)
+    ref = _as_features(ref_features, device, dtype)
+    samples = _as_features(sample_features, device, dtype)
     if ref.shape[1] != samples.shape[1]:
         raise ValueError(
             f"expected features of one dimension, got {ref.shape[1]} (reference) and {samples.shape[1]} (samples)"
         )
-    ref_radii = torch.from_numpy(manifold_radii(ref, num_neighbours, row_batch_size, col_batch_size, device)).to(device)
-    sample_radii = torch.from_numpy(
-        manifold_radii(samples, num_neighbours, row_batch_size, col_batch_size, device)
-    ).to(device)
+    ref_radii, sample_radii = (
+        torch.from_numpy(
+            manifold_radii(features, num_neighbours, row_batch_size, col_batch_size, device, distance_precision)
+        ).to(device)
+        for features in (ref, samples)
+    )
     ref_in_sample_manifold = torch.zeros(ref.shape[0], dtype=torch.bool, device=device)
     sample_in_ref_manifold = torch.zeros(samples.shape[0], dtype=torch.bool, device=device)
     for ref_start in range(0, ref.shape[0], row_batch_size):
         ref_stop = ref_start + row_batch_size
         for sample_start in range(0, samples.shape[0], col_batch_size):
             sample_stop = sample_start + col_batch_size
-            distances = pairwise_squared_distances(ref[ref_start:ref_stop], samples[sample_start:sample_stop])
+            distances = _block_distances(ref[ref_start:ref_stop], samples[sample_start:sample_stop], distance_precision)
             in_sample_balls = distances <= sample_radii[None, sample_start:sample_stop]
             in_ref_balls = distances <= ref_radii[ref_start:ref_stop, None]
             ref_in_sample_manifold[ref_start:ref_stop] |= in_sample_balls.any(dim=1)

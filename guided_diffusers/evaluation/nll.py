@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from ..training.losses import calc_bpd_loop
+from .batches import write_atomically
 from .image_data import EvaluationImages
 
 __all__ = [
@@ -289,20 +289,6 @@ def evaluate_bits_per_dim(
     )
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], suffix: str) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=suffix, delete=False) as tmp:
-        try:
-            write(tmp)
-        except BaseException:
-            tmp.close()
-            os.unlink(tmp.name)
-            raise
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp.name, 0o666 & ~umask)  # a temporary file is private; the result gets the usual permissions
-    os.replace(tmp.name, path)
-
-
 def write_bits_per_dim_results(
     results: BitsPerDimResults, output_dir: str | os.PathLike, metadata: Mapping[str, Any] | None = None
 ) -> tuple[Path, Path]:
@@ -330,8 +316,8 @@ def write_bits_per_dim_results(
         "mse_terms": results.mse_terms,
     }
     npz_path = output_dir / BPD_TERMS_FILENAME
-    _atomic_write(npz_path, lambda f: np.savez(f, **arrays), ".npz")
+    write_atomically(npz_path, lambda f: np.savez(f, **arrays), ".npz")
     report = {**dict(metadata or {}), "num_processes": results.num_processes, **results.summary()}
     json_path = output_dir / BPD_SUMMARY_FILENAME
-    _atomic_write(json_path, lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()), ".json")
+    write_atomically(json_path, lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()), ".json")
     return npz_path, json_path
