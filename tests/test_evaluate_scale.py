@@ -130,6 +130,7 @@ def test_float32_precision_switches_tf32_off_and_restores_it():
         conv.fp32_precision, matmul.fp32_precision = saved
 
 
+@pytest.mark.slow  # an Inception pass on CPU each: tens of seconds
 def test_cache_serves_a_second_run_without_network_pass_and_never_a_changed_file(tmp_path, model):
     ref, samples = tmp_path / "ref.npz", tmp_path / "samples.npz"
     np.savez(ref, _images(1, 5))
@@ -165,6 +166,7 @@ def test_cache_serves_a_second_run_without_network_pass_and_never_a_changed_file
         counter.remove()
 
 
+@pytest.mark.slow  # an Inception pass on CPU each: tens of seconds
 def test_write_reference_from_an_image_folder_and_from_an_npz(tmp_path, weights, model):
     folder = tmp_path / "images"
     folder.mkdir()
