@@ -21,7 +21,6 @@ from guided_diffusers.evaluation import (
     compute_activations,
     compute_statistics,
     evaluate_image_batches,
-    extract_features,
     float32_precision,
     inspect_image_batch,
     random_fid_inception,

@@ -1,10 +1,12 @@
-"""Sample-quality evaluation as the originals' evaluator defines it: IS, FID, sFID, precision and recall.
+"""Evaluation as the originals define it: sample quality (IS, FID, sFID, precision and recall) and likelihood (the
+whole variational bound in bits/dim, [`calc_bpd_loop`]).
 
 The FID Inception-v3 (TensorFlow's 2015-12-05 graph) is implemented in PyTorch in :mod:`.inception`; its weights
 come from a local file, ``$GUIDED_DIFFUSERS_INCEPTION_WEIGHTS``, or the Hub (``INCEPTION_HUB_REPO_ID``).
 ``scripts/evaluate.py`` is the command line.
 """
 
+from .bpd import calc_bpd_loop
 from .batches import (
     ImageBatchInfo,
     inspect_image_batch,
@@ -51,6 +53,7 @@ from .metrics import (
 )
 
 __all__ = [
+    "calc_bpd_loop",
     "INCEPTION_HUB_FILENAME",
     "INCEPTION_HUB_REPO_ID",
     "INCEPTION_WEIGHTS_ENV",

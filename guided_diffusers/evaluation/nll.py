@@ -1,6 +1,6 @@
 """Negative log-likelihood in bits per dimension over a dataset: the originals' ``image_nll``, on our pipelines.
 
-Each image's whole variational bound comes from [`~guided_diffusers.training.calc_bpd_loop`] (the prior term plus one
+Each image's whole variational bound comes from [`~guided_diffusers.evaluation.calc_bpd_loop`] (the prior term plus one
 term per step of the full training process, decoder NLL at t = 0). Here the dataset is cut into global batches of
 ``batch_size`` consecutive images; batch b is evaluated by process ``b % num_processes`` with the noise of a generator
 seeded ``seed + b``, so every image gets the same noise, and the same bound, whatever the number of processes. Each
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..training.losses import calc_bpd_loop
+from .bpd import calc_bpd_loop
 from .batches import write_atomically
 from .image_data import EvaluationImages
 
