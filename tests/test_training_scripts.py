@@ -68,7 +68,8 @@ def _check_checkpoints(output: Path, steps: list[int], processes: int) -> None:
     assert found == steps
     latest = output / f"checkpoint-{steps[-1]}"
     assert json.loads((latest / "training_state.json").read_text())["global_step"] == steps[-1]
-    assert sorted(p.name for p in latest.glob("random_states_*.pkl")) == [f"random_states_{i}.pkl" for i in range(processes)]
+    assert sorted(p.name for p in latest.glob("rng_state_*.json")) == [f"rng_state_{i}.json" for i in range(processes)]
+    assert not list(latest.glob("*.pkl"))  # nothing a resume would have to unpickle
     assert not list(output.glob(".*"))  # nothing half-written left
 
 
@@ -118,8 +119,10 @@ def test_diffusion_script(tmp_path, launched):
     for name in ("model", "ema_0.99"):
         ADMUNet2DModel.from_pretrained(output / "weights" / name)
     # The importance sampler saw every process's losses: 6 steps x 2 images x the processes.
-    sampler_state = torch.load(output / "checkpoint-6" / "custom_checkpoint_1.pkl", weights_only=False)
-    assert int(sampler_state["loss_counts"].sum()) == 6 * 2 * (2 if launched else 1)
+    from safetensors.torch import load_file
+
+    loss_counts = load_file(output / "checkpoint-6" / "trainer_state.safetensors")["timestep_sampler.loss_counts"]
+    assert int(loss_counts.sum()) == 6 * 2 * (2 if launched else 1)
     card = (output / "README.md").read_text()
     assert "train_diffusion.py" in card and "| optimizer steps | 6 |" in card
 

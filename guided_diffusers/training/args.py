@@ -125,7 +125,9 @@ def build_parser(task: str, description: str | None = None) -> argparse.Argument
     loop.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest' (the newest in --output_dir, if any)")
     _add_switch(loop, "use_ema", defaults["use_ema"], "keep exponential moving averages of the weights; the saved model gets the first rate's")
     loop.add_argument("--ema_rate", default="0.9999", help="one or several comma-separated EMA rates, as the originals keep them")
-    loop.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, comet_ml, all or none (logs/metrics.jsonl is always written)")
+    loop.add_argument("--report_to", default=None,
+                      help="tensorboard, wandb, comet_ml (comma-separated), all (every installed one) or none; default: tensorboard "
+                      "when installed. logs/metrics.jsonl is always written. A tracker named here but not installed stops the run")
     loop.add_argument("--logging_dir", default="logs", help="relative to --output_dir")
     _add_switch(loop, "push_to_hub", False, "upload the saved model to the Hub")
     loop.add_argument("--hub_model_id", default=None, help="the Hub repository (default: the name of --output_dir)")

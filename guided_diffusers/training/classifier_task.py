@@ -63,8 +63,8 @@ class ClassifierTask(TrainingTask):
             self.held_out_dataset = TrainingImageDataset(self.held_out, self.resolution)
         return setup.model
 
-    def checkpoint_objects(self) -> list[Any]:
-        return [self.sampler]
+    def checkpoint_objects(self) -> dict[str, Any]:
+        return {"timestep_sampler": self.sampler}
 
     # -- loss -------------------------------------------------------------------------------------------------------
 

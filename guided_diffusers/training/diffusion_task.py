@@ -49,8 +49,8 @@ class DiffusionTask(TrainingTask):
         self.id2label = (setup.id2label or train_images.id2label) if self.num_classes else None
         return setup.model
 
-    def checkpoint_objects(self) -> list[Any]:
-        return [self.sampler]
+    def checkpoint_objects(self) -> dict[str, Any]:
+        return {"timestep_sampler": self.sampler}
 
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> MicroBatchResult:
         images = batch["pixel_values"]

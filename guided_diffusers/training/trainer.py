@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpointing import TrainingProgress, list_checkpoints, resolve_resume_checkpoint, save_checkpoint
+from .checkpointing import TrainingProgress, list_checkpoints, load_checkpoint, resolve_resume_checkpoint, save_checkpoint
 from .data import (
     EpochShuffledBatchSampler,
     LabelledImages,
@@ -76,6 +76,7 @@ class _Run:
     progress: TrainingProgress
     train_images: LabelledImages
     resumed: bool
+    state_objects: dict[str, Any] = field(default_factory=dict)
     recent_losses: deque[float] = field(default_factory=lambda: deque(maxlen=100))
 
 
@@ -123,9 +124,10 @@ class TrainingTask(ABC):
     def build(self, train_images: LabelledImages) -> nn.Module:
         """The model to train (and the task's process, sampler, ...); raises on a configuration it cannot train."""
 
-    def checkpoint_objects(self) -> list[Any]:
-        """Objects with ``state_dict``/``load_state_dict`` kept in checkpoints (e.g. the timestep sampler)."""
-        return []
+    def checkpoint_objects(self) -> dict[str, Any]:
+        """Objects with ``state_dict``/``load_state_dict`` kept in checkpoints, by name (e.g. the timestep sampler);
+        their states hold tensors, numbers, strings, lists and dicts (saved as safetensors and JSON)."""
+        return {}
 
     @abstractmethod
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> MicroBatchResult:
@@ -213,7 +215,7 @@ class Trainer:
 
         args = self.args
         mixed_precision = args.mixed_precision or ("fp16" if wants_fp16(args) else None)
-        trackers, missing = available_trackers(args.report_to)
+        trackers = available_trackers(args.report_to)
         accelerator = Accelerator(
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             mixed_precision=mixed_precision,
@@ -223,9 +225,6 @@ class Trainer:
         main_process = accelerator.is_main_process
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING if main_process else logging.ERROR)
         logging.getLogger("guided_diffusers").setLevel(logging.INFO if main_process else logging.ERROR)
-        for name in missing:
-            logger.warning("%s is not installed: logging to %s only (pip install %s)", name,
-                           output_dir / args.logging_dir / "metrics.jsonl", name.replace("_", "-"))
         return accelerator
 
     def _check_images(self, accelerator: Any, images: LabelledImages, what: str) -> None:
@@ -318,24 +317,16 @@ class Trainer:
 
         progress = TrainingProgress(accelerator.num_processes, args.train_batch_size, args.gradient_accumulation_steps, args.seed)
         ema = ExponentialMovingAverage(accelerator.unwrap_model(model).parameters(), parse_ema_rates(args.ema_rate)) if args.use_ema else None
-        saved_objects = [progress, *task.checkpoint_objects(), *([ema] if ema is not None else [])]
-        for obj in saved_objects:
-            accelerator.register_for_checkpointing(obj)
+        state_objects = {"progress": progress, **task.checkpoint_objects(), **({"ema": ema} if ema is not None else {})}
         if resume is not None:
-            saved = len(list(resume.glob("custom_checkpoint_*.pkl")))
-            if saved != len(saved_objects):
-                raise ValueError(
-                    f"expected a checkpoint of this task with{'' if ema else 'out'} EMA ({len(saved_objects)} saved states), "
-                    f"got {saved} in {str(resume)!r} (another --use_ema or task?)"
-                )
-            accelerator.load_state(str(resume))
+            load_checkpoint(accelerator, resume, model, optimizer, lr_scheduler, state_objects)
             logger.info("resumed from %s at step %d", resume, progress.global_step)
             changes = progress.shape_changes()
             if changes:
                 logger.warning("the run's shape changed since the checkpoint (%s): the data order differs from an uninterrupted run", ", ".join(changes))
-        if accelerator.is_main_process and accelerator.trackers:
+        if accelerator.log_with:  # accelerate creates the trackers (on the main process) only here
             accelerator.init_trackers(task.kind, config=_tracker_config(args))
-        return _Run(accelerator, model, optimizer, lr_scheduler, ema, progress, train_images, resume is not None)
+        return _Run(accelerator, model, optimizer, lr_scheduler, ema, progress, train_images, resume is not None, state_objects)
 
     def _loop(self, run: _Run) -> None:
         """Optimizer steps up to ``--max_train_steps``, logging each and checkpointing every ``--checkpointing_steps``."""
@@ -401,12 +392,13 @@ class Trainer:
             bar.update(1)
             bar.set_postfix({task.loss_key: f"{metrics[task.loss_key]:.4g}", "lr": f"{metrics['lr']:.3g}"})
             if step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, step, total_limit=args.checkpoints_total_limit, summary=self._summary(accelerator))
+                save_checkpoint(accelerator, output_dir, step, state_objects=run.state_objects, total_limit=args.checkpoints_total_limit,
+                                summary=self._summary(accelerator))
                 last_checkpoint = step
         bar.close()
         if progress.global_step > 0 and last_checkpoint != progress.global_step:
-            save_checkpoint(accelerator, output_dir, progress.global_step, total_limit=args.checkpoints_total_limit,
-                            summary=self._summary(accelerator))
+            save_checkpoint(accelerator, output_dir, progress.global_step, state_objects=run.state_objects,
+                            total_limit=args.checkpoints_total_limit, summary=self._summary(accelerator))
 
     # -- pieces -----------------------------------------------------------------------------------------------------
 
