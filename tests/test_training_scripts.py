@@ -43,7 +43,7 @@ def _train_here(task: str, argv: list[str]) -> None:
     from guided_diffusers.training.trainer import main
 
     try:
-        main(task, [*argv, "--report_to", "none"])
+        main(task, [*argv, *([] if "--report_to" in argv else ["--report_to", "none"])])
     finally:  # accelerate keeps process-wide state between Accelerator objects
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
@@ -200,6 +200,7 @@ def test_upsampler_sees_the_target_downsampled_by_area(tmp_path):
     class Images:  # what build() reads of the data
         num_classes = None
         id2label = None
+        named = True
 
     model = task.build(Images())
     seen = {}

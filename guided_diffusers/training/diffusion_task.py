@@ -39,8 +39,9 @@ class DiffusionTask(TrainingTask):
         return load_training_images(self.args, require_labels=bool(original_flag(self.args, "class_cond"))), None
 
     def build(self, train_images: LabelledImages) -> nn.Module:
-        setup = build_diffusion_setup(self.args, train_images.num_classes)
+        setup = build_diffusion_setup(self.args, train_images.num_classes, train_images.id2label, train_images.named)
         self.setup = setup
+        self.label_map = setup.label_map
         self.resolution = setup.resolution
         self.num_timesteps = setup.scheduler.config.num_train_timesteps
         self.sampler = create_named_schedule_sampler(self.args.schedule_sampler, self.num_timesteps)

@@ -40,10 +40,6 @@ __all__ = ["MicroBatchResult", "Trainer", "TrainingSetupError", "TrainingTask", 
 
 logger = logging.getLogger(__name__)
 
-# Images whose headers are checked before training when they come from a `datasets` dataset (a folder's are all
-# checked: listing them already touched every file).
-_DATASET_IMAGES_CHECKED = 256
-
 
 @dataclass
 class MicroBatchResult:
@@ -83,7 +79,7 @@ class _Run:
 def load_training_images(args: argparse.Namespace, require_labels: bool) -> LabelledImages:
     """The training images of ``--train_data_dir`` or ``--dataset_name``."""
     if args.train_data_dir:
-        return images_from_folder(args.train_data_dir)
+        return images_from_folder(args.train_data_dir, label_from=args.label_from, check_agreement=require_labels)
     return images_from_dataset(
         args.dataset_name,
         config_name=args.dataset_config_name,
@@ -110,6 +106,8 @@ class TrainingTask(ABC):
     kind: str
     loadable_entry: str
     loss_key: str = "loss"
+    # Set by ``build`` when a fine-tuned model numbers the data's classes otherwise (data id -> model id).
+    label_map: dict[int, int] | None = None
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -123,6 +121,10 @@ class TrainingTask(ABC):
     @abstractmethod
     def build(self, train_images: LabelledImages) -> nn.Module:
         """The model to train (and the task's process, sampler, ...); raises on a configuration it cannot train."""
+
+    def model_images(self, images: LabelledImages) -> LabelledImages:
+        """``images`` labelled with the built model's class ids (matched by name for a fine-tuned model)."""
+        return images if self.label_map is None else images.relabelled(self.label_map, self.id2label)
 
     def checkpoint_objects(self) -> dict[str, Any]:
         """Objects with ``state_dict``/``load_state_dict`` kept in checkpoints, by name (e.g. the timestep sampler);
@@ -222,17 +224,22 @@ class Trainer:
             log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
         )
+        if accelerator.gradient_accumulation_steps != args.gradient_accumulation_steps:
+            raise ValueError(
+                f"expected accelerate's gradient accumulation ({accelerator.gradient_accumulation_steps}, from "
+                "ACCELERATE_GRADIENT_ACCUMULATION_STEPS or a DeepSpeed config) to equal --gradient_accumulation_steps "
+                f"{args.gradient_accumulation_steps}; pass --gradient_accumulation_steps {accelerator.gradient_accumulation_steps} or leave it out"
+            )
         main_process = accelerator.is_main_process
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING if main_process else logging.ERROR)
         logging.getLogger("guided_diffusers").setLevel(logging.INFO if main_process else logging.ERROR)
         return accelerator
 
     def _check_images(self, accelerator: Any, images: LabelledImages, what: str) -> None:
-        """Every process checks its share of the image headers; all raise the same error if any is unreadable."""
+        """Every process decodes its share of the images; all raise the same error if any is unreadable."""
         from accelerate.utils import gather_object
 
-        total = len(images) if self.args.train_data_dir else min(len(images), _DATASET_IMAGES_CHECKED)
-        indices = list(range(accelerator.process_index, total, accelerator.num_processes))
+        indices = list(range(accelerator.process_index, len(images), accelerator.num_processes))
         problems = gather_object(find_unreadable_images(images, indices))
         if problems:
             shown = "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
@@ -295,11 +302,12 @@ class Trainer:
             train_images, held_out = task.load_images()
         self._check_images(accelerator, train_images, "training")
         if held_out is not None:
-            self._check_images(accelerator, held_out, "held-out")
+            self._check_images(accelerator, held_out, "validation" if getattr(args, "validation_data_dir", None) else "held-out")
         EpochShuffledBatchSampler(len(train_images), args.train_batch_size, num_processes=accelerator.num_processes)
 
         set_seed(args.seed)  # the same initial weights on every process
         model = task.build(train_images)
+        train_images = task.model_images(train_images)
         set_seed(args.seed, device_specific=True)  # each process its own noise, timesteps and dropout
         self._check_distributed_support(accelerator)
         optimizer = torch.optim.AdamW(
