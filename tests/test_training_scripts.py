@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from launch import accelerate_cpu_launcher, run_with_watchdog
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCH = [
-    sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-    "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
-]  # fmt: skip
+# A launched run longer than this is hung: its processes' stacks are shown and the test fails.
+LAUNCHED_RUN_TIMEOUT = 420
 TINY_UNET = ["--num_channels", "32", "--num_res_blocks", "1", "--diffusion_steps", "100"]
 
 
@@ -50,12 +49,9 @@ def _train_here(task: str, argv: list[str]) -> None:
 
 
 def _train_launched(task: str, argv: list[str]) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", ACCELERATE_USE_CPU="1")
-    command = [*LAUNCH, str(ROOT / "scripts" / f"train_{task}.py"), *argv, "--report_to", "none"]
-    try:
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired as timeout:  # show how far the processes got
-        raise AssertionError(f"timed out; stderr so far:\n{(timeout.stderr or b'')[-4000:]}") from None
+    launcher, env = accelerate_cpu_launcher(2)
+    command = [*launcher, str(ROOT / "scripts" / f"train_{task}.py"), *argv, "--report_to", "none"]
+    result = run_with_watchdog(command, cwd=ROOT, env=env, timeout=LAUNCHED_RUN_TIMEOUT)
     assert result.returncode == 0, result.stderr[-4000:]
 
 
