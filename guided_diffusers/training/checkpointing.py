@@ -335,12 +335,9 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - every failure refuses the resume in one line
-        lines = str(error).splitlines()
-        reason = next((line.strip() for line in lines if "Unsupported global" in line), lines[0] if lines else "")
-        raise ValueError(
-            f"expected only tensors and plain values in {str(path)!r} (read with weights_only=True), "
-            f"got a file that is damaged or holds other objects, refused unread ({type(error).__name__}: {reason[:200]})"
-        ) from error
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        reason = f"it names {found.group(1)}, which is not data" if found else f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+        raise ValueError(f"expected only tensors and plain values in {str(path)!r} (read with weights_only=True), got a file that cannot be read as such ({reason})") from error
 
 
 def _model_mismatch(unwrapped: torch.nn.Module, path: Path) -> str | None:
