@@ -276,8 +276,14 @@ class Trainer:
             raise TrainingSetupError(str(error)) from error
         self._loop(run)
         self._write_output(run)
-        run.accelerator.wait_for_everyone()
-        run.accelerator.end_training()
+        accelerator = run.accelerator
+        # Drop the prepared model (DDP's reducer holds the process group) while every process is still here: freed
+        # after the last process had exited, it left the main process of 1 in 3 two-process CPU runs blocked in the
+        # gloo group's destructor for good (faulthandler stacks, tests/launch.py).
+        del run
+        accelerator.free_memory()
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
         return Path(self.args.output_dir)
 
     def _set_up(self) -> _Run:
