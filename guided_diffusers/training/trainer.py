@@ -278,7 +278,7 @@ class Trainer:
         self._write_output(run)
         accelerator = run.accelerator
         # Drop the prepared model (DDP's reducer holds the process group) while every process is still here: freed
-        # after the last process had exited, it left the main process of 1 in 3 two-process CPU runs blocked in the
+        # after the last process had exited, it left the main process of 1 in 4 two-process CPU runs here blocked in the
         # gloo group's destructor for good (faulthandler stacks, tests/launch.py).
         del run
         accelerator.free_memory()
