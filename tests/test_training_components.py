@@ -272,3 +272,16 @@ def test_model_card_lists_the_training_and_the_usage():
     assert "| optimizer steps | 4 |" in text and "--num_channels 32" in text and "2 classes (`cat`, `dog`)" in text
     assert card.data.datasets == ["me/pets"]
     json.dumps(card.data.to_dict())
+
+
+def test_data_classes_map_to_a_fine_tuned_models_ids_by_name():
+    from guided_diffusers.training.builders import map_data_classes
+
+    model = {0: "cat", 1: "dog", 2: "fox"}
+    assert map_data_classes({0: "dog", 1: "fox"}, True, model, 3, "model") == {0: 1, 1: 2}
+    assert map_data_classes({0: "cat", 1: "dog"}, True, model, 3, "model") is None  # the same ids
+    assert map_data_classes({0: "0", 1: "1"}, False, model, 3, "model") is None  # bare ids are the model's ids
+    with pytest.raises(ValueError, match=r"got 1 it lacks: \['wolf'\] \(new classes cannot be added"):
+        map_data_classes({0: "dog", 1: "wolf"}, True, model, 3, "model")
+    with pytest.raises(ValueError, match="expected at most 3 classes"):
+        map_data_classes({k: str(k) for k in range(4)}, False, model, 3, "model")

@@ -151,3 +151,67 @@ def test_batch_sampler_shards_epochs_and_resumes_mid_stream():
     assert take(EpochShuffledBatchSampler(10, 2, num_processes=2, process_index=0, seed=5, start_batch=3), 3) == one[3:]
     with pytest.raises(ValueError, match="expected at least train_batch_size x processes = 4 x 2 = 8 training images, got 5"):
         EpochShuffledBatchSampler(5, 4, num_processes=2)
+
+
+# -- class-per-subfolder layouts ------------------------------------------------------------------------------------------
+
+
+def _labels(images):
+    return {row["path"].split("data/", 1)[1]: images.id2label[label] for row, label in zip(images.dataset["image"], images.dataset["label"])}
+
+
+def test_class_subfolders_label_their_images_when_no_image_is_at_the_top(tmp_path):
+    folder = tmp_path / "data"
+    _folder(folder / "dog", ["001.png", "IMG2.jpg"])
+    _folder(folder / "fox", ["003.png"])
+    _folder(folder / "fox" / "more", ["004.png"])
+    images = images_from_folder(folder)
+    assert images.id2label == {0: "dog", 1: "fox"}
+    assert _labels(images) == {"dog/001.png": "dog", "dog/IMG2.jpg": "dog", "fox/003.png": "fox", "fox/more/004.png": "fox"}
+
+
+def test_agreeing_prefixes_in_class_subfolders_are_the_imagenet_layout(tmp_path):
+    folder = tmp_path / "data"
+    _folder(folder / "n01440764", ["n01440764_10026.JPEG"])
+    _folder(folder / "n01443537", ["n01443537_2.JPEG"])
+    assert images_from_folder(folder).id2label == {0: "n01440764", 1: "n01443537"}
+
+
+def test_prefixes_that_disagree_with_subfolders_stop_with_both_named(tmp_path):
+    folder = tmp_path / "data"
+    _folder(folder / "dog", ["dog_1.png", "cat_2.png"])
+    _folder(folder / "fox", ["fox_3.png"])
+    with pytest.raises(ValueError) as raised:
+        images_from_folder(folder)
+    message = str(raised.value)
+    assert "got 1 that disagree, e.g. 'dog/cat_2.png': subfolder 'dog', file-name prefix 'cat'" in message
+    assert "--label_from folder or --label_from filename" in message and "\n" not in message
+    # Either source on request; the labels are not checked when they are not used.
+    assert images_from_folder(folder, label_from="folder").id2label == {0: "dog", 1: "fox"}
+    assert images_from_folder(folder, label_from="filename").id2label == {0: "cat", 1: "dog", 2: "fox"}
+    assert images_from_folder(folder, check_agreement=False).id2label == {0: "dog", 1: "fox"}
+
+
+def test_an_image_at_the_top_makes_it_the_originals_layout_and_refuses_label_from_folder(tmp_path):
+    folder = _folder(tmp_path / "data", ["cat_1.png"])
+    _folder(folder / "dog", ["fox_2.png"])
+    assert images_from_folder(folder).id2label == {0: "cat", 1: "fox"}
+    with pytest.raises(ValueError, match="expected every image in a class subfolder of .* got 1 at its top level, e.g. 'cat_1.png'"):
+        images_from_folder(folder, label_from="folder")
+
+
+def test_a_validation_folder_in_subfolders_takes_the_training_classes(tmp_path):
+    _folder(tmp_path / "data" / "fox", ["1.png"])
+    images = images_from_folder(tmp_path / "data", class_names=["dog", "fox"])
+    assert images.dataset["label"] == [1]
+
+
+def test_a_png_cut_short_after_a_valid_header_is_found_by_the_scan(tmp_path):
+    folder = _folder(tmp_path / "data", ["cat_1.png"], size=(32, 32))
+    whole = (folder / "cat_1.png").read_bytes()
+    (folder / "cat_2.png").write_bytes(whole[: len(whole) // 2])
+    with Image.open(folder / "cat_2.png") as header_only:  # the header alone reads fine
+        assert header_only.size == (32, 32)
+    images = images_from_folder(folder)
+    problems = find_unreadable_images(images, range(len(images)))
+    assert len(problems) == 1 and problems[0].startswith(str(folder / "cat_2.png"))

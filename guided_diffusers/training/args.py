@@ -15,6 +15,7 @@ from typing import Any
 from diffusers.optimization import SchedulerType
 
 from ..conversion.flags import str2bool as parse_boolean
+from .data import LABEL_SOURCES
 from .ema import parse_ema_rates
 
 __all__ = [
@@ -85,7 +86,12 @@ def build_parser(task: str, description: str | None = None) -> argparse.Argument
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", default=None, help="a Hub dataset id, a local dataset folder or a save_to_disk folder")
     data.add_argument("--dataset_config_name", default=None, help="the dataset's configuration")
-    data.add_argument("--train_data_dir", default=None, help="a folder of images, each labelled by its file name's prefix before the first underscore (the originals' --data_dir)")
+    data.add_argument("--train_data_dir", default=None,
+                      help="a folder of images (the originals' --data_dir), labelled as --label_from says")
+    data.add_argument("--label_from", choices=LABEL_SOURCES, default="auto",
+                      help="an image folder's labels: 'filename' (the originals': the prefix before the first underscore), 'folder' "
+                      "(the class subfolder, as imagefolder), 'auto' (default: 'filename' when any image is at the folder's top "
+                      "level, else 'folder', stopping where a file-name prefix disagrees with its subfolder)")
     data.add_argument("--image_column", default="image")
     data.add_argument("--label_column", default="label")
     data.add_argument("--cache_dir", default=None, help="the datasets cache")
@@ -109,7 +115,9 @@ def build_parser(task: str, description: str | None = None) -> argparse.Argument
     loop.add_argument("--seed", type=int, default=0, help="seeds the model's initialisation, the data order and augmentations, and each process's noise")
     loop.add_argument("--train_batch_size", type=int, default=16, help="images per process and micro-batch")
     loop.add_argument("--max_train_steps", type=int, required=True, help="optimizer steps to train for in all (a resumed run counts the steps done)")
-    loop.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step (the originals' --microbatch)")
+    loop.add_argument("--gradient_accumulation_steps", type=int, default=None,
+                      help="micro-batches per optimizer step (the originals' --microbatch); default: accelerate's "
+                      "ACCELERATE_GRADIENT_ACCUMULATION_STEPS (set from a DeepSpeed config), else 1")
     loop.add_argument("--learning_rate", type=float, default=defaults["learning_rate"])
     loop.add_argument("--lr_scheduler", default="constant", choices=[t.value for t in SchedulerType if t.value != "piecewise_constant"],
                       help="'linear' over --max_train_steps is the originals' linear anneal (--lr_anneal_steps / --anneal_lr)")
@@ -125,7 +133,9 @@ def build_parser(task: str, description: str | None = None) -> argparse.Argument
     loop.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest' (the newest in --output_dir, if any)")
     _add_switch(loop, "use_ema", defaults["use_ema"], "keep exponential moving averages of the weights; the saved model gets the first rate's")
     loop.add_argument("--ema_rate", default="0.9999", help="one or several comma-separated EMA rates, as the originals keep them")
-    loop.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, comet_ml, all or none (logs/metrics.jsonl is always written)")
+    loop.add_argument("--report_to", default=None,
+                      help="tensorboard, wandb, comet_ml (comma-separated), all (every installed one) or none; default: tensorboard "
+                      "when installed. logs/metrics.jsonl is always written. A tracker named here but not installed stops the run")
     loop.add_argument("--logging_dir", default="logs", help="relative to --output_dir")
     _add_switch(loop, "push_to_hub", False, "upload the saved model to the Hub")
     loop.add_argument("--hub_model_id", default=None, help="the Hub repository (default: the name of --output_dir)")
@@ -166,6 +176,12 @@ def check_arguments(args: argparse.Namespace, task: str) -> None:
         raise ValueError(
             "expected one of --dataset_name or --train_data_dir, got " + ("both" if args.dataset_name else "neither")
         )
+    if args.gradient_accumulation_steps is None:  # accelerate takes this variable over the Accelerator's argument
+        from_env = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
+        try:
+            args.gradient_accumulation_steps = int(from_env)
+        except ValueError:
+            raise ValueError(f"expected an integer ACCELERATE_GRADIENT_ACCUMULATION_STEPS, got {from_env!r}") from None
     positive = {"max_train_steps": args.max_train_steps, "train_batch_size": args.train_batch_size,
                 "gradient_accumulation_steps": args.gradient_accumulation_steps, "checkpointing_steps": args.checkpointing_steps}
     for name, value in positive.items():

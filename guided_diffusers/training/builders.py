@@ -24,6 +24,7 @@ __all__ = [
     "build_classifier_setup",
     "build_diffusion_setup",
     "check_resolution",
+    "map_data_classes",
     "original_flag",
     "wants_fp16",
 ]
@@ -47,6 +48,7 @@ class DiffusionSetup:
         low_res_size (`int`, *optional*): the low-resolution input's size, for super-resolution.
         id2label (`dict`, *optional*): the fine-tuned pipeline's class names.
         flags (`dict`): the originals' flags given (for the model card).
+        label_map (`dict`, *optional*): the fine-tuned model's id of each data class id, when they differ.
     """
 
     model: nn.Module
@@ -56,6 +58,7 @@ class DiffusionSetup:
     low_res_size: int | None = None
     id2label: dict[int, str] | None = None
     flags: dict[str, str] = field(default_factory=dict)
+    label_map: dict[int, int] | None = None
 
 
 @dataclass
@@ -68,6 +71,7 @@ class ClassifierSetup:
         resolution (`int`): the image size trained at.
         id2label (`dict`, *optional*): the fine-tuned classifier's class names.
         flags (`dict`): the originals' flags given (for the model card).
+        label_map (`dict`, *optional*): the fine-tuned classifier's id of each data class id, when they differ.
     """
 
     model: nn.Module
@@ -75,6 +79,7 @@ class ClassifierSetup:
     resolution: int
     id2label: dict[int, str] | None = None
     flags: dict[str, str] = field(default_factory=dict)
+    label_map: dict[int, int] | None = None
 
 
 def original_flag(args: argparse.Namespace, name: str) -> Any:
@@ -133,24 +138,63 @@ def _id2label_from_config(value: Any) -> dict[int, str] | None:
     return {int(key): str(name) for key, name in value.items()} if value else None
 
 
+def map_data_classes(
+    data_id2label: dict[int, str] | None, named: bool, model_id2label: dict[int, str] | None, model_classes: int, what: str
+) -> dict[int, int] | None:
+    """The fine-tuned model's id of each data class: by name when both sides have names, else the data's ids as
+    they are. None when every id stays.
+
+    Args:
+        data_id2label (`dict`, *optional*): the data's classes.
+        named (`bool`): whether the data's classes have names (not bare integer ids).
+        model_id2label (`dict`, *optional*): the model's classes (its ``id2label``).
+        model_classes (`int`): the model's number of classes.
+        what (`str`): the model, for messages (``"--init_pipeline model"``).
+
+    Raises:
+        ValueError: a data class name the model lacks (adding classes is not supported), or more classes than the
+            model has.
+    """
+    if not data_id2label:
+        return None
+    if named and model_id2label:
+        model_ids = {name: index for index, name in model_id2label.items()}
+        lacking = [name for name in data_id2label.values() if name not in model_ids]
+        if lacking:
+            raise ValueError(
+                f"expected the data's classes among the {what}'s {len(model_ids)} classes (matched by name to its id2label), "
+                f"got {len(lacking)} it lacks: {lacking[:5]} (new classes cannot be added to a trained model: rename them "
+                "to its classes, leave them out, or train a new model)"
+            )
+        label_map = {data_id: model_ids[name] for data_id, name in data_id2label.items()}
+        return None if all(data_id == model_id for data_id, model_id in label_map.items()) else label_map
+    if len(data_id2label) > model_classes:
+        raise ValueError(f"expected at most {model_classes} classes (the {what}'s) in the data, got {len(data_id2label)}")
+    return None
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Diffusion models
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_diffusion_setup(args: argparse.Namespace, num_classes: int | None) -> DiffusionSetup:
+def build_diffusion_setup(
+    args: argparse.Namespace, num_classes: int | None, data_id2label: dict[int, str] | None = None, named_classes: bool = True
+) -> DiffusionSetup:
     """The U-Net and process of ``train_diffusion.py`` / ``train_super_res.py``.
 
     Args:
         args: the parsed arguments (``args.task`` is ``"diffusion"`` or ``"super_res"``).
         num_classes (`int`, *optional*): the data's classes (the label embedding's size for ``--class_cond True``).
+        data_id2label (`dict`, *optional*): the data's classes, matched by name to an ``--init_pipeline``'s.
+        named_classes (`bool`, defaults to True): False when the data's classes are bare integer ids.
 
     Raises:
         ValueError: unknown or ill-typed flags, a resolution the architecture cannot take, labels missing for a
             class-conditional model, or a pipeline of the wrong kind.
     """
     if args.init_pipeline:
-        return _diffusion_setup_from_pipeline(args, num_classes)
+        return _diffusion_setup_from_pipeline(args, num_classes, data_id2label, named_classes)
     super_res = args.task == "super_res"
     given = given_original_flags(args, UNET_FLAGS + PROCESS_FLAGS)
     resolution = args.resolution or _DEFAULT_RESOLUTION[args.task]
@@ -199,7 +243,9 @@ def _check_vb_defined(scheduler: Any, loss_type: LossType, values: dict[str, Any
         )
 
 
-def _diffusion_setup_from_pipeline(args: argparse.Namespace, num_classes: int | None) -> DiffusionSetup:
+def _diffusion_setup_from_pipeline(
+    args: argparse.Namespace, num_classes: int | None, data_id2label: dict[int, str] | None, named_classes: bool
+) -> DiffusionSetup:
     from diffusers import DiffusionPipeline
 
     _refuse_architecture_flags(args, UNET_FLAGS + PROCESS_FLAGS)
@@ -225,11 +271,13 @@ def _diffusion_setup_from_pipeline(args: argparse.Namespace, num_classes: int | 
         if not small_size:
             raise ValueError("expected --small_size for an upsampling pipeline without low_res_size in its config, got none")
     model_classes = getattr(unet.config, "num_classes", None)
+    id2label = _id2label_from_config(pipeline.config.get("id2label"))
+    label_map = None
     if model_classes:
         if not num_classes:
             raise ValueError(f"expected labelled images for the class-conditional --init_pipeline ({model_classes} classes), got none")
-        if num_classes > model_classes:
-            raise ValueError(f"expected at most {model_classes} classes (the --init_pipeline model's) in the data, got {num_classes}")
+        data_id2label = data_id2label or {index: str(index) for index in range(num_classes)}
+        label_map = map_data_classes(data_id2label, named_classes, id2label, model_classes, "--init_pipeline model")
     if args.class_dropout_prob > 0 and not getattr(unet.config, "class_dropout_prob", 0.0) > 0:
         raise ValueError("expected an --init_pipeline model with a null class (trained with label dropout) for --class_dropout_prob, got none")
     given = given_original_flags(args, _LOSS_FLAGS)
@@ -239,7 +287,7 @@ def _diffusion_setup_from_pipeline(args: argparse.Namespace, num_classes: int | 
     unet.train()
     return DiffusionSetup(
         unet, scheduler, loss_type_from_flags(values["use_kl"], values["rescale_learned_sigmas"]), resolution, small_size,
-        _id2label_from_config(pipeline.config.get("id2label")), {"init_pipeline": args.init_pipeline, **given},
+        id2label, {"init_pipeline": args.init_pipeline, **given}, label_map,
     )
 
 
@@ -248,15 +296,19 @@ def _diffusion_setup_from_pipeline(args: argparse.Namespace, num_classes: int | 
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_classifier_setup(args: argparse.Namespace, num_classes: int) -> ClassifierSetup:
+def build_classifier_setup(
+    args: argparse.Namespace, num_classes: int, data_id2label: dict[int, str] | None = None, named_classes: bool = True
+) -> ClassifierSetup:
     """The noisy classifier and process of ``train_classifier.py``.
 
     Args:
         args: the parsed arguments.
         num_classes (`int`): the data's classes (the classifier's outputs).
+        data_id2label (`dict`, *optional*): the data's classes, matched by name to an ``--init_pipeline``'s.
+        named_classes (`bool`, defaults to True): False when the data's classes are bare integer ids.
     """
     if args.init_pipeline:
-        return _classifier_setup_from_pretrained(args, num_classes)
+        return _classifier_setup_from_pretrained(args, num_classes, data_id2label, named_classes)
     given = given_original_flags(args, CLASSIFIER_FLAGS + CLASSIFIER_PROCESS_FLAGS)
     resolution = args.resolution or _DEFAULT_RESOLUTION["classifier"]
     flags = {**given, "image_size": resolution}
@@ -270,7 +322,9 @@ def build_classifier_setup(args: argparse.Namespace, num_classes: int) -> Classi
     return ClassifierSetup(model, scheduler, resolution, None, flags)
 
 
-def _classifier_setup_from_pretrained(args: argparse.Namespace, num_classes: int) -> ClassifierSetup:
+def _classifier_setup_from_pretrained(
+    args: argparse.Namespace, num_classes: int, data_id2label: dict[int, str] | None, named_classes: bool
+) -> ClassifierSetup:
     _refuse_architecture_flags(args, CLASSIFIER_FLAGS + CLASSIFIER_PROCESS_FLAGS)
     source = args.init_pipeline
     folder = Path(source)
@@ -301,11 +355,13 @@ def _classifier_setup_from_pretrained(args: argparse.Namespace, num_classes: int
         id2label = _id2label_from_config(model.config.get("id2label"))
     if scheduler is None or not hasattr(scheduler, "diffusion"):
         raise ValueError(f"expected the process the classifier trains under (a guided scheduler) in --init_pipeline {source!r}, got none")
-    if model.config.num_classes < num_classes:
-        raise ValueError(f"expected at most {model.config.num_classes} classes (the --init_pipeline classifier's) in the data, got {num_classes}")
+    data_id2label = data_id2label or {index: str(index) for index in range(num_classes)}
+    label_map = map_data_classes(data_id2label, named_classes, id2label, model.config.num_classes, "--init_pipeline classifier")
     resolution = model.config.sample_size
     if args.resolution is not None and args.resolution != resolution:
         raise ValueError(f"expected --resolution {resolution} (the --init_pipeline classifier's sample_size), got {args.resolution}")
     model.train()
-    return ClassifierSetup(model, GuidedDDPMScheduler.from_config(scheduler.config), resolution, id2label, {"init_pipeline": source})
+    return ClassifierSetup(
+        model, GuidedDDPMScheduler.from_config(scheduler.config), resolution, id2label, {"init_pipeline": source}, label_map
+    )
 

@@ -45,26 +45,31 @@ class ClassifierTask(TrainingTask):
             raise ValueError(f"expected at least 2 classes to train a classifier on, got {images.num_classes or 0} in {images.source}")
         held_out = None
         if args.validation_data_dir:
-            held_out = images_from_folder(args.validation_data_dir, class_names=[images.id2label[i] for i in range(images.num_classes)])
+            held_out = images_from_folder(
+                args.validation_data_dir, class_names=[images.id2label[i] for i in range(images.num_classes)], label_from=args.label_from
+            )
         elif args.validation_split > 0:
             images, held_out = split_held_out(images, args.validation_split, args.seed)
         self.held_out = held_out
         return images, held_out
 
     def build(self, train_images: LabelledImages) -> nn.Module:
-        setup = build_classifier_setup(self.args, train_images.num_classes)
+        setup = build_classifier_setup(self.args, train_images.num_classes, train_images.id2label, train_images.named)
         self.setup = setup
+        self.label_map = setup.label_map
         self.diffusion = setup.scheduler.diffusion
         self.resolution = setup.resolution
         self.num_timesteps = self.diffusion.num_timesteps
         self.sampler = create_named_schedule_sampler(self.args.schedule_sampler, self.num_timesteps)
         self.id2label = setup.id2label or train_images.id2label
         if self.held_out is not None:
-            self.held_out_dataset = TrainingImageDataset(self.held_out, self.resolution)
+            self.held_out = self.model_images(self.held_out)
+            role = "validation" if self.args.validation_data_dir else "held-out"
+            self.held_out_dataset = TrainingImageDataset(self.held_out, self.resolution, role=role)
         return setup.model
 
-    def checkpoint_objects(self) -> list[Any]:
-        return [self.sampler]
+    def checkpoint_objects(self) -> dict[str, Any]:
+        return {"timestep_sampler": self.sampler}
 
     # -- loss -------------------------------------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """Training images: from a folder labelled the originals' way or from a `datasets` dataset, preprocessed as the
 originals do, in a deterministic per-process order that a resumed run reproduces.
 
-- [`images_from_folder`]: every jpg/jpeg/png/gif/webp file under a folder (recursively); the class of a file is
-  its name's prefix before the first underscore (``n01440764_10026.JPEG`` is class ``n01440764``), classes
-  numbered in sorted order, as guided-diffusion's ``load_data`` does.
+- [`images_from_folder`]: every jpg/jpeg/png/gif/webp file under a folder (recursively), labelled by
+  [`folder_class_names`]: the originals' file-name prefix before the first underscore (``n01440764_10026.JPEG`` is
+  class ``n01440764``, as guided-diffusion's ``load_data`` does) or the class subfolder (``dog/001.png``, the layout
+  of ``imagefolder`` and diffusers' examples); classes numbered in sorted order.
 - [`images_from_dataset`]: a Hub dataset id, a local dataset folder (e.g. an ``imagefolder``) or a
   ``save_to_disk`` folder, with an image column and an optional label column (class label, integer or string).
 - [`TrainingImageDataset`]: an image (RGB) resized and centre-cropped as the originals do (BOX halving while the
@@ -30,12 +31,14 @@ from PIL import Image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "LABEL_SOURCES",
     "EpochShuffledBatchSampler",
     "LabelledImages",
     "TrainingImageDataset",
     "center_crop_array",
     "class_name_from_filename",
     "find_unreadable_images",
+    "folder_class_names",
     "images_from_dataset",
     "images_from_folder",
     "list_image_files",
@@ -44,6 +47,8 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp")
+# Where an image folder's labels come from (--label_from); see folder_class_names.
+LABEL_SOURCES = ("auto", "folder", "filename")
 
 
 @dataclass
@@ -56,12 +61,15 @@ class LabelledImages:
         id2label (`dict[int, str]`, *optional*): class names by id, for labelled images.
         source (`str`): where the images came from, for messages and the model card.
         hub_dataset_id (`str`, *optional*): the Hub dataset id, when they came from the Hub.
+        named (`bool`, defaults to True): whether the classes have names (False for a bare integer label column,
+            whose ids are their own names).
     """
 
     dataset: Any
     id2label: dict[int, str] | None
     source: str
     hub_dataset_id: str | None = None
+    named: bool = True
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -76,7 +84,16 @@ class LabelledImages:
 
     def select(self, indices: Sequence[int]) -> LabelledImages:
         """The rows at ``indices`` (same classes)."""
-        return LabelledImages(self.dataset.select(list(indices)), self.id2label, self.source, self.hub_dataset_id)
+        return LabelledImages(self.dataset.select(list(indices)), self.id2label, self.source, self.hub_dataset_id, self.named)
+
+    def relabelled(self, label_map: dict[int, int], id2label: dict[int, str]) -> LabelledImages:
+        """The same rows with label ``k`` replaced by ``label_map[k]``, numbered by ``id2label`` (a model's classes)."""
+        import datasets
+
+        labels = [label_map[label] for label in self.dataset["label"]]
+        # A new column beside the old table (no copy of the images, nothing written next to the user's dataset).
+        dataset = self.dataset.remove_columns("label").add_column("label", labels, feature=datasets.Value("int64"))
+        return LabelledImages(dataset, dict(id2label), self.source, self.hub_dataset_id, self.named)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -101,16 +118,65 @@ def class_name_from_filename(path: str | os.PathLike) -> str:
     return os.path.basename(path).split("_")[0]
 
 
-def images_from_folder(folder: str | os.PathLike, class_names: Sequence[str] | None = None) -> LabelledImages:
-    """Every image under ``folder``, labelled by file-name prefix.
+def folder_class_names(folder: str | os.PathLike, files: Sequence[str], label_from: str = "auto", check_agreement: bool = True) -> list[str]:
+    """The class of each image file under ``folder``.
+
+    - ``"filename"``: the originals' file-name prefix before the first underscore (the whole name without one).
+    - ``"folder"``: the first-level subfolder the file is in (``folder/dog/x.png`` and ``folder/dog/a/y.png`` are
+      ``dog``); an image at the folder's top level is an error.
+    - ``"auto"``: ``"filename"`` when any image lies at the folder's top level, else ``"folder"``; then, with
+      ``check_agreement``, a file whose name has an underscore prefix other than its subfolder's name stops the
+      run, naming both (``--label_from`` says which to use).
+
+    Raises:
+        ValueError: a top-level image with ``"folder"``; disagreeing prefixes and subfolders with ``"auto"``.
+    """
+    if label_from not in LABEL_SOURCES:
+        raise ValueError(f"expected --label_from among {LABEL_SOURCES}, got {label_from!r}")
+    folder = str(folder)
+    relative = [os.path.relpath(path, folder) for path in files]
+    top_level = [path for path in relative if os.sep not in path]
+    prefixes = [class_name_from_filename(path) for path in files]
+    if label_from == "filename" or (label_from == "auto" and top_level):
+        return prefixes
+    if top_level:
+        raise ValueError(
+            f"expected every image in a class subfolder of {folder!r} (--label_from folder), got {len(top_level)} at its top "
+            f"level, e.g. {top_level[0]!r}"
+        )
+    subfolders = [path.split(os.sep, 1)[0] for path in relative]
+    if label_from == "auto" and check_agreement:
+        conflicts = [
+            (path, subfolder, prefix)
+            for path, subfolder, prefix in zip(relative, subfolders, prefixes)
+            if "_" in os.path.basename(path) and prefix != subfolder
+        ]
+        if conflicts:
+            path, subfolder, prefix = conflicts[0]
+            raise ValueError(
+                f"expected file-name prefixes that agree with the class subfolders of {folder!r}, got {len(conflicts)} that "
+                f"disagree, e.g. {path!r}: subfolder {subfolder!r}, file-name prefix {prefix!r} "
+                "(pass --label_from folder or --label_from filename)"
+            )
+    return subfolders
+
+
+def images_from_folder(
+    folder: str | os.PathLike, class_names: Sequence[str] | None = None, *, label_from: str = "auto", check_agreement: bool = True
+) -> LabelledImages:
+    """Every image under ``folder``, labelled by [`folder_class_names`].
 
     Args:
         folder: the image folder (searched recursively).
         class_names (sequence of `str`, *optional*): the classes to number the labels by (a validation folder takes
-            the training folder's); by default the sorted distinct prefixes.
+            the training folder's); by default the sorted distinct class names.
+        label_from (`str`, defaults to ``"auto"``): ``"auto"``, ``"folder"`` or ``"filename"``.
+        check_agreement (`bool`, defaults to True): with ``"auto"``, refuse prefixes that disagree with subfolders
+            (off when the labels are not used).
 
     Raises:
-        ValueError: the folder is missing or holds no images, or (with ``class_names``) an image's class is unknown.
+        ValueError: the folder is missing or holds no images, the labels are ambiguous, or (with ``class_names``)
+            an image's class is unknown.
     """
     import datasets
 
@@ -120,7 +186,7 @@ def images_from_folder(folder: str | os.PathLike, class_names: Sequence[str] | N
     files = list_image_files(folder)
     if not files:
         raise ValueError(f"expected image files ({', '.join(IMAGE_EXTENSIONS)}) under {folder!r}, found none")
-    names = [class_name_from_filename(path) for path in files]
+    names = folder_class_names(folder, files, label_from, check_agreement)
     classes = sorted(set(names)) if class_names is None else list(class_names)
     class_ids = {name: index for index, name in enumerate(classes)}
     unknown = sorted(set(names) - set(class_ids))
@@ -181,6 +247,7 @@ def images_from_dataset(
         raise ValueError(f"expected images (an Image feature or file paths) in column {image_column!r}, got {feature}")
 
     id2label = None
+    named = True
     keep = [image_column]
     if label_column and label_column in columns:
         feature = loaded.features[label_column]
@@ -194,6 +261,7 @@ def images_from_dataset(
             if labels.size and labels.min() < 0:
                 raise ValueError(f"expected class ids >= 0 in column {label_column!r}, got {int(labels.min())}")
             id2label = {index: str(index) for index in range(int(labels.max()) + 1 if labels.size else 0)}
+            named = False
         else:
             raise ValueError(f"expected class labels (ClassLabel, integer ids or names) in column {label_column!r}, got {feature}")
         keep.append(label_column)
@@ -208,7 +276,7 @@ def images_from_dataset(
     if len(loaded) == 0:
         raise ValueError(f"expected images in the dataset {name!r} ({split} split), got an empty dataset")
     hub_id = None if os.path.exists(name) else name
-    return LabelledImages(loaded, id2label, f"dataset {name}", hub_id)
+    return LabelledImages(loaded, id2label, f"dataset {name}", hub_id, named)
 
 
 def split_held_out(images: LabelledImages, fraction: float, seed: int) -> tuple[LabelledImages, LabelledImages]:
@@ -252,6 +320,7 @@ def _check_one(value: dict[str, Any]) -> str | None:
     try:
         source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
         with Image.open(source) as image:
+            image.load()  # decode it all: a file cut short after a valid header fails here, not at step N
             width, height = image.size
         if width < 1 or height < 1:
             return f"empty image ({width}x{height})"
@@ -261,10 +330,7 @@ def _check_one(value: dict[str, Any]) -> str | None:
 
 
 def find_unreadable_images(images: LabelledImages, indices: Sequence[int], max_workers: int = 8) -> list[str]:
-    """The images at ``indices`` whose header PIL cannot read, as ``"where (why)"`` lines.
-
-    Only headers are read (fast); a file damaged further in still fails, with its path, when it is decoded.
-    """
+    """The images at ``indices`` that PIL cannot decode completely, as ``"where (why)"`` lines."""
     column = images.dataset.select(list(indices))["image"] if len(indices) else []
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         problems = list(pool.map(_check_one, column))
@@ -322,6 +388,7 @@ class TrainingImageDataset(torch.utils.data.Dataset):
         random_crop (`bool`, defaults to False): the originals' random-resized crop instead of the centre crop.
         random_flip (`bool`, defaults to False): flip horizontally with probability 1/2.
         seed (`int`, defaults to 0): the augmentations' seed.
+        role (`str`, defaults to ``"training"``): what the images are, for messages (``"validation"``).
     """
 
     def __init__(
@@ -332,6 +399,7 @@ class TrainingImageDataset(torch.utils.data.Dataset):
         random_crop: bool = False,
         random_flip: bool = False,
         seed: int = 0,
+        role: str = "training",
     ):
         if resolution < 1:
             raise ValueError(f"expected a positive resolution, got {resolution}")
@@ -340,6 +408,7 @@ class TrainingImageDataset(torch.utils.data.Dataset):
         self.random_crop = random_crop
         self.random_flip = random_flip
         self.seed = seed
+        self.role = role
 
     def __len__(self) -> int:
         return len(self.images)
@@ -350,7 +419,7 @@ class TrainingImageDataset(torch.utils.data.Dataset):
         try:
             image = open_image(row["image"]).convert("RGB")
         except Exception as error:  # noqa: BLE001 - re-raised with the image it concerns
-            raise ValueError(f"could not read training image {_describe(row['image'], index)}: {error}") from error
+            raise ValueError(f"could not read {self.role} image {_describe(row['image'], index)}: {error}") from error
         rng = np.random.default_rng([self.seed, epoch, index])
         if self.random_crop:
             array = random_crop_array(image, self.resolution, rng)

@@ -39,8 +39,9 @@ class DiffusionTask(TrainingTask):
         return load_training_images(self.args, require_labels=bool(original_flag(self.args, "class_cond"))), None
 
     def build(self, train_images: LabelledImages) -> nn.Module:
-        setup = build_diffusion_setup(self.args, train_images.num_classes)
+        setup = build_diffusion_setup(self.args, train_images.num_classes, train_images.id2label, train_images.named)
         self.setup = setup
+        self.label_map = setup.label_map
         self.resolution = setup.resolution
         self.num_timesteps = setup.scheduler.config.num_train_timesteps
         self.sampler = create_named_schedule_sampler(self.args.schedule_sampler, self.num_timesteps)
@@ -49,8 +50,8 @@ class DiffusionTask(TrainingTask):
         self.id2label = (setup.id2label or train_images.id2label) if self.num_classes else None
         return setup.model
 
-    def checkpoint_objects(self) -> list[Any]:
-        return [self.sampler]
+    def checkpoint_objects(self) -> dict[str, Any]:
+        return {"timestep_sampler": self.sampler}
 
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> MicroBatchResult:
         images = batch["pixel_values"]

@@ -41,7 +41,7 @@ class ExponentialMovingAverage:
     """EMA copies of a list of parameters, one per rate.
 
     The copies live on the parameters' device in their dtype (the fp32 master weights under accelerate's mixed
-    precision). Register the object with ``accelerator.register_for_checkpointing`` to keep it in checkpoints.
+    precision). Its state (tensors and numbers) is kept in training checkpoints (safetensors and JSON).
 
     Args:
         parameters (iterable of `torch.nn.Parameter`): the trained parameters (after ``accelerator.prepare``, the

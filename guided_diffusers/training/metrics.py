@@ -45,26 +45,33 @@ def top_k_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.T
     return (top == labels[:, None]).any(dim=-1).float()
 
 
-def available_trackers(report_to: str) -> tuple[list[str], list[str]]:
-    """The trackers of ``--report_to``: (installed ones to use, missing ones to warn about).
+def available_trackers(report_to: str | None) -> list[str]:
+    """The trackers of ``--report_to``, checked to be installed.
 
-    ``"none"`` gives no tracker (``logs/metrics.jsonl`` is written regardless); ``"all"`` every installed one.
+    ``None`` (the default) is TensorBoard when installed, else none; ``"none"`` gives no tracker; ``"all"`` every
+    installed one. ``logs/metrics.jsonl`` is written regardless.
 
     Raises:
-        ValueError: an unknown tracker name.
+        ValueError: an unknown tracker name, or one asked for by name that is not installed.
     """
     from accelerate.utils import is_comet_ml_available, is_tensorboard_available, is_wandb_available
 
     installed = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available(), "comet_ml": is_comet_ml_available()}
+    if report_to is None:
+        return ["tensorboard"] if installed["tensorboard"] else []
     if report_to == "none":
-        return [], []
+        return []
     if report_to == "all":
-        return [name for name, present in installed.items() if present], []
+        return [name for name, present in installed.items() if present]
     wanted = [name.strip() for name in report_to.split(",") if name.strip()]
     unknown = [name for name in wanted if name not in installed]
-    if unknown:
-        raise ValueError(f"expected --report_to among {sorted(installed)}, 'all' or 'none', got {unknown}")
-    return [name for name in wanted if installed[name]], [name for name in wanted if not installed[name]]
+    if unknown or not wanted:
+        raise ValueError(f"expected --report_to among {sorted(installed)}, 'all' or 'none', got {unknown or repr(report_to)}")
+    missing = [name for name in wanted if not installed[name]]
+    if missing:
+        packages = " ".join(name.replace("_", "-") for name in missing)
+        raise ValueError(f"expected {', '.join(missing)} installed for --report_to {report_to}, got it missing (pip install {packages}, or --report_to none)")
+    return wanted
 
 
 class MetricsWriter:

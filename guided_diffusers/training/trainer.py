@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpointing import TrainingProgress, list_checkpoints, resolve_resume_checkpoint, save_checkpoint
+from .checkpointing import TrainingProgress, list_checkpoints, load_checkpoint, resolve_resume_checkpoint, save_checkpoint
 from .data import (
     EpochShuffledBatchSampler,
     LabelledImages,
@@ -39,10 +39,6 @@ from .metrics import MetricsWriter, available_trackers, summarize_terms
 __all__ = ["MicroBatchResult", "Trainer", "TrainingSetupError", "TrainingTask", "load_training_images", "main", "run_training"]
 
 logger = logging.getLogger(__name__)
-
-# Images whose headers are checked before training when they come from a `datasets` dataset (a folder's are all
-# checked: listing them already touched every file).
-_DATASET_IMAGES_CHECKED = 256
 
 
 @dataclass
@@ -76,13 +72,14 @@ class _Run:
     progress: TrainingProgress
     train_images: LabelledImages
     resumed: bool
+    state_objects: dict[str, Any] = field(default_factory=dict)
     recent_losses: deque[float] = field(default_factory=lambda: deque(maxlen=100))
 
 
 def load_training_images(args: argparse.Namespace, require_labels: bool) -> LabelledImages:
     """The training images of ``--train_data_dir`` or ``--dataset_name``."""
     if args.train_data_dir:
-        return images_from_folder(args.train_data_dir)
+        return images_from_folder(args.train_data_dir, label_from=args.label_from, check_agreement=require_labels)
     return images_from_dataset(
         args.dataset_name,
         config_name=args.dataset_config_name,
@@ -109,6 +106,8 @@ class TrainingTask(ABC):
     kind: str
     loadable_entry: str
     loss_key: str = "loss"
+    # Set by ``build`` when a fine-tuned model numbers the data's classes otherwise (data id -> model id).
+    label_map: dict[int, int] | None = None
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -123,9 +122,14 @@ class TrainingTask(ABC):
     def build(self, train_images: LabelledImages) -> nn.Module:
         """The model to train (and the task's process, sampler, ...); raises on a configuration it cannot train."""
 
-    def checkpoint_objects(self) -> list[Any]:
-        """Objects with ``state_dict``/``load_state_dict`` kept in checkpoints (e.g. the timestep sampler)."""
-        return []
+    def model_images(self, images: LabelledImages) -> LabelledImages:
+        """``images`` labelled with the built model's class ids (matched by name for a fine-tuned model)."""
+        return images if self.label_map is None else images.relabelled(self.label_map, self.id2label)
+
+    def checkpoint_objects(self) -> dict[str, Any]:
+        """Objects with ``state_dict``/``load_state_dict`` kept in checkpoints, by name (e.g. the timestep sampler);
+        their states hold tensors, numbers, strings, lists and dicts (saved as safetensors and JSON)."""
+        return {}
 
     @abstractmethod
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> MicroBatchResult:
@@ -213,27 +217,29 @@ class Trainer:
 
         args = self.args
         mixed_precision = args.mixed_precision or ("fp16" if wants_fp16(args) else None)
-        trackers, missing = available_trackers(args.report_to)
+        trackers = available_trackers(args.report_to)
         accelerator = Accelerator(
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             mixed_precision=mixed_precision,
             log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
         )
+        if accelerator.gradient_accumulation_steps != args.gradient_accumulation_steps:
+            raise ValueError(
+                f"expected accelerate's gradient accumulation ({accelerator.gradient_accumulation_steps}, from "
+                "ACCELERATE_GRADIENT_ACCUMULATION_STEPS or a DeepSpeed config) to equal --gradient_accumulation_steps "
+                f"{args.gradient_accumulation_steps}; pass --gradient_accumulation_steps {accelerator.gradient_accumulation_steps} or leave it out"
+            )
         main_process = accelerator.is_main_process
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING if main_process else logging.ERROR)
         logging.getLogger("guided_diffusers").setLevel(logging.INFO if main_process else logging.ERROR)
-        for name in missing:
-            logger.warning("%s is not installed: logging to %s only (pip install %s)", name,
-                           output_dir / args.logging_dir / "metrics.jsonl", name.replace("_", "-"))
         return accelerator
 
     def _check_images(self, accelerator: Any, images: LabelledImages, what: str) -> None:
-        """Every process checks its share of the image headers; all raise the same error if any is unreadable."""
+        """Every process decodes its share of the images; all raise the same error if any is unreadable."""
         from accelerate.utils import gather_object
 
-        total = len(images) if self.args.train_data_dir else min(len(images), _DATASET_IMAGES_CHECKED)
-        indices = list(range(accelerator.process_index, total, accelerator.num_processes))
+        indices = list(range(accelerator.process_index, len(images), accelerator.num_processes))
         problems = gather_object(find_unreadable_images(images, indices))
         if problems:
             shown = "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
@@ -270,8 +276,14 @@ class Trainer:
             raise TrainingSetupError(str(error)) from error
         self._loop(run)
         self._write_output(run)
-        run.accelerator.wait_for_everyone()
-        run.accelerator.end_training()
+        accelerator = run.accelerator
+        # Drop the prepared model (DDP's reducer holds the process group) while every process is still here: freed
+        # after the last process had exited, it left the main process of 1 in 4 two-process CPU runs here blocked in the
+        # gloo group's destructor for good (faulthandler stacks, tests/launch.py).
+        del run
+        accelerator.free_memory()
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
         return Path(self.args.output_dir)
 
     def _set_up(self) -> _Run:
@@ -296,11 +308,12 @@ class Trainer:
             train_images, held_out = task.load_images()
         self._check_images(accelerator, train_images, "training")
         if held_out is not None:
-            self._check_images(accelerator, held_out, "held-out")
+            self._check_images(accelerator, held_out, "validation" if getattr(args, "validation_data_dir", None) else "held-out")
         EpochShuffledBatchSampler(len(train_images), args.train_batch_size, num_processes=accelerator.num_processes)
 
         set_seed(args.seed)  # the same initial weights on every process
         model = task.build(train_images)
+        train_images = task.model_images(train_images)
         set_seed(args.seed, device_specific=True)  # each process its own noise, timesteps and dropout
         self._check_distributed_support(accelerator)
         optimizer = torch.optim.AdamW(
@@ -318,24 +331,16 @@ class Trainer:
 
         progress = TrainingProgress(accelerator.num_processes, args.train_batch_size, args.gradient_accumulation_steps, args.seed)
         ema = ExponentialMovingAverage(accelerator.unwrap_model(model).parameters(), parse_ema_rates(args.ema_rate)) if args.use_ema else None
-        saved_objects = [progress, *task.checkpoint_objects(), *([ema] if ema is not None else [])]
-        for obj in saved_objects:
-            accelerator.register_for_checkpointing(obj)
+        state_objects = {"progress": progress, **task.checkpoint_objects(), **({"ema": ema} if ema is not None else {})}
         if resume is not None:
-            saved = len(list(resume.glob("custom_checkpoint_*.pkl")))
-            if saved != len(saved_objects):
-                raise ValueError(
-                    f"expected a checkpoint of this task with{'' if ema else 'out'} EMA ({len(saved_objects)} saved states), "
-                    f"got {saved} in {str(resume)!r} (another --use_ema or task?)"
-                )
-            accelerator.load_state(str(resume))
+            load_checkpoint(accelerator, resume, model, optimizer, lr_scheduler, state_objects)
             logger.info("resumed from %s at step %d", resume, progress.global_step)
             changes = progress.shape_changes()
             if changes:
                 logger.warning("the run's shape changed since the checkpoint (%s): the data order differs from an uninterrupted run", ", ".join(changes))
-        if accelerator.is_main_process and accelerator.trackers:
+        if accelerator.log_with:  # accelerate creates the trackers (on the main process) only here
             accelerator.init_trackers(task.kind, config=_tracker_config(args))
-        return _Run(accelerator, model, optimizer, lr_scheduler, ema, progress, train_images, resume is not None)
+        return _Run(accelerator, model, optimizer, lr_scheduler, ema, progress, train_images, resume is not None, state_objects)
 
     def _loop(self, run: _Run) -> None:
         """Optimizer steps up to ``--max_train_steps``, logging each and checkpointing every ``--checkpointing_steps``."""
@@ -401,12 +406,13 @@ class Trainer:
             bar.update(1)
             bar.set_postfix({task.loss_key: f"{metrics[task.loss_key]:.4g}", "lr": f"{metrics['lr']:.3g}"})
             if step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, step, total_limit=args.checkpoints_total_limit, summary=self._summary(accelerator))
+                save_checkpoint(accelerator, output_dir, step, state_objects=run.state_objects, total_limit=args.checkpoints_total_limit,
+                                summary=self._summary(accelerator))
                 last_checkpoint = step
         bar.close()
         if progress.global_step > 0 and last_checkpoint != progress.global_step:
-            save_checkpoint(accelerator, output_dir, progress.global_step, total_limit=args.checkpoints_total_limit,
-                            summary=self._summary(accelerator))
+            save_checkpoint(accelerator, output_dir, progress.global_step, state_objects=run.state_objects,
+                            total_limit=args.checkpoints_total_limit, summary=self._summary(accelerator))
 
     # -- pieces -----------------------------------------------------------------------------------------------------
 
