@@ -178,7 +178,7 @@ def test_diffusion_model_is_the_one_the_originals_flags_describe():
     kwargs["num_classes"] = 3
     expected = adm_unet_config(kwargs)
     assert {k: setup.model.config[k] for k in expected} == {k: (list(v) if isinstance(v, tuple) else v) for k, v in expected.items()}
-    assert setup.scheduler.config.beta_schedule == "cosine" and setup.scheduler.config.variance_type == "learned_range"
+    assert setup.scheduler.config.beta_schedule == "squaredcos_cap_v2" and setup.scheduler.config.variance_type == "learned_range"
     assert setup.loss_type == LossType.RESCALED_KL and setup.resolution == 8
     improved = build_diffusion_setup(_args("diffusion", "--resolution", "32", "--source", "improved-diffusion", "--num_channels", "32"), None)
     assert improved.scheduler.config.rescale_timesteps and improved.loss_type == LossType.RESCALED_MSE
@@ -209,7 +209,7 @@ def test_classifier_takes_the_datas_classes_and_the_process_flags():
     setup = build_classifier_setup(_args("classifier", "--classifier_width", "32", "--classifier_depth", "1",
                                          "--classifier_attention_resolutions", "8", "--noise_schedule", "cosine"), num_classes=7)
     assert setup.model.config.num_classes == 7 and setup.model.config.sample_size == 64
-    assert setup.scheduler.config.beta_schedule == "cosine"
+    assert setup.scheduler.config.beta_schedule == "squaredcos_cap_v2"  # the cosine schedule, by diffusers' name
     with pytest.raises(ValueError, match="expected --classifier_attention_resolutions among the levels' resolutions"):
         build_classifier_setup(_args("classifier", "--classifier_attention_resolutions", "12"), num_classes=2)
     check_resolution(64, 4, "32,16,8", "attention_resolutions")
