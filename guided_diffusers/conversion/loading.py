@@ -21,10 +21,18 @@ def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     """Read an original ``.pt`` checkpoint safely (``weights_only=True``: tensors only, no code runs)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"expected an original checkpoint file, got {str(path)!r} (no such file)")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"expected a PyTorch checkpoint (torch.save) at {str(path)!r}, got an empty file (0 bytes)")
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - re-raised with what was expected
-        raise ValueError(f"expected a PyTorch state dict at {str(path)!r}, could not read it: {error}") from error
+    except Exception as error:  # noqa: BLE001 - re-raised in one line with what was expected
+        text = str(error)
+        if "Weights only load failed" in text:
+            reason = "it holds objects other than tensors, which are refused (weights_only=True: no code from a checkpoint runs)"
+        else:
+            first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+            reason = f"torch cannot read it ({type(error).__name__}: {first})"
+        raise ValueError(f"expected a PyTorch checkpoint (torch.save) at {str(path)!r}, got a file {reason}") from None
     if isinstance(state_dict, Mapping) and "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
         state_dict = state_dict["state_dict"]
     if not isinstance(state_dict, Mapping) or not all(torch.is_tensor(v) for v in state_dict.values()):
@@ -32,10 +40,15 @@ def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     return dict(state_dict)
 
 
-def _check_kwargs(kwargs: Mapping[str, Any], allowed: set[str], what: str) -> dict[str, Any]:
+def _check_kwargs(kwargs: Mapping[str, Any], allowed: set[str], what: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"expected {what} constructor kwargs as a JSON object, got {type(kwargs).__name__}")
     unknown = sorted(set(kwargs) - allowed - _RUNTIME_ONLY)
     if unknown:
         raise ValueError(f"expected {what} constructor kwargs, got unknown keys {unknown}")
+    missing = [key for key in required if key not in kwargs]
+    if missing:
+        raise ValueError(f"expected {what} constructor kwargs with {list(required)}, got none for {missing}")
     if kwargs.get("dims", 2) != 2:
         raise ValueError(f"expected a 2-D model (dims=2), got dims={kwargs['dims']}")
     return dict(kwargs)
@@ -51,6 +64,7 @@ _UNET_KWARGS = {
     "num_heads_upsample", "use_scale_shift_norm", "resblock_updown", "use_new_attention_order",
     "large_size", "small_size",
 }  # fmt: skip
+_UNET_REQUIRED = ("model_channels", "out_channels", "num_res_blocks", "attention_resolutions")
 _CLASSIFIER_KWARGS = {
     "image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks", "attention_resolutions",
     "dropout", "channel_mult", "conv_resample", "num_heads", "num_head_channels", "num_heads_upsample",
@@ -60,7 +74,7 @@ _CLASSIFIER_KWARGS = {
 
 def adm_unet_config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Our ADMUNet2DModel config from the original UNetModel/SuperResModel constructor kwargs."""
-    kwargs = _check_kwargs(kwargs, _UNET_KWARGS, "UNetModel/SuperResModel")
+    kwargs = _check_kwargs(kwargs, _UNET_KWARGS, "UNetModel/SuperResModel", _UNET_REQUIRED)
     return dict(
         sample_size=kwargs.get("image_size", kwargs.get("large_size")),
         in_channels=kwargs.get("in_channels", 3),
@@ -82,7 +96,7 @@ def adm_unet_config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 def adm_classifier_config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Our ADMClassifier config from the original EncoderUNetModel constructor kwargs."""
-    kwargs = _check_kwargs(kwargs, _CLASSIFIER_KWARGS, "EncoderUNetModel")
+    kwargs = _check_kwargs(kwargs, _CLASSIFIER_KWARGS, "EncoderUNetModel", ("image_size", *_UNET_REQUIRED))
     return dict(
         sample_size=kwargs["image_size"],
         in_channels=kwargs.get("in_channels", 3),
@@ -106,9 +120,7 @@ _DDPM_KWARGS = {"ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions",
 
 def ddpm_unet_config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """A diffusers UNet2DModel config equal to the DDPM port's ``Model(**kwargs)``."""
-    unknown = sorted(set(kwargs) - _DDPM_KWARGS)
-    if unknown:
-        raise ValueError(f"expected DDPM Model constructor kwargs {sorted(_DDPM_KWARGS)}, got unknown keys {unknown}")
+    _check_kwargs(kwargs, _DDPM_KWARGS, "DDPM Model", ("ch", "out_ch", "num_res_blocks", "attn_resolutions", "resolution", "in_channels"))
     if not kwargs.get("resamp_with_conv", True):
         raise ValueError("expected resamp_with_conv=True (every released DDPM model), got False")
     ch_mult = tuple(kwargs.get("ch_mult", (1, 2, 4, 8)))

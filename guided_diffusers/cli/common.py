@@ -1,0 +1,41 @@
+"""What the command lines share: JSON arguments, and turning an expected failure into one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def json_object(value: str) -> dict[str, Any]:
+    """An argparse type: a JSON object given inline (``'{"image_size": 64}'``) or the path of a .json file."""
+    text = value
+    if not value.lstrip().startswith("{"):
+        path = Path(value)
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise argparse.ArgumentTypeError(
+                f"expected a JSON object (inline, starting with '{{') or a readable .json file, got {value!r} "
+                f"({error.strerror or type(error).__name__})" if isinstance(error, OSError) else
+                f"expected a JSON object or a .json text file, got {value!r} (not text)"
+            ) from None
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object or a JSON file, got {value!r} ({error})") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object ({{...}}), got {type(parsed).__name__} from {value!r}")
+    return parsed
+
+
+def exit_on(errors: tuple[type[BaseException], ...], run: Callable[[], Any]) -> Any:
+    """``run()``; an expected error becomes one line ``error: ...`` on stderr and exit status 2."""
+    try:
+        return run()
+    except errors as error:
+        print(f"error: {str(error).strip() or type(error).__name__}", file=sys.stderr)
+        sys.exit(2)
