@@ -190,7 +190,7 @@ def convert_adm(
         def write_pipeline(folder: Path) -> None:
             pipeline.save_pretrained(folder, safe_serialization=True)
             _card(unet_preset, source, "super_res" if super_res else "unet", card_flags, push_to_hub or str(output), checkpoint,
-                  bool(unet.config.num_classes), classifier_model is not None, preset_sampling, user_sampling).save(folder / "README.md")
+                  bool(unet.config.num_classes), classifier_model is not None, preset_sampling, user_sampling, pipeline).save(folder / "README.md")
 
         return write_pipeline
 
@@ -230,7 +230,7 @@ def convert_ddpm(
 
         def write(folder: Path) -> None:
             pipeline.save_pretrained(folder, safe_serialization=True)
-            _card(chosen, DDPM, "unet", json.dumps(kwargs, default=list), push_to_hub or str(output), checkpoint, False, False, sampling, {}).save(folder / "README.md")
+            _card(chosen, DDPM, "unet", json.dumps(kwargs, default=list), push_to_hub or str(output), checkpoint, False, False, sampling, {}, pipeline).save(folder / "README.md")
 
         return write
 
@@ -279,11 +279,15 @@ def _with_context(preset: Preset | None, build: Any) -> Any:
         raise ValueError(f"preset {preset.name!r} does not fit the file: {error}") from error
 
 
-def _card(preset, family, kind, flags, repo_id, checkpoint, conditional, has_classifier, sampling, user_sampling):
+def _card(preset, family, kind, flags, repo_id, checkpoint, conditional, has_classifier, sampling, user_sampling, pipeline=None):
+    num_classes = low_res_size = None
+    if pipeline is not None:
+        num_classes = pipeline.unet.config.get("num_classes") or (pipeline.classifier.config.num_classes if getattr(pipeline, "classifier", None) else None)
+        low_res_size = pipeline.config.get("low_res_size") if kind == "super_res" else None
     return render_model_card(
         preset, family=family, kind=kind, flags=flags, repo_id=repo_id, checkpoint_name=Path(checkpoint).name,
         conditional=conditional, has_classifier=has_classifier, sampling=sampling, user_sampling=user_sampling,
-        verification=_verification(kind),
+        verification=_verification(kind), num_classes=num_classes, low_res_size=low_res_size,
     )
 
 

@@ -10,6 +10,7 @@ import torch
 from diffusers import UNet2DModel
 
 from ..models import ADMClassifier, ADMSuperResUNet2DModel, ADMUNet2DModel
+from ..models.folders import check_config_types
 from .flags import SOURCES, classifier_kwargs_from_flags, unet_kwargs_from_flags
 from .state_dict import load_adm_classifier_state_dict, load_adm_unet_state_dict, load_ddpm_state_dict
 
@@ -54,8 +55,17 @@ def _check_kwargs(kwargs: Mapping[str, Any], allowed: set[str], what: str, requi
     return dict(kwargs)
 
 
+def _checked(model_class: type, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` after its values' types are checked against ``model_class``'s constructor (one line, before any
+    checkpoint is read): a value given as ``"32"`` in a JSON config is refused here, not deep inside torch."""
+    check_config_types(model_class, model_class.__init__, {k: v for k, v in config.items() if v is not None})
+    return config
+
+
 def _head_channels(value: int | None) -> int | None:
-    return None if value is None or value <= 0 else int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        return value  # None, or a wrong type that _checked reports
+    return None if value <= 0 else value
 
 
 _UNET_KWARGS = {
@@ -75,7 +85,7 @@ _CLASSIFIER_KWARGS = {
 def adm_unet_config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Our ADMUNet2DModel config from the original UNetModel/SuperResModel constructor kwargs."""
     kwargs = _check_kwargs(kwargs, _UNET_KWARGS, "UNetModel/SuperResModel", _UNET_REQUIRED)
-    return dict(
+    return _checked(ADMUNet2DModel, dict(
         sample_size=kwargs.get("image_size", kwargs.get("large_size")),
         in_channels=kwargs.get("in_channels", 3),
         out_channels=kwargs["out_channels"],
@@ -91,13 +101,13 @@ def adm_unet_config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         use_scale_shift_norm=kwargs.get("use_scale_shift_norm", False),
         resblock_updown=kwargs.get("resblock_updown", False),
         conv_resample=kwargs.get("conv_resample", True),
-    )
+    ))
 
 
 def adm_classifier_config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Our ADMClassifier config from the original EncoderUNetModel constructor kwargs."""
     kwargs = _check_kwargs(kwargs, _CLASSIFIER_KWARGS, "EncoderUNetModel", ("image_size", *_UNET_REQUIRED))
-    return dict(
+    return _checked(ADMClassifier, dict(
         sample_size=kwargs["image_size"],
         in_channels=kwargs.get("in_channels", 3),
         num_classes=kwargs["out_channels"],
@@ -112,7 +122,7 @@ def adm_classifier_config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         resblock_updown=kwargs.get("resblock_updown", False),
         conv_resample=kwargs.get("conv_resample", True),
         pool=kwargs.get("pool", "adaptive"),
-    )
+    ))
 
 
 _DDPM_KWARGS = {"ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "resamp_with_conv", "in_channels", "resolution"}
