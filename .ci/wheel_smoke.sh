@@ -73,14 +73,14 @@ EOF
 step "guided-diffusers-convert-guided-diffusion"
 guided-diffusers-convert-guided-diffusion --checkpoint tiny_unet.pt --output converted \
     --model_flags "--image_size 8 --num_channels 32 --num_res_blocks 1 --channel_mult 1,2 --attention_resolutions 4 --class_cond True --learn_sigma True" \
-    --diffusion_flags "--diffusion_steps 20 --timestep_respacing 4"
+    --diffusion_flags "--diffusion_steps 100 --timestep_respacing 4"
 guided-diffusers-convert-guided-diffusion --checkpoint tiny_classifier.pt --classifier_config "$(cat classifier_config.json)" --output converted-classifier
 test -s converted/README.md && test -s converted-classifier/README.md
 
 step "guided-diffusers-train-diffusion (2 steps)"
 guided-diffusers-train-diffusion --train_data_dir images --output_dir trained --resolution 8 --max_train_steps 2 \
     --train_batch_size 2 --num_channels 32 --num_res_blocks 1 --channel_mult 1,2 --attention_resolutions 4 \
-    --class_cond True --diffusion_steps 20 --report_to none --checkpointing_steps 1000 --license mit
+    --class_cond True --diffusion_steps 100 --report_to none --checkpointing_steps 1000 --license mit
 test -s trained/README.md
 
 step "checking the folders load and the cards validate"
@@ -105,7 +105,7 @@ test -s samples-converted/samples_2x8x8x3.npz && test -s samples-trained/samples
 
 step "guided-diffusers-image-nll"
 guided-diffusers-image-nll --pipeline trained --dataset images --num_samples 2 --batch_size 2 --output_dir nll
-test -s nll/bpd_summary.json
+"$VPY" -c "import json, math; bpd = json.load(open('nll/bpd_summary.json'))['total_bpd']; assert math.isfinite(bpd) and bpd > 0, bpd"
 
 step "guided-diffusers-app serves the trained pipeline"
 PORT=$("$VPY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
