@@ -58,7 +58,7 @@ def _check_kwargs(kwargs: Mapping[str, Any], allowed: set[str], what: str, requi
 def _checked(model_class: type, config: dict[str, Any]) -> dict[str, Any]:
     """``config`` after its values' types are checked against ``model_class``'s constructor (one line, before any
     checkpoint is read): a value given as ``"32"`` in a JSON config is refused here, not deep inside torch."""
-    check_config_types(model_class, model_class.__init__, {k: v for k, v in config.items() if v is not None})
+    check_config_types(model_class, model_class.__init__, config)
     return config
 
 

@@ -53,7 +53,7 @@ def check_config_types(owner: type, init: Any, values: dict[str, Any]) -> None:
     hints = typing.get_type_hints(init)
     for name, value in values.items():
         annotation = hints.get(name)
-        if annotation is None or name == "self":
+        if annotation is None or name == "self" or value is None:  # None: "not given", which the constructor handles
             continue
         if not _fits(value, annotation):
             raise ValueError(f"expected {owner.__name__} config {name!r} as {_describe(annotation)}, got {value!r} ({type(value).__name__})")
