@@ -121,7 +121,7 @@ def test_diffusion_script(tmp_path, launched):
     sampler_state = torch.load(output / "checkpoint-6" / "custom_checkpoint_1.pkl", weights_only=False)
     assert int(sampler_state["loss_counts"].sum()) == 6 * 2 * (2 if launched else 1)
     card = (output / "README.md").read_text()
-    assert "train_diffusion.py" in card and "| optimizer steps | 6 |" in card
+    assert "guided-diffusers-train-diffusion" in card and "| optimizer steps | 6 |" in card
 
 
 @pytest.mark.parametrize("launched", [False, pytest.param(True, marks=pytest.mark.slow)])
