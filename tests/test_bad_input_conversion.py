@@ -234,3 +234,23 @@ def test_damaged_folders_say_what_is_wrong_in_one_line(case, damage, error, expe
     with pytest.raises(error) as info:
         DiffusionPipeline.from_pretrained(pipeline_folder)
     assert expected in str(info.value) and len(str(info.value).splitlines()) == 1, str(info.value)
+
+
+def test_a_terminated_conversion_leaves_no_temporary_folder(inputs, tmp_path, monkeypatch):
+    import signal
+    import time
+
+    from guided_diffusers.conversion import convert as convert_module
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` mid-conversion
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not stop the conversion")
+
+    monkeypatch.setattr(convert_module, "convert_unet_checkpoint", terminated)
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info:
+        adm_cli.main(["--checkpoint", str(inputs / "unet.pt"), "--model_flags", FLAGS, "--output", str(tmp_path / "out")])
+    assert info.value.code == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its .out.pipe.* temporary folder
+    assert signal.getsignal(signal.SIGTERM) is previous

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +41,14 @@ def exit_on(errors: tuple[type[BaseException], ...], run: Callable[[], Any]) -> 
     except errors as error:
         print(f"error: {str(error).strip() or type(error).__name__}", file=sys.stderr)
         sys.exit(2)
+
+
+@contextlib.contextmanager
+def exit_cleanly_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, a job scheduler's stop) raises ``SystemExit``, so the temporary folders of
+    an unfinished write are removed as on any error; SIGKILL cannot be caught, and the next run removes what it leaves."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

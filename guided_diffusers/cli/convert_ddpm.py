@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import exit_on, json_object
+from .common import exit_cleanly_on_sigterm, exit_on, json_object
 
 
 def _presets_help() -> str:
@@ -42,10 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     from ..conversion.convert import convert_ddpm
     from ..publishing import HubPushError
 
-    output = exit_on((ValueError, OSError, HubPushError), lambda: convert_ddpm(
-        args.checkpoint, args.output, preset=args.preset, model_config=args.model_config, dtype=args.dtype,
-        overwrite=args.overwrite, push_to_hub=args.push_to_hub,
-    ))
+    with exit_cleanly_on_sigterm():
+        output = exit_on((ValueError, OSError, HubPushError), lambda: convert_ddpm(
+            args.checkpoint, args.output, preset=args.preset, model_config=args.model_config, dtype=args.dtype,
+            overwrite=args.overwrite, push_to_hub=args.push_to_hub,
+        ))
     print(f"wrote {output}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
     return 0
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import exit_on, json_object
+from .common import exit_cleanly_on_sigterm, exit_on, json_object
 
 
 def _presets_help() -> str:
@@ -54,12 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     from ..conversion.convert import convert_adm
     from ..publishing import HubPushError
 
-    output = exit_on((ValueError, OSError, HubPushError), lambda: convert_adm(
-        args.checkpoint, args.output, source=args.source, preset=args.preset, model_flags=args.model_flags,
-        model_config=args.model_config, diffusion_flags=args.diffusion_flags, classifier=args.classifier,
-        classifier_preset=args.classifier_preset, classifier_flags=args.classifier_flags,
-        classifier_config=args.classifier_config, dtype=args.dtype, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
-    ))
+    with exit_cleanly_on_sigterm():
+        output = exit_on((ValueError, OSError, HubPushError), lambda: convert_adm(
+            args.checkpoint, args.output, source=args.source, preset=args.preset, model_flags=args.model_flags,
+            model_config=args.model_config, diffusion_flags=args.diffusion_flags, classifier=args.classifier,
+            classifier_preset=args.classifier_preset, classifier_flags=args.classifier_flags,
+            classifier_config=args.classifier_config, dtype=args.dtype, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
+        ))
     print(f"wrote {output}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
     return 0
 
