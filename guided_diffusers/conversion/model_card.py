@@ -125,8 +125,10 @@ def pipeline_usage(location: str, call_args: list[str], low_res_size: int | None
 def _usage(kind: str, repo_id: str, sampling: dict[str, Any], conditional: bool, has_classifier: bool,
            num_classes: int | None, low_res_size: int | None) -> str:
     if kind == "classifier":
-        return "\n".join(classifier_usage(
-            repo_id, "scheduler = GuidedDDPMScheduler(num_train_timesteps=1000)  # the linear 1000-step process ADM-G's classifiers were trained under"))
+        return "\n".join([*classifier_usage(
+            repo_id, "scheduler = GuidedDDPMScheduler(num_train_timesteps=1000)  # the linear 1000-step process ADM-G's classifiers were trained under"),
+            "# to guide an ADM diffusion model of the same size: ClassifierGuidedPipeline(unet=..., scheduler=..., classifier=classifier)",
+        ])
     steps = sampling.get("timestep_respacing")
     args = [f'timestep_respacing="{steps}"'] if steps else []
     labels = '["golden retriever", 207]' if num_classes == 1000 else "[0]"
@@ -203,7 +205,7 @@ def render_model_card(
         checkpoint_name=checkpoint_name,
         results_table=_markdown_table(preset.results if preset else ()),
         usage=_usage(kind, repo_id, merged, conditional, has_classifier, num_classes, low_res_size),
-        sampling_note=_sampling_note(sampling, user_sampling),
+        sampling_note="" if kind == "classifier" else _sampling_note(sampling, user_sampling),
         flags=flags,
         verification=verification,
         license_note=_LICENSE_NOTES[family],
