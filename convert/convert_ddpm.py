@@ -1,54 +1,11 @@
-"""Convert an original DDPM checkpoint (cifar10 / LSUN, the PyTorch port of the TensorFlow release) to a pipeline folder.
+"""Checkout wrapper of ``guided-diffusers-convert-ddpm`` (guided_diffusers.cli.convert_ddpm)."""
 
-    python convert/convert_ddpm.py --checkpoint ema_diffusion_cifar10_model/model-790000.ckpt --output ddpm-cifar10
-
-The network is a diffusers UNet2DModel; cifar10 samples with the fixed_large variance, the LSUN models with fixed_small.
-With neither --preset nor --model_config, the preset is picked from the checkpoint's path.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # the package, the sibling converter
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from convert_guided_diffusion import _json  # noqa: E402  (the same JSON argument type)
-
-
-def _presets_help() -> str:
-    from guided_diffusers.conversion.presets import PRESETS
-
-    lines = ["presets (plain and EMA weights of each released model):"]
-    for preset in PRESETS["ddpm"].values():
-        lines.append(f"  {preset.name:20s} {preset.scheduler['variance_type']}  {preset.description}")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, epilog=_presets_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
-    model = parser.add_mutually_exclusive_group()
-    model.add_argument("--preset", help="cifar10, lsun_bedroom, lsun_cat, lsun_church (and their _ema variants)")
-    model.add_argument("--model_config", type=_json, help="the DDPM port's Model kwargs: ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resolution, in_channels, out_ch")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--push_to_hub", metavar="REPO_ID")
-    args = parser.parse_args(argv)
-
-    from guided_diffusers.conversion.convert import convert_ddpm
-
-    try:
-        output = convert_ddpm(args.checkpoint, args.output, preset=args.preset, model_config=args.model_config,
-                              dtype=args.dtype, overwrite=args.overwrite, push_to_hub=args.push_to_hub)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {output}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
-    return 0
-
+from guided_diffusers.cli.convert_ddpm import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

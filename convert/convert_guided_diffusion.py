@@ -1,76 +1,11 @@
-"""Convert a guided-diffusion or improved-diffusion checkpoint (and/or its noisy classifier) to a diffusers pipeline folder.
+"""Checkout wrapper of ``guided-diffusers-convert-guided-diffusion`` (guided_diffusers.cli.convert_guided_diffusion)."""
 
-    python convert/convert_guided_diffusion.py --checkpoint 256x256_diffusion.pt \\
-        --classifier 256x256_classifier.pt --output adm-g-256
-    python convert/convert_guided_diffusion.py --checkpoint model.pt --source improved-diffusion \\
-        --model_flags "--image_size 64 --num_channels 128 --num_res_blocks 3 --learn_sigma True" \\
-        --diffusion_flags "--diffusion_steps 4000 --noise_schedule cosine" --output iddpm-64
-
-With neither --preset nor flags, the preset is picked from the file name. --classifier alone writes a classifier folder.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-
-def _presets_help() -> str:
-    from guided_diffusers.conversion.presets import PRESETS
-
-    lines = ["presets (the released checkpoints; picked from the file name when no flags are given):"]
-    for preset in PRESETS["adm"].values():
-        lines.append(f"  {preset.name:34s} {preset.family:19s} {preset.kind}")
-    return "\n".join(lines)
-
-
-def _json(value: str) -> dict:
-    path = Path(value)
-    try:
-        return json.loads(path.read_text() if path.is_file() else value)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"expected a JSON object or a JSON file, got {value!r} ({error})") from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, epilog=_presets_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="the original diffusion model .pt")
-    parser.add_argument("--source", choices=["guided-diffusion", "improved-diffusion"], help="flag defaults (default: the preset's, else guided-diffusion)")
-    model = parser.add_mutually_exclusive_group()
-    model.add_argument("--preset", help="a released checkpoint's name (see below)")
-    model.add_argument("--model_flags", help='the original MODEL_FLAGS, e.g. "--num_channels 256 --class_cond True ..."')
-    model.add_argument("--model_config", type=_json, help="the original UNetModel/SuperResModel constructor kwargs (JSON or a .json file)")
-    parser.add_argument("--diffusion_flags", help='the original DIFFUSION_FLAGS, e.g. "--diffusion_steps 4000 --noise_schedule cosine"')
-    parser.add_argument("--classifier", help="the original noisy classifier .pt")
-    classifier = parser.add_mutually_exclusive_group()
-    classifier.add_argument("--classifier_preset")
-    classifier.add_argument("--classifier_flags", help='the original CLASSIFIER_FLAGS, e.g. "--image_size 256 --classifier_depth 2 ..."')
-    classifier.add_argument("--classifier_config", type=_json, help="EncoderUNetModel constructor kwargs (JSON or a .json file)")
-    parser.add_argument("--output", required=True, help="the pipeline folder to write")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="dtype of the stored weights")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="upload the folder to this Hub repo (uses your token)")
-    args = parser.parse_args(argv)
-
-    from guided_diffusers.conversion.convert import convert_adm
-
-    try:
-        output = convert_adm(
-            args.checkpoint, args.output, source=args.source, preset=args.preset, model_flags=args.model_flags,
-            model_config=args.model_config, diffusion_flags=args.diffusion_flags, classifier=args.classifier,
-            classifier_preset=args.classifier_preset, classifier_flags=args.classifier_flags,
-            classifier_config=args.classifier_config, dtype=args.dtype, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
-        )
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {output}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
-    return 0
-
+from guided_diffusers.cli.convert_guided_diffusion import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

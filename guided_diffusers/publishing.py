@@ -1,24 +1,143 @@
-"""Publishing folders: replacing one atomically on disk, and uploading one to the Hub. Converters and training share it."""
+"""Publishing folders: writing one aside and moving it into place atomically on disk, and uploading one to the Hub.
+Converters, sampling and training share it."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+# Temporary folders are named ".{name}.pipe.{pid}.{token}" beside their target, so a later run can tell which ones a
+# killed process left behind (its pid is gone) and remove them.
+_TEMP_MARK = ".pipe."
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+class HubPushError(RuntimeError):
+    """An upload to the Hub failed; the message is one line saying the local folder is intact and how to retry."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def normal_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the process's umask (``0o644`` under the usual ``022``)."""
+    return 0o666 & ~_umask()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temp_folders(target: Path) -> list[Path]:
+    """Remove the temporary folders of ``target`` left by killed runs (their process no longer exists)."""
+    removed = []
+    parent = target.parent
+    if not parent.is_dir():
+        return removed
+    prefix = f".{target.name}{_TEMP_MARK}"
+    for entry in parent.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        pid_text = entry.name[len(prefix):].split(".", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def make_temp_folder(target: Path) -> Path:
+    """A new empty folder beside ``target`` (same filesystem, so it can be renamed onto it), created with the normal
+    permissions of the umask (not mkdtemp's 0700). Stale ones of killed runs are removed first.
+
+    Raises:
+        OSError: the parent is missing or cannot be written (checked here, before any work).
+    """
+    remove_stale_temp_folders(target)
+    folder = target.parent / f".{target.name}{_TEMP_MARK}{os.getpid()}.{secrets.token_hex(4)}"
+    os.mkdir(folder)
+    return folder
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError, TypeError):  # not Linux/glibc (TypeError: CDLL(None) on Windows)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def replace_directory(source: Path, target: Path) -> None:
-    """Move the complete folder ``source`` to ``target``, replacing an existing ``target``; ``target`` is always
-    either the old folder or the new one, never a mixture."""
-    if target.exists():
-        backup = target.with_name(f".{target.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        os.replace(target, backup)
+    """Move the complete folder ``source`` to ``target``, replacing an existing ``target``.
+
+    At every moment ``target`` is the complete old folder or the complete new one: where the system can swap two
+    paths atomically (Linux ``renameat2``, local filesystems) old and new are exchanged in one step, then the old one
+    (now at ``source``) is removed. Elsewhere the old folder is renamed to ``.{name}.old`` first; a run killed between
+    the two renames leaves that backup, which the next call (or [`recover_directory`]) moves back.
+    """
+    source, target = Path(source), Path(target)
+    recover_directory(target)
+    if not target.exists():
         os.replace(source, target)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(source, target)
+        return
+    if target.is_dir() and _exchange(source, target):
+        shutil.rmtree(source, ignore_errors=True)
+        return
+    backup = target.with_name(f".{target.name}.old")
+    shutil.rmtree(backup, ignore_errors=True)
+    os.replace(target, backup)
+    os.replace(source, target)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def recover_directory(target: Path) -> None:
+    """Put back ``target`` from the ``.{name}.old`` backup a run killed inside [`replace_directory`]'s fallback left."""
+    backup = Path(target).with_name(f".{Path(target).name}.old")
+    if backup.is_dir() and not Path(target).exists():
+        os.replace(backup, target)
+
+
+def write_folder_atomically(output: Path, write: Callable[[Path], Any], temp: Path | None = None) -> Path:
+    """Call ``write(temp)``, then move the result to ``output``: ``output`` is never half-written, and a failure
+    removes the temporary folder (a kill leaves it for [`remove_stale_temp_folders`]).
+
+    Args:
+        output: the folder to create or replace.
+        write: fills the temporary folder.
+        temp: a folder from [`make_temp_folder`] made earlier (to find an unwritable place before any work).
+    """
+    output = Path(output)
+    temp = temp if temp is not None else make_temp_folder(output)
+    try:
+        write(temp)
+        replace_directory(temp, output)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return output
 
 
 def push_folder_to_hub(
@@ -33,7 +152,8 @@ def push_folder_to_hub(
     """create_repo + upload_folder with the user's token; returns the commit URL.
 
     Raises:
-        RuntimeError: the upload failed (network, auth); the message says the local folder is intact and how to retry.
+        HubPushError: the upload failed (network, auth); the one-line message says the local folder is intact and
+            how to retry with the ``hf`` command line of huggingface_hub.
     """
     from huggingface_hub import HfApi
 
@@ -44,8 +164,9 @@ def push_folder_to_hub(
         info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=commit_message, **kwargs)
     except Exception as error:  # noqa: BLE001 - network and auth failures alike
         exclude = "".join(f" --exclude '{pattern}'" for pattern in ignore_patterns or ())
-        raise RuntimeError(
-            f"push to the Hub repo {repo_id!r} failed ({type(error).__name__}: {error}); the folder {str(folder)!r} is "
-            f"intact: retry with `huggingface-cli upload {repo_id} {folder}{exclude}` once logged in (`huggingface-cli login`)"
+        reason = " ".join(str(error).split()) or "no message"
+        raise HubPushError(
+            f"push to the Hub repo {repo_id!r} failed ({type(error).__name__}: {reason}); the folder {str(folder)!r} is "
+            f"intact: retry with `hf upload {repo_id} {folder} .{exclude}` once logged in (`hf auth login`)"
         ) from error
     return str(getattr(info, "commit_url", info))

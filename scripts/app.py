@@ -1,35 +1,11 @@
-"""The web demo: sample from a pipeline folder and step through its chain by hand, in a browser on this machine.
+"""Checkout wrapper of ``guided-diffusers-app`` (guided_diffusers.cli.app); see its --help."""
 
-    python scripts/app.py                                   # demo_output/pipeline (written by `make demo`)
-    python scripts/app.py --pipeline DIR --port 7861
-
-Serves on 127.0.0.1 only (no share link, no analytics); open the printed address in a browser.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", default="demo_output/pipeline", help="the pipeline folder loaded at first")
-    parser.add_argument("--host", default="127.0.0.1", help="a loopback address: 127.0.0.1, localhost or ::1")
-    parser.add_argument("--port", type=int, default=7860)
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    from guided_diffusers.app.web import check_loopback, launch
-
-    try:
-        check_loopback(args.host)
-    except ValueError as error:
-        sys.exit(f"error: {error}")
-    launch(args.pipeline, host=args.host, port=args.port)
-
+from guided_diffusers.cli.app import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,39 +1,11 @@
-"""The quick start (`make demo`): a small class-conditional ADM and its noisy classifier trained on scikit-learn's
-bundled handwritten digits with the project's own training scripts, then sampled with classifier guidance and
-classifier-free guidance and judged by an independent scikit-learn classifier. Offline, about 10 minutes on 2 CPU cores.
+"""Checkout wrapper of ``guided-diffusers-quickstart`` (guided_diffusers.cli.quickstart); see its --help."""
 
-Outputs go to demo_output/: the pipeline folder (pipeline/), PNG grids (grids/), results.json. Reruns reuse the
-trained pipeline unless --retrain.
-"""
-
-from __future__ import annotations
-
-import argparse
-import os
+import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="demo_output")
-    parser.add_argument("--retrain", action="store_true", help="train again even if demo_output/pipeline exists")
-    parser.add_argument("--diffusion_train_steps", type=int, default=None)
-    parser.add_argument("--classifier_train_steps", type=int, default=None)
-    parser.add_argument("--samples_per_class", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    from guided_diffusers.demo.quickstart import QuickstartSettings, run_quickstart
-
-    settings = QuickstartSettings(output_dir=Path(args.output_dir), retrain=args.retrain, seed=args.seed)
-    for name in ("diffusion_train_steps", "classifier_train_steps", "samples_per_class"):
-        if getattr(args, name) is not None:
-            setattr(settings, name, getattr(args, name))
-    print(run_quickstart(settings), flush=True)
-
+from guided_diffusers.cli.quickstart import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,21 +1,11 @@
-"""Train an ADM / IDDPM diffusion model with accelerate: guided-diffusion's and improved-diffusion's image_train.py.
+"""Checkout wrapper of ``guided-diffusers-train-diffusion`` (guided_diffusers.cli.train.train_diffusion); see its --help."""
 
-    python scripts/train_diffusion.py --train_data_dir images/ --resolution 64 --max_train_steps 100000 \
-        --num_channels 128 --num_res_blocks 3 --learn_sigma True --noise_schedule cosine --output_dir my-adm
-    accelerate launch --num_processes 8 scripts/train_diffusion.py --dataset_name cifar10 --image_column img ...
+import sys
+from pathlib import Path
 
-Model and process flags are the originals' (with --source's defaults); the loop's are diffusers' training examples'.
-The trained pipeline (EMA weights) is saved into --output_dir, loadable with DiffusionPipeline.from_pretrained.
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from __future__ import annotations
-
-
-def main(argv: list[str] | None = None) -> None:
-    from guided_diffusers.training.trainer import main as train
-
-    train("diffusion", argv, __doc__)
-
+from guided_diffusers.cli.train import train_diffusion  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    train_diffusion()

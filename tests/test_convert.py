@@ -20,6 +20,7 @@ from guided_diffusers.conversion import classifier_kwargs_from_flags, unet_kwarg
 from guided_diffusers.conversion import convert as convert_module
 from guided_diffusers.conversion import presets as presets_module
 from guided_diffusers.conversion.convert import convert_adm, convert_ddpm
+from guided_diffusers.publishing import HubPushError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -248,7 +249,7 @@ def test_push_to_hub_uploads_the_folder_and_survives_failure(tmp_path, monkeypat
             raise ConnectionError("no network")
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FailingApi)
-    with pytest.raises(RuntimeError, match="the folder .* is intact: retry with `huggingface-cli upload me/x"):
+    with pytest.raises(HubPushError, match=r"the folder .* is intact: retry with `hf upload me/x .*` once logged in \(`hf auth login`\)"):
         convert_adm(None, tmp_path / "clf2", classifier=parity_dir() / "gd_classifier_adaptive_pool" / "original.pt",
                     classifier_config=case["constructor_kwargs"], push_to_hub="me/x")
     assert ADMClassifier.from_pretrained(tmp_path / "clf2") is not None

@@ -120,7 +120,7 @@ def test_diffusion_script(tmp_path, launched):
     loss_counts = load_file(output / "checkpoint-6" / "trainer_state.safetensors")["timestep_sampler.loss_counts"]
     assert int(loss_counts.sum()) == 6 * 2 * (2 if launched else 1)
     card = (output / "README.md").read_text()
-    assert "train_diffusion.py" in card and "| optimizer steps | 6 |" in card
+    assert "guided-diffusers-train-diffusion" in card and "| optimizer steps | 6 |" in card
 
 
 @pytest.mark.parametrize("launched", [False, pytest.param(True, marks=pytest.mark.slow)])

@@ -5,20 +5,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..publishing import push_folder_to_hub, replace_directory
+from ..publishing import make_temp_folder, push_folder_to_hub, write_folder_atomically
 from ..pipelines import ADMUpsamplingPipeline, ClassifierGuidedPipeline, imagenet_id2label
 from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler, scheduler_config_from_diffusion_flags
 from .flags import NUM_CLASSES, given_flags, parse_flags
 from .loading import (
+    adm_classifier_config,
+    adm_unet_config,
     convert_classifier_checkpoint,
     convert_ddpm_checkpoint,
     convert_unet_checkpoint,
+    ddpm_unet_config,
     load_original_state_dict,
 )
 from .model_card import render_model_card
@@ -28,31 +30,35 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 _SCHEDULER_FLAGS = ("learn_sigma", "sigma_small", "noise_schedule", "predict_xstart", "rescale_timesteps", "timestep_respacing")
 
 
-def check_output(output: str | os.PathLike, overwrite: bool) -> Path:
-    """The output folder, refused when it is a non-empty folder and ``overwrite`` is not set (checked before any work)."""
+def check_output(output: str | os.PathLike, overwrite: bool, inputs: tuple[Any, ...] = ()) -> Path:
+    """The output folder, checked before any work: refused when it is a non-empty folder without ``overwrite``, the
+    current directory or one of its parents, a folder holding one of the ``inputs``, or in a missing parent folder."""
     output = Path(output)
+    resolved = output.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise ValueError(f"expected --output to be a new or replaceable folder, got {str(output)!r}, the current directory or a parent of it")
+    for path in inputs:
+        if path is not None and resolved in Path(path).resolve().parents:
+            raise ValueError(f"expected --output outside the folder of the input {str(path)!r}, got {str(output)!r} (replacing it would delete the input)")
+    if not resolved.parent.is_dir():
+        raise ValueError(f"expected --output in an existing folder, got {str(output)!r} (no folder {str(resolved.parent)!r})")
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
         raise ValueError(f"expected an empty or new output folder, got non-empty {str(output)!r} (pass --overwrite to replace it)")
     return output
+
+
+def reserve_output(output: Path) -> Path:
+    """The temporary folder the output is written into, made now so that an unwritable place is found before any work."""
+    try:
+        return make_temp_folder(output)
+    except OSError as error:
+        raise ValueError(f"expected a writable place for --output {str(output)!r}, got {error.strerror or error} creating a folder in {str(output.resolve().parent)!r}") from None
 
 
 def check_dtype(dtype: str) -> torch.dtype:
     if dtype not in DTYPES:
         raise ValueError(f"expected --dtype in {list(DTYPES)}, got {dtype!r}")
     return DTYPES[dtype]
-
-
-def write_folder_atomically(output: Path, write: Any) -> Path:
-    """Call ``write(tmp_dir)``, then move the result to ``output``; a failure leaves no half-written ``output``."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        write(tmp)
-        replace_directory(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output
 
 
 def _scheduler_for(flags: dict[str, Any], sampling: dict[str, Any], steps: int) -> Any:
@@ -73,7 +79,7 @@ def _verification(kind: str) -> str:
 
 
 def convert_adm(
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | None,
     output: str | os.PathLike,
     *,
     source: str | None = None,
@@ -92,8 +98,10 @@ def convert_adm(
     """convert_guided_diffusion.py: a guided-diffusion / improved-diffusion checkpoint (and/or classifier) to a folder.
 
     ``checkpoint`` may be None when only a classifier is converted; the folder is then the classifier's model folder.
+    A classifier given as ``checkpoint`` (its preset names a classifier, or only classifier flags or config are given)
+    is converted as one. Every input is checked, and the output's temporary folder made, before a checkpoint is read.
     """
-    output = check_output(output, overwrite)
+    output = check_output(output, overwrite, (checkpoint, classifier))
     torch_dtype = check_dtype(dtype)
     if sum(x is not None for x in (preset, model_flags, model_config)) > 1:
         raise ValueError("expected one of --preset, --model_flags or --model_config, got several")
@@ -104,6 +112,13 @@ def convert_adm(
     for path in (checkpoint, classifier):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"expected an original checkpoint file, got {str(path)!r} (no such file)")
+
+    if checkpoint is not None and classifier is None and preset is None and model_flags is None and model_config is None:
+        named = get_preset(classifier_preset, "adm") if classifier_preset else preset_from_path(checkpoint, "adm")
+        if (classifier_flags is not None or classifier_config is not None) or (named is not None and named.kind == "classifier"):
+            checkpoint, classifier = None, checkpoint  # a classifier file given as --checkpoint
+    elif checkpoint is not None and classifier is None and preset is not None and get_preset(preset, "adm").kind == "classifier":
+        checkpoint, classifier, preset, classifier_preset = None, checkpoint, None, preset
 
     unet_preset = _pick_preset(checkpoint, preset, model_flags, model_config, "--preset") if checkpoint is not None else None
     if unet_preset is not None and unet_preset.kind == "classifier":
@@ -117,59 +132,69 @@ def convert_adm(
         source = unet_preset.family if unet_preset else GUIDED
     if unet_preset is not None and unet_preset.family != source:
         raise ValueError(f"preset {unet_preset.name!r} is {unet_preset.family}'s, got --source {source}")
-
-    classifier_model = None
-    classifier_flag_text = ""
-    if classifier is not None:
-        flags_used = clf_preset.flags if clf_preset else classifier_flags
-        classifier_flag_text = flags_used or json.dumps(classifier_config)
-        classifier_model = _with_context(
-            clf_preset, lambda: convert_classifier_checkpoint(
-                load_original_state_dict(classifier), flags=flags_used, constructor_kwargs=classifier_config)
-        ).to(torch_dtype)
-
-    if checkpoint is None:  # --classifier alone: the classifier's model folder
-        def write_classifier(folder: Path) -> None:
-            classifier_model.save_pretrained(folder, safe_serialization=True)
-            _card(clf_preset, GUIDED, "classifier", classifier_flag_text, push_to_hub or output.name, classifier, False, True, {}).save(folder / "README.md")
-
-        write_folder_atomically(output, write_classifier)
-        return _maybe_push(output, push_to_hub)
-
-    flag_text = " ".join(x for x in ((unet_preset.flags if unet_preset else model_flags), diffusion_flags) if x)
     if model_config is not None:
-        unet = _with_context(None, lambda: convert_unet_checkpoint(load_original_state_dict(checkpoint), source=source, constructor_kwargs=model_config))
-        flags = parse_flags(diffusion_flags, source)
-        flags["learn_sigma"] = model_config.get("out_channels", 3) == 6 or flags["learn_sigma"]
-        flag_text = json.dumps(model_config) + (f"\n{diffusion_flags}" if diffusion_flags else "")
-    else:
-        model_only = unet_preset.flags if unet_preset else model_flags
-        unet = _with_context(unet_preset, lambda: convert_unet_checkpoint(load_original_state_dict(checkpoint), source=source, flags=model_only))
-        flags = parse_flags(" ".join(x for x in (model_only, diffusion_flags) if x), source)
-    unet = unet.to(torch_dtype)
-    sampling = dict(unet_preset.sampling) if unet_preset else ({"timestep_respacing": flags["timestep_respacing"]} if flags["timestep_respacing"] else {})
-    if given_flags(diffusion_flags).get("timestep_respacing"):
-        sampling["timestep_respacing"] = flags["timestep_respacing"]
-    scheduler = _scheduler_for(flags, sampling, flags["diffusion_steps"])
-    num_classes = unet.config.num_classes or (classifier_model.config.num_classes if classifier_model is not None else None)
-    id2label = imagenet_id2label() if num_classes == NUM_CLASSES else None
-    super_res = unet_preset.kind == "super_res" if unet_preset else ("large_size" in given_flags(model_flags) or "small_size" in given_flags(model_flags) or "large_size" in (model_config or {}))
-    if super_res:
-        small = given_flags(unet_preset.flags if unet_preset else model_flags).get("small_size") or (model_config or {}).get("small_size")
-        pipeline = ADMUpsamplingPipeline(unet=unet, scheduler=scheduler, low_res_size=int(small) if small else None, id2label=id2label)
-    else:
-        pipeline = ClassifierGuidedPipeline(
-            unet=unet, scheduler=scheduler, classifier=classifier_model, id2label=id2label,
-            classifier_scale=sampling.get("classifier_scale") if classifier_model is not None else None,
-        )
-    card_flags = flag_text + (f"\n\nclassifier: {classifier_flag_text}" if classifier_flag_text else "")
+        adm_unet_config(model_config)  # missing or unknown keys: one line before any checkpoint is read
+    if classifier_config is not None:
+        adm_classifier_config(classifier_config)
+    flags_used = (clf_preset.flags if clf_preset else classifier_flags) if classifier is not None else None
 
-    def write_pipeline(folder: Path) -> None:
-        pipeline.save_pretrained(folder, safe_serialization=True)
-        _card(unet_preset, source, "super_res" if super_res else "unet", card_flags, push_to_hub or output.name, checkpoint,
-              bool(unet.config.num_classes), classifier_model is not None, sampling).save(folder / "README.md")
+    def build() -> Any:
+        classifier_model = None
+        classifier_flag_text = ""
+        if classifier is not None:
+            classifier_flag_text = flags_used or json.dumps(classifier_config)
+            classifier_model = _with_context(
+                clf_preset, lambda: convert_classifier_checkpoint(
+                    load_original_state_dict(classifier), flags=flags_used, constructor_kwargs=classifier_config)
+            ).to(torch_dtype)
 
-    write_folder_atomically(output, write_pipeline)
+        if checkpoint is None:  # a classifier alone: the classifier's model folder
+            def write_classifier(folder: Path) -> None:
+                classifier_model.save_pretrained(folder, safe_serialization=True)
+                _card(clf_preset, GUIDED, "classifier", classifier_flag_text, push_to_hub or str(output), classifier, False, True, {}, {}).save(folder / "README.md")
+
+            return write_classifier
+
+        flag_text = " ".join(x for x in ((unet_preset.flags if unet_preset else model_flags), diffusion_flags) if x)
+        if model_config is not None:
+            unet = _with_context(None, lambda: convert_unet_checkpoint(_unet_state_dict(checkpoint), source=source, constructor_kwargs=model_config))
+            flags = parse_flags(diffusion_flags, source)
+            flags["learn_sigma"] = model_config.get("out_channels", 3) == 6 or flags["learn_sigma"]
+            flag_text = json.dumps(model_config) + (f"\n{diffusion_flags}" if diffusion_flags else "")
+        else:
+            model_only = unet_preset.flags if unet_preset else model_flags
+            unet = _with_context(unet_preset, lambda: convert_unet_checkpoint(_unet_state_dict(checkpoint), source=source, flags=model_only))
+            flags = parse_flags(" ".join(x for x in (model_only, diffusion_flags) if x), source)
+        unet = unet.to(torch_dtype)
+        # Where the recommended sampling comes from: the preset (the original README), else the user's flags.
+        sampling = dict(unet_preset.sampling) if unet_preset else {}
+        user_sampling = {}
+        if given_flags(diffusion_flags).get("timestep_respacing") or (unet_preset is None and flags["timestep_respacing"]):
+            user_sampling["timestep_respacing"] = flags["timestep_respacing"]
+            sampling["timestep_respacing"] = flags["timestep_respacing"]
+        scheduler = _scheduler_for(flags, sampling, flags["diffusion_steps"])
+        num_classes = unet.config.num_classes or (classifier_model.config.num_classes if classifier_model is not None else None)
+        id2label = imagenet_id2label() if num_classes == NUM_CLASSES else None
+        super_res = unet_preset.kind == "super_res" if unet_preset else ("large_size" in given_flags(model_flags) or "small_size" in given_flags(model_flags) or "large_size" in (model_config or {}))
+        if super_res:
+            small = given_flags(unet_preset.flags if unet_preset else model_flags).get("small_size") or (model_config or {}).get("small_size")
+            pipeline = ADMUpsamplingPipeline(unet=unet, scheduler=scheduler, low_res_size=int(small) if small else None, id2label=id2label)
+        else:
+            pipeline = ClassifierGuidedPipeline(
+                unet=unet, scheduler=scheduler, classifier=classifier_model, id2label=id2label,
+                classifier_scale=sampling.get("classifier_scale") if classifier_model is not None else None,
+            )
+        card_flags = flag_text + (f"\n\nclassifier: {classifier_flag_text}" if classifier_flag_text else "")
+        preset_sampling = {k: v for k, v in sampling.items() if k not in user_sampling}
+
+        def write_pipeline(folder: Path) -> None:
+            pipeline.save_pretrained(folder, safe_serialization=True)
+            _card(unet_preset, source, "super_res" if super_res else "unet", card_flags, push_to_hub or str(output), checkpoint,
+                  bool(unet.config.num_classes), classifier_model is not None, preset_sampling, user_sampling, pipeline).save(folder / "README.md")
+
+        return write_pipeline
+
+    _convert_into(output, build)
     return _maybe_push(output, push_to_hub)
 
 
@@ -184,7 +209,7 @@ def convert_ddpm(
     push_to_hub: str | None = None,
 ) -> Path:
     """convert_ddpm.py: a DDPM (cifar10 / LSUN) checkpoint to a ClassifierGuidedPipeline folder over a UNet2DModel."""
-    output = check_output(output, overwrite)
+    output = check_output(output, overwrite, (checkpoint,))
     torch_dtype = check_dtype(dtype)
     if preset is not None and model_config is not None:
         raise ValueError("expected one of --preset or --model_config, got both")
@@ -194,18 +219,44 @@ def convert_ddpm(
     if chosen is None and model_config is None:
         raise ValueError(f"could not pick a preset from the file name {str(checkpoint)!r}; pass --preset or --model_config")
     kwargs = model_config if model_config is not None else chosen.constructor_kwargs
-    unet = _with_context(chosen, lambda: convert_ddpm_checkpoint(load_original_state_dict(checkpoint), constructor_kwargs=kwargs)).to(torch_dtype)
-    scheduler_settings = dict(chosen.scheduler) if chosen else dict(num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_large")
-    sampling = dict(chosen.sampling) if chosen else {}
-    scheduler = GuidedDDPMScheduler(**scheduler_settings, timestep_respacing=sampling.get("timestep_respacing"))
-    pipeline = ClassifierGuidedPipeline(unet=unet, scheduler=scheduler)
+    ddpm_unet_config(kwargs)  # missing or unknown keys: one line before the checkpoint is read
 
-    def write(folder: Path) -> None:
-        pipeline.save_pretrained(folder, safe_serialization=True)
-        _card(chosen, DDPM, "unet", json.dumps(kwargs, default=list), push_to_hub or output.name, checkpoint, False, False, sampling).save(folder / "README.md")
+    def build() -> Any:
+        unet = _with_context(chosen, lambda: convert_ddpm_checkpoint(load_original_state_dict(checkpoint), constructor_kwargs=kwargs)).to(torch_dtype)
+        scheduler_settings = dict(chosen.scheduler) if chosen else dict(num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_large")
+        sampling = dict(chosen.sampling) if chosen else {}
+        scheduler = GuidedDDPMScheduler(**scheduler_settings, timestep_respacing=sampling.get("timestep_respacing"))
+        pipeline = ClassifierGuidedPipeline(unet=unet, scheduler=scheduler)
 
-    write_folder_atomically(output, write)
+        def write(folder: Path) -> None:
+            pipeline.save_pretrained(folder, safe_serialization=True)
+            _card(chosen, DDPM, "unet", json.dumps(kwargs, default=list), push_to_hub or str(output), checkpoint, False, False, sampling, {}, pipeline).save(folder / "README.md")
+
+        return write
+
+    _convert_into(output, build)
     return _maybe_push(output, push_to_hub)
+
+
+def _convert_into(output: Path, build: Any) -> None:
+    """Reserve the temporary folder (an unwritable place fails here, before any work), run ``build()`` (the
+    conversion; it returns the folder writer), write and move into place; any failure removes the temporary folder."""
+    temp = reserve_output(output)
+    try:
+        write = build()
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    write_folder_atomically(output, write, temp)
+
+
+def _unet_state_dict(path: Any) -> dict[str, torch.Tensor]:
+    """The checkpoint for a U-Net, refused in one line when it is a noisy classifier's (which has no output blocks)."""
+    state_dict = load_original_state_dict(path)
+    if state_dict and not any(key.startswith("output_blocks.") for key in state_dict) and any(key.startswith("out.") for key in state_dict):
+        raise ValueError(f"expected a diffusion model checkpoint at {str(path)!r}, got a noisy classifier's (EncoderUNetModel: no output_blocks); "
+                         "convert it with classifier flags (--classifier_flags / --classifier_config) or --classifier")
+    return state_dict
 
 
 def _pick_preset(path: Any, name: str | None, flags: str | None, config: dict | None, option: str) -> Preset | None:
@@ -228,10 +279,15 @@ def _with_context(preset: Preset | None, build: Any) -> Any:
         raise ValueError(f"preset {preset.name!r} does not fit the file: {error}") from error
 
 
-def _card(preset, family, kind, flags, repo_id, checkpoint, conditional, has_classifier, sampling):
+def _card(preset, family, kind, flags, repo_id, checkpoint, conditional, has_classifier, sampling, user_sampling, pipeline=None):
+    num_classes = low_res_size = None
+    if pipeline is not None:
+        num_classes = pipeline.unet.config.get("num_classes") or (pipeline.classifier.config.num_classes if getattr(pipeline, "classifier", None) else None)
+        low_res_size = pipeline.config.get("low_res_size") if kind == "super_res" else None
     return render_model_card(
         preset, family=family, kind=kind, flags=flags, repo_id=repo_id, checkpoint_name=Path(checkpoint).name,
-        conditional=conditional, has_classifier=has_classifier, sampling=sampling, verification=_verification(kind),
+        conditional=conditional, has_classifier=has_classifier, sampling=sampling, user_sampling=user_sampling,
+        verification=_verification(kind), num_classes=num_classes, low_res_size=low_res_size,
     )
 
 

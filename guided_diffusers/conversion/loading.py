@@ -10,6 +10,7 @@ import torch
 from diffusers import UNet2DModel
 
 from ..models import ADMClassifier, ADMSuperResUNet2DModel, ADMUNet2DModel
+from ..models.folders import check_config_types
 from .flags import SOURCES, classifier_kwargs_from_flags, unet_kwargs_from_flags
 from .state_dict import load_adm_classifier_state_dict, load_adm_unet_state_dict, load_ddpm_state_dict
 
@@ -21,10 +22,18 @@ def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     """Read an original ``.pt`` checkpoint safely (``weights_only=True``: tensors only, no code runs)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"expected an original checkpoint file, got {str(path)!r} (no such file)")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"expected a PyTorch checkpoint (torch.save) at {str(path)!r}, got an empty file (0 bytes)")
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - re-raised with what was expected
-        raise ValueError(f"expected a PyTorch state dict at {str(path)!r}, could not read it: {error}") from error
+    except Exception as error:  # noqa: BLE001 - re-raised in one line with what was expected
+        text = str(error)
+        if "Weights only load failed" in text:
+            reason = "it holds objects other than tensors, which are refused (weights_only=True: no code from a checkpoint runs)"
+        else:
+            first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+            reason = f"torch cannot read it ({type(error).__name__}: {first})"
+        raise ValueError(f"expected a PyTorch checkpoint (torch.save) at {str(path)!r}, got a file {reason}") from None
     if isinstance(state_dict, Mapping) and "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
         state_dict = state_dict["state_dict"]
     if not isinstance(state_dict, Mapping) or not all(torch.is_tensor(v) for v in state_dict.values()):
@@ -32,17 +41,31 @@ def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     return dict(state_dict)
 
 
-def _check_kwargs(kwargs: Mapping[str, Any], allowed: set[str], what: str) -> dict[str, Any]:
+def _check_kwargs(kwargs: Mapping[str, Any], allowed: set[str], what: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"expected {what} constructor kwargs as a JSON object, got {type(kwargs).__name__}")
     unknown = sorted(set(kwargs) - allowed - _RUNTIME_ONLY)
     if unknown:
         raise ValueError(f"expected {what} constructor kwargs, got unknown keys {unknown}")
+    missing = [key for key in required if key not in kwargs]
+    if missing:
+        raise ValueError(f"expected {what} constructor kwargs with {list(required)}, got none for {missing}")
     if kwargs.get("dims", 2) != 2:
         raise ValueError(f"expected a 2-D model (dims=2), got dims={kwargs['dims']}")
     return dict(kwargs)
 
 
+def _checked(model_class: type, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` after its values' types are checked against ``model_class``'s constructor (one line, before any
+    checkpoint is read): a value given as ``"32"`` in a JSON config is refused here, not deep inside torch."""
+    check_config_types(model_class, model_class.__init__, config)
+    return config
+
+
 def _head_channels(value: int | None) -> int | None:
-    return None if value is None or value <= 0 else int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        return value  # None, or a wrong type that _checked reports
+    return None if value <= 0 else value
 
 
 _UNET_KWARGS = {
@@ -51,6 +74,7 @@ _UNET_KWARGS = {
     "num_heads_upsample", "use_scale_shift_norm", "resblock_updown", "use_new_attention_order",
     "large_size", "small_size",
 }  # fmt: skip
+_UNET_REQUIRED = ("model_channels", "out_channels", "num_res_blocks", "attention_resolutions")
 _CLASSIFIER_KWARGS = {
     "image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks", "attention_resolutions",
     "dropout", "channel_mult", "conv_resample", "num_heads", "num_head_channels", "num_heads_upsample",
@@ -60,8 +84,8 @@ _CLASSIFIER_KWARGS = {
 
 def adm_unet_config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Our ADMUNet2DModel config from the original UNetModel/SuperResModel constructor kwargs."""
-    kwargs = _check_kwargs(kwargs, _UNET_KWARGS, "UNetModel/SuperResModel")
-    return dict(
+    kwargs = _check_kwargs(kwargs, _UNET_KWARGS, "UNetModel/SuperResModel", _UNET_REQUIRED)
+    return _checked(ADMUNet2DModel, dict(
         sample_size=kwargs.get("image_size", kwargs.get("large_size")),
         in_channels=kwargs.get("in_channels", 3),
         out_channels=kwargs["out_channels"],
@@ -77,13 +101,13 @@ def adm_unet_config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         use_scale_shift_norm=kwargs.get("use_scale_shift_norm", False),
         resblock_updown=kwargs.get("resblock_updown", False),
         conv_resample=kwargs.get("conv_resample", True),
-    )
+    ))
 
 
 def adm_classifier_config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Our ADMClassifier config from the original EncoderUNetModel constructor kwargs."""
-    kwargs = _check_kwargs(kwargs, _CLASSIFIER_KWARGS, "EncoderUNetModel")
-    return dict(
+    kwargs = _check_kwargs(kwargs, _CLASSIFIER_KWARGS, "EncoderUNetModel", ("image_size", *_UNET_REQUIRED))
+    return _checked(ADMClassifier, dict(
         sample_size=kwargs["image_size"],
         in_channels=kwargs.get("in_channels", 3),
         num_classes=kwargs["out_channels"],
@@ -98,7 +122,7 @@ def adm_classifier_config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         resblock_updown=kwargs.get("resblock_updown", False),
         conv_resample=kwargs.get("conv_resample", True),
         pool=kwargs.get("pool", "adaptive"),
-    )
+    ))
 
 
 _DDPM_KWARGS = {"ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "resamp_with_conv", "in_channels", "resolution"}
@@ -106,9 +130,7 @@ _DDPM_KWARGS = {"ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions",
 
 def ddpm_unet_config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """A diffusers UNet2DModel config equal to the DDPM port's ``Model(**kwargs)``."""
-    unknown = sorted(set(kwargs) - _DDPM_KWARGS)
-    if unknown:
-        raise ValueError(f"expected DDPM Model constructor kwargs {sorted(_DDPM_KWARGS)}, got unknown keys {unknown}")
+    _check_kwargs(kwargs, _DDPM_KWARGS, "DDPM Model", ("ch", "out_ch", "num_res_blocks", "attn_resolutions", "resolution", "in_channels"))
     if not kwargs.get("resamp_with_conv", True):
         raise ValueError("expected resamp_with_conv=True (every released DDPM model), got False")
     ch_mult = tuple(kwargs.get("ch_mult", (1, 2, 4, 8)))

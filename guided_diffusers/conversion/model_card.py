@@ -1,7 +1,9 @@
-"""Model cards for converted checkpoints, rendered from the model_cards/ templates (one per family)."""
+"""Model cards for converted checkpoints, rendered from the package's model_cards/ templates (one per family), and
+what every card shares: the templates' home, Hub licenses, dataset ids and the papers' BibTeX."""
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +11,49 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from .presets import DDPM, GUIDED, IMPROVED, Preset
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "model_cards"
+# Package data (the wheel carries it): guided_diffusers/model_cards/*.md.
+TEMPLATES = Path(str(resources.files("guided_diffusers").joinpath("model_cards")))
 _TEMPLATE_FILES = {GUIDED: "guided_diffusion.md", IMPROVED: "improved_diffusion.md", DDPM: "ddpm.md"}
-_LICENSES = {GUIDED: "mit", IMPROVED: "mit", DDPM: "apache-2.0"}
+# The original weights' licenses: guided-diffusion's and improved-diffusion's repositories (code and released weights)
+# are MIT; the DDPM release (hojonathanho/diffusion) states no license, so its cards say "unknown".
+LICENSES = {GUIDED: "mit", IMPROVED: "mit", DDPM: "unknown"}
+_LICENSE_NOTES = {
+    GUIDED: "The original weights and code are released under the MIT license (openai/guided-diffusion).",
+    IMPROVED: "The original weights and code are released under the MIT license (openai/improved-diffusion).",
+    DDPM: "The original DDPM release (hojonathanho/diffusion) states no license for its code or checkpoints; the PyTorch "
+    "port whose checkpoints are converted here (pesser/pytorch_diffusion) is MIT-licensed code. The license of the "
+    "weights is therefore unknown: check with the authors before use beyond research.",
+}
+# Hub dataset ids of the training data (LSUN has no canonical Hub dataset).
+HUB_DATASETS = {"imagenet-1k": "ILSVRC/imagenet-1k", "cifar10": "uoft-cs/cifar10"}
+CITATIONS = {
+    "adm": """@inproceedings{dhariwal2021diffusion,
+  title     = {Diffusion Models Beat {GAN}s on Image Synthesis},
+  author    = {Prafulla Dhariwal and Alexander Quinn Nichol},
+  booktitle = {Advances in Neural Information Processing Systems},
+  volume    = {34},
+  year      = {2021},
+  url       = {https://arxiv.org/abs/2105.05233}
+}""",
+    "iddpm": """@inproceedings{nichol2021improved,
+  title     = {Improved Denoising Diffusion Probabilistic Models},
+  author    = {Alexander Quinn Nichol and Prafulla Dhariwal},
+  booktitle = {Proceedings of the 38th International Conference on Machine Learning},
+  pages     = {8162--8171},
+  year      = {2021},
+  url       = {https://arxiv.org/abs/2102.09672}
+}""",
+    "ddpm": """@inproceedings{ho2020denoising,
+  title     = {Denoising Diffusion Probabilistic Models},
+  author    = {Jonathan Ho and Ajay Jain and Pieter Abbeel},
+  booktitle = {Advances in Neural Information Processing Systems},
+  volume    = {33},
+  pages     = {6840--6851},
+  year      = {2020},
+  url       = {https://arxiv.org/abs/2006.11239}
+}""",
+}
+_FAMILY_CITATIONS = {GUIDED: ("adm", "iddpm"), IMPROVED: ("iddpm",), DDPM: ("ddpm",)}
 _DATASET_NOTES = {
     "imagenet-1k": "The ILSVRC 2012 subset of ImageNet: roughly one million images in 1000 classes, curated in 2012. A large "
     "portion of the classes are animals, plants and other naturally occurring objects; many images contain people, "
@@ -23,6 +65,19 @@ _DATASET_NOTES = {
 }
 
 
+def template(name: str) -> Path:
+    """A card template of the package, refused in one line when the installation lacks it."""
+    path = TEMPLATES / name
+    if not path.is_file():
+        raise FileNotFoundError(f"expected the model card template {path} (package data of guided_diffusers), got no such file: reinstall the package")
+    return path
+
+
+def citation_block(keys: tuple[str, ...]) -> str:
+    """The BibTeX entries of the papers ``keys`` (``adm``, ``iddpm``, ``ddpm``), one fenced block."""
+    return "```bibtex\n" + "\n\n".join(CITATIONS[key] for key in keys) + "\n```"
+
+
 def _markdown_table(rows: tuple[tuple[str, ...], ...]) -> str:
     if not rows:
         return "The original README reports no separate figures for this checkpoint."
@@ -32,29 +87,75 @@ def _markdown_table(rows: tuple[tuple[str, ...], ...]) -> str:
     return "\n".join(lines)
 
 
-def _usage(kind: str, repo_id: str, sampling: dict[str, Any], conditional: bool, has_classifier: bool) -> str:
-    load = f'pipe = DiffusionPipeline.from_pretrained("{repo_id}")'
+def classifier_usage(location: str, scheduler_line: str) -> list[str]:
+    """Lines of a runnable snippet that classifies noised images with the classifier folder at ``location``."""
+    return [
+        "import torch",
+        "from guided_diffusers import ADMClassifier, GuidedDDPMScheduler",
+        "",
+        f'classifier = ADMClassifier.from_pretrained("{location}")',
+        scheduler_line,
+        "size = classifier.config.sample_size",
+        "images = torch.rand(2, 3, size, size) * 2 - 1  # your images, NCHW in [-1, 1]",
+        "timesteps = torch.tensor([10, scheduler.config.num_train_timesteps // 2])",
+        "noisy = scheduler.add_noise(images, torch.randn_like(images), timesteps)",
+        "with torch.no_grad():",
+        "    logits = classifier(noisy, scheduler.model_timestep(timesteps)).logits  # log p(y | x_t) + const",
+        "print(logits.argmax(dim=-1))",
+    ]
+
+
+def pipeline_usage(location: str, call_args: list[str], low_res_size: int | None = None) -> str:
+    """A runnable snippet that loads the pipeline folder at ``location`` and samples with ``call_args``."""
+    lines = [
+        "import torch",
+        "import guided_diffusers  # registers the pipeline classes with diffusers",
+        "from diffusers import DiffusionPipeline",
+        "",
+        f'pipe = DiffusionPipeline.from_pretrained("{location}")',
+    ]
+    args = [*call_args, "generator=torch.Generator().manual_seed(0)"]
+    if low_res_size is not None:
+        lines.append(f"low_res = torch.rand(1, 3, {low_res_size}, {low_res_size}) * 2 - 1  # your low-resolution images (NCHW in [-1, 1], or PIL)")
+        args.insert(0, "low_res")
+    lines += [f"images = pipe({', '.join(args)}).images", 'images[0].save("sample.png")']
+    return "\n".join(lines)
+
+
+def _usage(kind: str, repo_id: str, sampling: dict[str, Any], conditional: bool, has_classifier: bool,
+           num_classes: int | None, low_res_size: int | None) -> str:
+    if kind == "classifier":
+        return "\n".join([*classifier_usage(
+            repo_id, "scheduler = GuidedDDPMScheduler(num_train_timesteps=1000)  # the linear 1000-step process ADM-G's classifiers were trained under"),
+            "# to guide an ADM diffusion model of the same size: ClassifierGuidedPipeline(unet=..., scheduler=..., classifier=classifier)",
+        ])
     steps = sampling.get("timestep_respacing")
     args = [f'timestep_respacing="{steps}"'] if steps else []
-    if kind == "classifier":
-        return "\n".join([
-            "import torch",
-            "from guided_diffusers import ADMClassifier",
-            "",
-            f'classifier = ADMClassifier.from_pretrained("{repo_id}")',
-            "logits = classifier(noisy_images, timesteps).logits  # p(y | x_t) of noised images",
-        ])
+    labels = '["golden retriever", 207]' if num_classes == 1000 else "[0]"
     if kind == "super_res":
-        call = f"images = pipe(low_res_images, class_labels=labels{', ' + ', '.join(args) if args else ''}).images"
-    else:
-        if conditional or has_classifier:
-            args.insert(0, 'class_labels=["golden retriever", 207]')
-        if has_classifier and sampling.get("classifier_scale"):
-            args.append(f"classifier_scale={sampling['classifier_scale']}")
-        if not (conditional or has_classifier):
-            args.insert(0, "batch_size=4")
-        call = f"images = pipe({', '.join(args)}).images"
-    return "\n".join(["import guided_diffusers  # registers the pipeline classes with diffusers", "from diffusers import DiffusionPipeline", "", load, call])
+        if conditional:
+            args.insert(0, f"class_labels={labels}")
+        return pipeline_usage(repo_id, args, low_res_size)
+    if conditional or has_classifier:
+        args.insert(0, f"class_labels={labels}")
+    if has_classifier and sampling.get("classifier_scale"):
+        args.append(f"classifier_scale={sampling['classifier_scale']}")
+    if not (conditional or has_classifier):
+        args.insert(0, "batch_size=4")
+    return pipeline_usage(repo_id, args)
+
+
+def _sampling_note(sampling: dict[str, Any], user_sampling: dict[str, Any]) -> str:
+    parts = []
+    if sampling:
+        parts.append("Recommended sampling (from the original release): " + ", ".join(f"{k}={v}" for k, v in sampling.items()) + ".")
+    if user_sampling:
+        parts.append("Sampling settings given by the user at conversion (not from the original README): "
+                     + ", ".join(f"{k}={v}" for k, v in user_sampling.items()) + ".")
+    if not parts:
+        parts.append("No recommended sampling is known for these flags: the scheduler samples all training steps unless "
+                     "`timestep_respacing` or `num_inference_steps` is passed.")
+    return " ".join(parts)
 
 
 def render_model_card(
@@ -69,11 +170,18 @@ def render_model_card(
     has_classifier: bool,
     sampling: dict[str, Any],
     verification: str,
+    user_sampling: dict[str, Any] | None = None,
+    num_classes: int | None = None,
+    low_res_size: int | None = None,
 ) -> ModelCard:
-    """The README.md of a converted folder: metadata, what the model is, results, usage, flags, use and limitations."""
-    template = TEMPLATES / _TEMPLATE_FILES[family]
-    if not template.is_file():
-        raise FileNotFoundError(f"expected the model card template {template} (the repository's model_cards/ folder)")
+    """The README.md of a converted folder: metadata, what the model is, results, usage, flags, use and limitations.
+
+    Args:
+        sampling: recommended sampling from the preset (the original README).
+        user_sampling: sampling settings the user's flags gave (labelled as such in the card).
+    """
+    user_sampling = user_sampling or {}
+    path = template(_TEMPLATE_FILES[family])
     dataset = preset.dataset if preset else ""
     tags = ["diffusers", "guided-diffusers", "diffusion", "unconditional-image-generation" if not conditional else "class-conditional-image-generation"]
     if kind == "classifier":
@@ -82,23 +190,25 @@ def render_model_card(
         tags.append("super-resolution")
     card_data = ModelCardData(
         library_name="diffusers",
-        license=_LICENSES[family],
+        license=LICENSES[family],
         tags=tags,
         pipeline_tag="image-classification" if kind == "classifier" else ("image-to-image" if kind == "super_res" else "unconditional-image-generation"),
-        datasets=[dataset] if dataset and not dataset.startswith("lsun") else None,
+        datasets=[HUB_DATASETS[dataset]] if dataset in HUB_DATASETS else None,
     )
-    summary = ", ".join(f"{k}={v}" for k, v in sampling.items()) or "the scheduler config's defaults"
+    merged = {**sampling, **user_sampling}
     return ModelCard.from_template(
         card_data,
-        template_path=str(template),
+        template_path=str(path),
         model_name=preset.name if preset else Path(checkpoint_name).stem,
-        description=preset.description if preset else f"A {family} model converted from `{checkpoint_name}`.",
+        description=preset.description if preset else f"A {family} model converted from `{checkpoint_name}` with user-given flags.",
         paper=preset.paper if preset else f"the {family} paper",
         checkpoint_name=checkpoint_name,
         results_table=_markdown_table(preset.results if preset else ()),
-        usage=_usage(kind, repo_id, sampling, conditional, has_classifier),
-        sampling_summary=summary,
+        usage=_usage(kind, repo_id, merged, conditional, has_classifier, num_classes, low_res_size),
+        sampling_note="" if kind == "classifier" else _sampling_note(sampling, user_sampling),
         flags=flags,
         verification=verification,
+        license_note=_LICENSE_NOTES[family],
+        citation=citation_block(_FAMILY_CITATIONS[family]),
         dataset_notes=_DATASET_NOTES.get(dataset.split("-")[0] if dataset.startswith("lsun") else dataset, dataset or "See the original release."),
     )

@@ -17,7 +17,8 @@ import torch
 
 from .digits import DIGIT_NAMES, NUM_CLASSES, DigitsJudge, mean_pairwise_distance, save_grid, write_digits_folder
 
-ROOT = Path(__file__).resolve().parents[2]
+# The folder holding this guided_diffusers (a checkout or site-packages): the launched process imports the same copy.
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -45,15 +46,18 @@ class QuickstartSettings:
 
 
 def _launch(script: str, arguments: list[str], settings: QuickstartSettings) -> None:
-    """A training script through ``accelerate launch`` (one process here; the same line scales out)."""
+    """A training command line through ``accelerate launch`` (one process here; the same line scales out), as the
+    package's module (``-m guided_diffusers.cli.train_diffusion``), so an installed wheel runs it too."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no"]
     if not torch.cuda.is_available():
         command.append("--cpu")
-    command += [str(ROOT / "scripts" / script), *arguments]
+    module = "guided_diffusers.cli." + script.removesuffix(".py")
+    command += ["-m", module, *arguments]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", **settings.extra_env)
-    print("$ accelerate launch scripts/" + script + " " + " ".join(arguments), flush=True)
-    subprocess.run(command, check=True, env=env, cwd=ROOT)
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if x)
+    print(f"$ accelerate launch -m {module} " + " ".join(arguments), flush=True)
+    subprocess.run(command, check=True, env=env)
 
 
 def train(settings: QuickstartSettings) -> Path:

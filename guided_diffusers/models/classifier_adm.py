@@ -12,6 +12,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .folders import CheckedFolderMixin, check_config_types
 from .blocks import ADMBlockSettings, attention_heads, build_encoder, timestep_embedding_layers
 from .unet_adm import broadcast_timesteps
 
@@ -77,7 +78,7 @@ class SpatialPoolHead(nn.Module):
         return self.linear_2(self.act(hidden))
 
 
-class ADMClassifier(ModelMixin, ConfigMixin):
+class ADMClassifier(CheckedFolderMixin, ModelMixin, ConfigMixin):
     r"""
     The noisy ImageNet classifier of ADM-G (guided-diffusion's EncoderUNetModel): the encoder half and the
     middle block of an ADM U-Net, then a pooling head, trained on noisy images x_t to give p(y | x_t).
@@ -125,6 +126,7 @@ class ADMClassifier(ModelMixin, ConfigMixin):
         norm_eps: float = 1e-5,
         id2label: dict[str, str] | None = None,
     ):
+        check_config_types(type(self), ADMClassifier.__init__, locals())
         super().__init__()
         if pool not in POOLING_HEADS:
             raise ValueError(f"expected pool in {POOLING_HEADS}, got {pool!r}")

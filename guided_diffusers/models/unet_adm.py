@@ -10,6 +10,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DModel, UNet2DOutput
 from torch import nn
 
+from .folders import CheckedFolderMixin, check_config_types
 from .blocks import ADMBlockSettings, ADMUpBlock2D, attention_heads, build_encoder, timestep_embedding_layers
 
 
@@ -25,7 +26,7 @@ def broadcast_timesteps(timestep: torch.Tensor | float | int, batch_size: int, d
     return timestep.expand(batch_size)
 
 
-class ADMUNet2DModel(UNet2DModel):
+class ADMUNet2DModel(CheckedFolderMixin, UNet2DModel):
     r"""
     The ADM U-Net (Dhariwal & Nichol 2021; Nichol & Dhariwal 2021), able to represent every U-Net that
     guided-diffusion and improved-diffusion build, with identical numerics.
@@ -88,6 +89,7 @@ class ADMUNet2DModel(UNet2DModel):
         norm_num_groups: int = 32,
         norm_eps: float = 1e-5,
     ):
+        check_config_types(type(self), ADMUNet2DModel.__init__, locals())
         # UNet2DModel's own __init__ builds diffusers' block types; ADM's are built here.
         super(UNet2DModel, self).__init__()
         if num_head_channels is not None and num_head_channels <= 0:

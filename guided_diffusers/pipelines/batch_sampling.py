@@ -4,18 +4,21 @@ The originals' image_sample / classifier_sample / super_res_sample save ``sample
 NHWC) and, for class-conditional runs, ``arr_1`` (labels), which their evaluator reads. Here sample k is drawn from
 its own generator seeded with ``seed + k``, so a run gives the same images whatever the number of processes; each
 process takes the indices k = rank, rank + P, ...; the main process merges them in index order: exactly N, none twice.
+The output folder is written aside and moved into place whole, so it holds one run's samples, never a mixture.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..publishing import make_temp_folder, replace_directory
 
 
 @dataclass
@@ -46,14 +49,26 @@ def _labels_for(job: SamplingJob, indices: list[int], num_classes: int | None, b
     return None
 
 
-def run_sampling_job(pipeline: Any, job: SamplingJob, output_dir: str | os.PathLike, accelerator: Any = None) -> Path | None:
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """The samples' folder: new or empty, or ``overwrite`` to replace it whole (samples of two runs never mix)."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
+        raise ValueError(f"expected a new or empty output folder, got non-empty {str(output_dir)!r} (pass --overwrite to replace it)")
+    return output_dir
+
+
+def run_sampling_job(
+    pipeline: Any, job: SamplingJob, output_dir: str | os.PathLike, accelerator: Any = None, overwrite: bool = False
+) -> Path | None:
     """Sample ``job.num_samples`` images with ``pipeline`` and write ``samples_NxHxWx3.npz`` and PNGs to ``output_dir``.
 
     Args:
         pipeline: a [`ClassifierGuidedPipeline`] or [`ADMUpsamplingPipeline`].
         job ([`SamplingJob`]): what to sample.
-        output_dir: where the .npz and the PNG files go.
+        output_dir: where the .npz and the PNG files go: a new or empty folder, or any with ``overwrite`` (it is then
+            replaced whole once the new samples are written).
         accelerator (`accelerate.Accelerator`, *optional*): splits the work across its processes.
+        overwrite (`bool`): replace a non-empty ``output_dir``.
 
     Returns:
         The .npz path on the main process; None on the others.
@@ -63,7 +78,7 @@ def run_sampling_job(pipeline: Any, job: SamplingJob, output_dir: str | os.PathL
     if job.num_samples < 1 or job.batch_size < 1:
         raise ValueError(f"expected num_samples and batch_size >= 1, got {job.num_samples} and {job.batch_size}")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
-    output_dir = Path(output_dir)
+    output_dir = check_output_dir(output_dir, overwrite)
     upsampling = isinstance(pipeline, ADMUpsamplingPipeline)
     base_images = base_labels = None
     if upsampling:
@@ -74,6 +89,10 @@ def run_sampling_job(pipeline: Any, job: SamplingJob, output_dir: str | os.PathL
             base_labels = data["arr_1"] if "arr_1" in data else None
         if len(base_images) < job.num_samples:
             raise ValueError(f"expected at least {job.num_samples} base samples, got {len(base_images)} in {job.base_samples}")
+        if base_labels is not None and (base_labels.ndim != 1 or not np.issubdtype(base_labels.dtype, np.integer)):
+            raise ValueError(f"expected arr_1 of {job.base_samples} as 1-D integer labels, got {base_labels.dtype} of shape {base_labels.shape}")
+        if base_labels is None and not job.class_labels and getattr(pipeline.unet.config, "num_classes", None):
+            raise ValueError(f"expected labels (arr_1) in {job.base_samples} for the class-conditional upsampler (or class_labels), got none")
     elif job.base_samples:
         raise ValueError("expected base_samples only with an upsampling pipeline")
     num_classes = getattr(pipeline.unet.config, "num_classes", None)
@@ -104,7 +123,7 @@ def run_sampling_job(pipeline: Any, job: SamplingJob, output_dir: str | os.PathL
     shard = dict(indices=np.array(mine, dtype=np.int64), images=np.concatenate(images) if images else None, labels=np.array(labels, dtype=np.int64))
     if accelerator is None or world == 1:
         return _write_outputs(output_dir, [shard])
-    shards_dir = output_dir / ".shards"
+    shards_dir = output_dir.parent / f".{output_dir.name}.shards"
     if accelerator.is_main_process:
         shards_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
@@ -135,14 +154,17 @@ def _write_outputs(output_dir: Path, shards: list[dict[str, np.ndarray]]) -> Pat
     arrays = {"arr_0": images}
     if len(labels):
         arrays["arr_1"] = labels[order]
-    output_dir.mkdir(parents=True, exist_ok=True)
     n, h, w, c = images.shape
-    path = output_dir / f"samples_{n}x{h}x{w}x{c}.npz"
-    with tempfile.NamedTemporaryFile(dir=output_dir, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, **arrays)
-    os.replace(tmp.name, path)  # never a half-written .npz under the final name
+    name = f"samples_{n}x{h}x{w}x{c}.npz"
     from PIL import Image
 
-    for k, image in enumerate(images):
-        Image.fromarray(image).save(output_dir / f"{k:06d}.png")
-    return path
+    temp = make_temp_folder(output_dir)  # the whole folder is written aside, then replaces output_dir in one step
+    try:
+        np.savez(temp / name, **arrays)
+        for k, image in enumerate(images):
+            Image.fromarray(image).save(temp / f"{k:06d}.png")
+        replace_directory(temp, output_dir)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return output_dir / name

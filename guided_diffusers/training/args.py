@@ -139,8 +139,10 @@ def build_parser(task: str, description: str | None = None) -> argparse.Argument
     loop.add_argument("--logging_dir", default="logs", help="relative to --output_dir")
     _add_switch(loop, "push_to_hub", False, "upload the saved model to the Hub")
     loop.add_argument("--hub_model_id", default=None, help="the Hub repository (default: the name of --output_dir)")
-    loop.add_argument("--hub_token", default=None, help="default: the token of `huggingface-cli login`")
+    loop.add_argument("--hub_token", default=None, help="default: the token of `hf auth login`")
     _add_switch(loop, "hub_private_repo", False, "create the Hub repository private")
+    loop.add_argument("--license", default="unknown", help="the model card's license: a Hub license identifier such as mit, apache-2.0 "
+                      "or cc-by-nc-4.0 (default: unknown, i.e. not stated)")
 
     model = parser.add_argument_group("model (the originals' flags and values)")
     model.add_argument("--init_pipeline", default=None, help="fine-tune this pipeline folder or Hub id (its model and process) instead of a new model")
@@ -201,6 +203,9 @@ def check_arguments(args: argparse.Namespace, task: str) -> None:
         raise ValueError(f"expected --resolution >= 1, got {args.resolution}")
     if args.use_ema:
         parse_ema_rates(args.ema_rate)
+    from .model_card import check_license
+
+    check_license(args.license)
     if args.push_to_hub and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         raise ValueError("expected the Hub to be reachable for --push_to_hub, got HF_HUB_OFFLINE set")
     if task == "classifier":

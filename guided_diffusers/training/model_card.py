@@ -1,18 +1,51 @@
-"""The README.md of a trained model's folder, rendered from model_cards/trained.md."""
+"""The README.md of a trained model's folder, rendered from the package's model_cards/trained.md."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+import re
+from pathlib import Path
+
 from huggingface_hub import ModelCard, ModelCardData
 
-from ..conversion.model_card import TEMPLATES
+from ..conversion.model_card import citation_block, classifier_usage, pipeline_usage, template
 
-__all__ = ["render_trained_model_card"]
+__all__ = ["DEFAULT_LICENSE", "HUB_LICENSES", "check_license", "render_trained_model_card"]
 
-TEMPLATE = TEMPLATES / "trained.md"
-_SCRIPTS = {"diffusion": "train_diffusion.py", "super_res": "train_super_res.py", "classifier": "train_classifier.py"}
+# What a trained model's card says when --license is not given: the weights' terms are the trainer's to choose (and
+# depend on the data), so the card claims none.
+DEFAULT_LICENSE = "unknown"
+# The license identifiers the Hub accepts in a card's metadata (its documented list); "other" needs a name and a link,
+# which the card does not carry, so it is not offered.
+HUB_LICENSES = frozenset("""
+apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
+afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5
+cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0
+cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive-1.0
+cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl
+lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr mpl-2.0 odc-by odbl openrail++
+osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr deepfloyd-if-license fair-noncommercial-research-license
+llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 gemma unknown
+""".split())
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_license(value: str) -> str:
+    """``--license``: a license identifier of the Hub (``mit``, ``apache-2.0``, ``cc-by-4.0``, ... or ``unknown``)."""
+    if value not in HUB_LICENSES:
+        raise ValueError(f"expected --license to be a Hub license identifier such as mit, apache-2.0, cc-by-nc-4.0 or unknown, got {value!r}")
+    return value
+
+
+def _base_model(init: str | None) -> str | None:
+    """The Hub id a fine-tune started from: ``--init_pipeline`` when it names a Hub repo rather than a local folder."""
+    if init and not Path(init).exists() and _REPO_ID.match(init):
+        return init
+    return None
+_SCRIPTS = {"diffusion": "guided-diffusers-train-diffusion", "super_res": "guided-diffusers-train-super-res",
+            "classifier": "guided-diffusers-train-classifier"}
 _DESCRIPTIONS = {
     "diffusion": "An ADM diffusion model ({conditioning}) at {resolution}x{resolution}, in a `ClassifierGuidedPipeline` folder.",
     "super_res": "An ADM-U super-resolution diffusion model ({conditioning}), {low_res}x{low_res} to {resolution}x{resolution}, in an "
@@ -22,32 +55,18 @@ _DESCRIPTIONS = {
 }
 
 
-def _usage(kind: str, location: str, id2label: Mapping[int, str] | None, num_timesteps: int, conditional: bool) -> str:
+def _usage(kind: str, location: str, id2label: Mapping[int, str] | None, num_timesteps: int, conditional: bool,
+           low_res_size: int | None) -> str:
     first_class = repr(next(iter(id2label.values()))) if id2label else "0"
     steps = min(250, num_timesteps)
     if kind == "classifier":
         return "\n".join([
-            "from guided_diffusers import ADMClassifier, ClassifierGuidedPipeline, GuidedDDPMScheduler",
-            "",
-            f'classifier = ADMClassifier.from_pretrained("{location}")',
-            f'scheduler = GuidedDDPMScheduler.from_pretrained("{location}")  # the noise process it was trained under',
-            "logits = classifier(noisy_images, scheduler.model_timestep(timesteps)).logits  # p(y | x_t)",
-            "# guide a diffusion model trained under the same process:",
-            "pipe = ClassifierGuidedPipeline(unet=unet, scheduler=scheduler, classifier=classifier, id2label=classifier.config.id2label)",
-            f"images = pipe(class_labels=[{first_class}], classifier_scale=1.0, num_inference_steps={steps}).images",
+            *classifier_usage(location, f'scheduler = GuidedDDPMScheduler.from_pretrained("{location}")  # the noise process it was trained under'),
+            "# to guide a diffusion model trained under the same process:",
+            "# ClassifierGuidedPipeline(unet=..., scheduler=scheduler, classifier=classifier)(class_labels=[...], classifier_scale=1.0)",
         ])
-    lines = [
-        "import guided_diffusers  # registers the pipeline classes with diffusers",
-        "from diffusers import DiffusionPipeline",
-        "",
-        f'pipe = DiffusionPipeline.from_pretrained("{location}")',
-    ]
-    labels = f"class_labels=[{first_class}], " if conditional else ""
-    if kind == "super_res":
-        lines.append(f"images = pipe(low_res_images, {labels}num_inference_steps={steps}).images")
-    else:
-        lines.append(f"images = pipe({labels or 'batch_size=4, '}num_inference_steps={steps}).images")
-    return "\n".join(lines)
+    args = [f"class_labels=[{first_class}]"] if conditional else ([] if kind == "super_res" else ["batch_size=4"])
+    return pipeline_usage(location, [*args, f"num_inference_steps={steps}"], low_res_size if kind == "super_res" else None)
 
 
 def _classes_line(id2label: Mapping[int, str] | None) -> str:
@@ -84,6 +103,7 @@ def render_trained_model_card(
     noised: bool = True,
     results: Mapping[str, Any] | None = None,
     extra_weights: tuple[str, ...] = (),
+    license: str = DEFAULT_LICENSE,
 ) -> ModelCard:
     """The model card of a model trained by one of the training scripts.
 
@@ -103,11 +123,16 @@ def render_trained_model_card(
         noised (`bool`): the classifier trained on noised images.
         results (mapping, *optional*): evaluation results.
         extra_weights (tuple of `str`): further weight folders saved under ``weights/``.
+        license (`str`): the Hub license identifier of the weights (``--license``; default ``unknown``).
+
+    ``flags["init_pipeline"]`` (a fine-tune) becomes ``base_model`` when it names a Hub repo.
     """
     if kind not in _SCRIPTS:
         raise ValueError(f"expected kind in {sorted(_SCRIPTS)}, got {kind!r}")
-    if not TEMPLATE.is_file():
-        raise FileNotFoundError(f"expected the model card template {TEMPLATE} (the repository's model_cards/ folder)")
+    path = template("trained.md")
+    check_license(license)
+    init = flags.get("init_pipeline")
+    base_model = _base_model(init)
     if kind == "classifier":
         tags, pipeline_tag = ["guided-diffusers", "noisy-classifier", "classifier-guidance"], "image-classification"
     else:
@@ -116,8 +141,11 @@ def render_trained_model_card(
         pipeline_tag = "image-to-image" if kind == "super_res" else "unconditional-image-generation"
         if kind == "super_res":
             tags.append("super-resolution")
+    if init:
+        tags.append("fine-tuned")
     card_data = ModelCardData(
-        library_name="diffusers", tags=tags, pipeline_tag=pipeline_tag, datasets=[hub_dataset_id] if hub_dataset_id else None
+        library_name="diffusers", license=license, tags=tags, pipeline_tag=pipeline_tag, base_model=base_model,
+        datasets=[hub_dataset_id] if hub_dataset_id else None,
     )
     description = _DESCRIPTIONS[kind].format(
         conditioning="class-conditional" if conditional else "unconditional",
@@ -134,11 +162,15 @@ def render_trained_model_card(
         )
     return ModelCard.from_template(
         card_data,
-        template_path=str(TEMPLATE),
+        template_path=str(path),
         model_name=model_name,
         description=description,
         script=_SCRIPTS[kind],
-        usage=_usage(kind, location, id2label, num_timesteps, conditional),
+        usage=_usage(kind, location, id2label, num_timesteps, conditional, low_res_size),
+        origin=(f"Fine-tuned from `{init}` (its model and noise process), with " if init else "Trained from scratch with "),
+        license_note=(f"`{license}`, set with `--license`." if license != DEFAULT_LICENSE else
+                      "Not stated (`unknown`): the trainer did not pass `--license`. The weights' terms also depend on the training data's."),
+        citation=citation_block(("adm", "iddpm")),
         training_table="\n".join(f"| {name} | {value} |" for name, value in training.items()),
         dataset=dataset,
         classes=_classes_line(id2label),

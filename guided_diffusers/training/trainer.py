@@ -174,6 +174,7 @@ class TrainingTask(ABC):
             num_timesteps=self.num_timesteps,
             results=facts["results"],
             extra_weights=tuple(extra_models),
+            license=self.args.license,
             **card,
         ).save(folder / "README.md")
 

@@ -1,0 +1,61 @@
+"""The three training command lines (guided-diffusers-train-diffusion, -classifier, -super-res): the originals'
+image_train.py, classifier_train.py and super_res_train.py on accelerate, over guided_diffusers.training."""
+
+from __future__ import annotations
+
+import sys
+
+DIFFUSION = """Train an ADM / IDDPM diffusion model with accelerate: guided-diffusion's and improved-diffusion's image_train.py.
+
+    guided-diffusers-train-diffusion --train_data_dir images/ --resolution 64 --max_train_steps 100000 \\
+        --num_channels 128 --num_res_blocks 3 --learn_sigma True --noise_schedule cosine --output_dir my-adm
+    accelerate launch --num_processes 8 -m guided_diffusers.cli.train_diffusion --dataset_name cifar10 --image_column img ...
+
+Model and process flags are the originals' (with --source's defaults); the loop's are diffusers' training examples'.
+The trained pipeline (EMA weights) is saved into --output_dir, loadable with DiffusionPipeline.from_pretrained.
+"""
+
+CLASSIFIER = """Train a noisy classifier for classifier guidance with accelerate: guided-diffusion's classifier_train.py.
+
+    guided-diffusers-train-classifier --train_data_dir imagenet/train --validation_data_dir imagenet/val \\
+        --resolution 128 --max_train_steps 300000 --lr_scheduler linear --adam_weight_decay 0.05 \\
+        --learning_rate 3e-4 --classifier_depth 2 --classifier_width 128 --classifier_pool attention
+    accelerate launch --num_processes 8 -m guided_diffusers.cli.train_classifier ...
+
+Trains on images noised to sampled timesteps of the process given by --diffusion_steps / --noise_schedule (or clean
+ones with --noised False), reports top-1/top-5 accuracy on held-out images, and saves an ADMClassifier (with the
+class names as id2label and the process's scheduler_config.json) into --output_dir.
+"""
+
+SUPER_RES = """Train an ADM-U super-resolution model with accelerate: guided-diffusion's super_res_train.py.
+
+    guided-diffusers-train-super-res --train_data_dir images/ --large_size 256 --small_size 64 \\
+        --max_train_steps 100000 --num_channels 192 --num_res_blocks 2 --learn_sigma True --output_dir my-upsampler
+    accelerate launch --num_processes 8 -m guided_diffusers.cli.train_super_res ...
+
+The model learns x_large from noise given the target downsampled by area averaging to --small_size, as the
+original does. The trained ADMUpsamplingPipeline (EMA weights) is saved into --output_dir.
+"""
+
+
+def run(task: str, description: str, argv: list[str] | None = None) -> None:
+    """Train ``task``; a refused run and a failed Hub upload (the trained folder stays complete) end in one line."""
+    from ..publishing import HubPushError
+    from ..training.trainer import main as train
+
+    try:
+        train(task, argv, description)
+    except HubPushError as error:
+        sys.exit(f"error: {error}")
+
+
+def train_diffusion(argv: list[str] | None = None) -> None:
+    run("diffusion", DIFFUSION, argv)
+
+
+def train_classifier(argv: list[str] | None = None) -> None:
+    run("classifier", CLASSIFIER, argv)
+
+
+def train_super_res(argv: list[str] | None = None) -> None:
+    run("super_res", SUPER_RES, argv)
