@@ -81,13 +81,12 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         ValueError: one line naming what was expected and what came.
     """
-    from pathlib import Path
 
     import numpy as np
 
     from ..pipelines.batch_sampling import check_output_dir
     from ..pipelines.labels import resolve_class_labels
-    from ..schedulers.gaussian import space_timesteps
+    from ..schedulers import space_timesteps
 
     if args.num_samples < 1 or args.batch_size < 1:
         raise ValueError(f"expected --num_samples and --batch_size >= 1, got {args.num_samples} and {args.batch_size}")
