@@ -81,7 +81,7 @@ def checkpoints(tmp_path_factory):
 def test_guided_diffusion_card_with_classifier_and_user_sampling(checkpoints, tmp_path):
     root, _, _ = checkpoints
     out = tmp_path / "gd"
-    convert_adm(root / "gd.pt", out, model_flags=UNET_FLAGS + " --class_cond True", diffusion_flags="--diffusion_steps 20 --timestep_respacing 3",
+    convert_adm(root / "gd.pt", out, model_flags=UNET_FLAGS + " --class_cond True", diffusion_flags="--diffusion_steps 100 --timestep_respacing 3",
                 classifier=root / "clf.pt", classifier_flags=CLASSIFIER_FLAGS)
     card = ModelCard.load(out / "README.md")
     data = check_hub_metadata(card)
@@ -117,7 +117,7 @@ def test_improved_diffusion_card(checkpoints, tmp_path):
 
 def test_super_resolution_conversion_card(checkpoints, tmp_path):
     root, sr_flags, _ = checkpoints
-    convert_adm(root / "sr.pt", tmp_path / "sr", model_flags=sr_flags, diffusion_flags="--diffusion_steps 20 --timestep_respacing 2")
+    convert_adm(root / "sr.pt", tmp_path / "sr", model_flags=sr_flags, diffusion_flags="--diffusion_steps 100 --timestep_respacing 2")
     card = ModelCard.load(tmp_path / "sr" / "README.md")
     assert check_hub_metadata(card)["pipeline_tag"] == "image-to-image"
     images = run_usage_snippet(card, tmp_path)["images"]

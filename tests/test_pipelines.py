@@ -357,9 +357,9 @@ def test_upsampler_refuses_wrong_size_and_labels():
         up(torch.zeros(1, 3, 4, 4), class_labels=[1])
     with pytest.raises(ValueError, match="expected class_labels for a class-conditional upsampler"):
         up(torch.zeros(1, 3, 8, 8))
-    with pytest.raises(ValueError, match=r"expected low_res_images float arrays in \[0, 1\], got values in \[0, 255\]"):
+    with pytest.raises(ValueError, match=r"expected low_res_images float arrays in \[0, 1\], got values in \[255, 255\]"):
         up(np.full((1, 8, 8, 3), 255.0, dtype=np.float32), class_labels=[1])
-    with pytest.raises(ValueError, match=r"expected low_res_images tensors in \[-1, 1\], got values in \[0, 255\]"):
+    with pytest.raises(ValueError, match=r"expected low_res_images tensors in \[-1, 1\], got values in \[255, 255\]"):
         up(torch.full((1, 3, 8, 8), 255.0), class_labels=[1])
 
 
