@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +41,6 @@ def append_markdown(path: Path, text: str) -> None:
     """Append ``text`` to ``path`` (created with the benchmarks header), through a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = path.read_text() if path.exists() else "# Benchmarks\n\nMeasured by the scripts in benchmarks/; each run appends its table.\n"
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(existing + "\n" + text + "\n")
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, path)
+    from guided_diffusers.publishing import write_text_atomically
+
+    write_text_atomically(path, existing + "\n" + text + "\n")

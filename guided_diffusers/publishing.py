@@ -1,5 +1,6 @@
-"""Publishing folders: writing one aside and moving it into place atomically on disk, and uploading one to the Hub.
-Converters, sampling and training share it."""
+"""Atomic writes and publishing: a file or a folder written aside and moved into place in one step on disk, and a
+folder uploaded to the Hub. Every place that writes results (converters, sampling, training, evaluation, benchmarks)
+uses these."""
 
 from __future__ import annotations
 
@@ -8,15 +9,43 @@ import errno
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 # Temporary folders are named ".{name}.pipe.{pid}.{token}" beside their target, so a later run can tell which ones a
 # killed process left behind (its pid is gone) and remove them.
 _TEMP_MARK = ".pipe."
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], None], suffix: str = "") -> None:
+    """Write a file through ``write(binary_file)`` under a temporary name beside ``path``, then rename it to ``path``:
+    a reader never sees half a file, and a failed write leaves nothing behind.
+
+    Args:
+        path: the final file.
+        write: writes the content to the open temporary file.
+        suffix: the temporary file's suffix (``np.savez`` needs ``.npz``).
+
+    ``write_text_atomically`` is the same for text.
+    """
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=suffix, delete=False) as tmp:
+        try:
+            write(tmp)
+        except BaseException:
+            tmp.close()
+            os.unlink(tmp.name)
+            raise
+    os.chmod(tmp.name, 0o666 & ~_umask())  # a temporary file is private; the result gets the usual permissions
+    os.replace(tmp.name, path)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """``path`` holds exactly ``text`` (UTF-8) or what it held before: written aside, then renamed."""
+    write_atomically(Path(path), lambda file: file.write(text.encode()))
 
 
 class HubPushError(RuntimeError):

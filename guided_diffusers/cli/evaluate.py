@@ -31,7 +31,7 @@ from guided_diffusers.evaluation import (
     inspect_image_batch,
     load_fid_inception,
 )
-from guided_diffusers.evaluation.batches import write_atomically
+from guided_diffusers.publishing import write_atomically
 from guided_diffusers.evaluation.evaluator import (
     DEFAULT_BATCH_SIZE,
     DecodedImages,

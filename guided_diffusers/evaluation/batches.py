@@ -9,15 +9,15 @@ in batches straight from the zip member, so a 50k-image batch never sits in memo
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
+from ..publishing import write_atomically
 from .inception import POOL_FEATURES_DIM, SPATIAL_FEATURES_DIM
 from .metrics import MANIFOLD_NUM_NEIGHBOURS, FIDStatistics
 
@@ -201,28 +201,6 @@ def read_precomputed_statistics(path: str | os.PathLike) -> tuple[FIDStatistics,
         if "mu" not in arrays.files:
             return None
         return FIDStatistics(arrays["mu"], arrays["sigma"]), FIDStatistics(arrays["mu_s"], arrays["sigma_s"])
-
-
-def write_atomically(path: Path, write: Callable[[IO[bytes]], None], suffix: str) -> None:
-    """Write a file through ``write(binary_file)`` under a temporary name beside ``path``, then rename it to ``path``:
-    a reader never sees half a file, and a failed write leaves nothing behind.
-
-    Args:
-        path: the final file.
-        write: writes the content to the open temporary file.
-        suffix: the temporary file's suffix (``np.savez`` needs ``.npz``).
-    """
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=suffix, delete=False) as tmp:
-        try:
-            write(tmp)
-        except BaseException:
-            tmp.close()
-            os.unlink(tmp.name)
-            raise
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp.name, 0o666 & ~umask)  # a temporary file is private; the result gets the usual permissions
-    os.replace(tmp.name, path)
 
 
 def write_reference_batch(path: str | os.PathLike, images: np.ndarray, pool: FIDStatistics, spatial: FIDStatistics) -> Path:

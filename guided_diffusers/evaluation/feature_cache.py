@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .batches import write_atomically
+from ..publishing import write_atomically
 from .metrics import FIDStatistics, compute_statistics
 
 CACHE_SUFFIX = ".inception-features.npz"

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .bpd import calc_bpd_loop
-from .batches import write_atomically
+from ..publishing import write_atomically
 from .image_data import EvaluationImages
 
 __all__ = [

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ..publishing import write_text_atomically
+
 __all__ = ["MetricsWriter", "available_trackers", "summarize_terms", "top_k_correct"]
 
 
@@ -101,9 +103,7 @@ class MetricsWriter:
                 continue
             if entry.get("step", 0) <= step:
                 kept.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        write_text_atomically(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         self.accelerator.log(dict(metrics), step=step)
