@@ -1,6 +1,6 @@
 """From the originals' checkpoints and flags to our models."""
 
-from .flags import classifier_kwargs_from_flags, parse_flags, unet_kwargs_from_flags
+from .flags import classifier_kwargs_from_flags, parse_flags, scheduler_config_from_diffusion_flags, unet_kwargs_from_flags
 from .loading import (
     adm_classifier_config,
     adm_unet_config,
@@ -21,5 +21,6 @@ __all__ = [
     "ddpm_unet_config",
     "load_original_state_dict",
     "parse_flags",
+    "scheduler_config_from_diffusion_flags",
     "unet_kwargs_from_flags",
 ]

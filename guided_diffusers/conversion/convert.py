@@ -12,8 +12,8 @@ import torch
 
 from ..publishing import make_temp_folder, push_folder_to_hub, write_folder_atomically
 from ..pipelines import ADMUpsamplingPipeline, ClassifierGuidedPipeline, imagenet_id2label
-from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler, scheduler_config_from_diffusion_flags
-from .flags import NUM_CLASSES, given_flags, parse_flags
+from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler
+from .flags import NUM_CLASSES, given_flags, parse_flags, scheduler_config_from_diffusion_flags
 from .loading import (
     adm_classifier_config,
     adm_unet_config,

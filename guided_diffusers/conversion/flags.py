@@ -12,6 +12,8 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
+from ..schedulers.schedules import linear_schedule_bounds
+
 SOURCES = ("guided-diffusion", "improved-diffusion")
 NUM_CLASSES = 1000
 
@@ -275,3 +277,49 @@ def classifier_kwargs_from_flags(flags: str | Mapping[str, Any] | None) -> dict[
         resblock_updown=f["classifier_resblock_updown"],
         pool=f["classifier_pool"],
     )
+
+
+def scheduler_config_from_diffusion_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """A scheduler config from the keyword arguments of the originals' ``create_gaussian_diffusion``.
+
+    Missing flags take that function's defaults, which are guided-diffusion's script defaults (the same function in
+    improved-diffusion; its scripts' own defaults differ: they set rescale_timesteps and rescale_learned_sigmas, see
+    [`DEFAULTS`]). ``steps`` (the function's name) is accepted for ``diffusion_steps``. The loss flags (``use_kl``,
+    ``rescale_learned_sigmas``) are not part of the scheduler; see ``guided_diffusers.training.losses.loss_type_from_flags``.
+
+    Args:
+        flags (mapping): ``diffusion_steps``, ``learn_sigma``, ``sigma_small``, ``noise_schedule``, ``predict_xstart``,
+            ``rescale_timesteps``, ``timestep_respacing`` (and the loss flags, ignored here).
+
+    Returns:
+        `dict`: ``num_train_timesteps``, ``beta_schedule`` in diffusers' terms (the originals' ``linear`` as diffusers'
+        ``linear`` with ``beta_start``/``beta_end`` scaled by 1000 / T, ``cosine`` as ``squaredcos_cap_v2``),
+        ``prediction_type``, ``variance_type``, ``rescale_timesteps``, ``timestep_respacing``.
+    """
+    flags = dict(flags)
+    if "steps" in flags:  # create_gaussian_diffusion's own name for the scripts' diffusion_steps
+        flags.setdefault("diffusion_steps", flags.pop("steps"))
+    unknown = sorted(set(flags) - set(_GUIDED_DIFFUSION))
+    if unknown:
+        raise ValueError(f"unknown diffusion flags {unknown}; expected some of {sorted(_GUIDED_DIFFUSION)}")
+    values = {**_GUIDED_DIFFUSION, **flags}
+    if values["noise_schedule"] not in ("linear", "cosine"):
+        raise ValueError(f"unknown noise_schedule {values['noise_schedule']!r}; expected 'linear' or 'cosine'")
+    if values["learn_sigma"]:
+        variance_type = "learned_range"
+    else:
+        variance_type = "fixed_small" if values["sigma_small"] else "fixed_large"
+    num_train_timesteps = int(values["diffusion_steps"])
+    if values["noise_schedule"] == "linear":
+        beta_start, beta_end = linear_schedule_bounds(num_train_timesteps)
+        schedule = {"beta_schedule": "linear", "beta_start": beta_start, "beta_end": beta_end}
+    else:
+        schedule = {"beta_schedule": "squaredcos_cap_v2"}
+    return {
+        "num_train_timesteps": num_train_timesteps,
+        **schedule,
+        "prediction_type": "sample" if values["predict_xstart"] else "epsilon",
+        "variance_type": variance_type,
+        "rescale_timesteps": bool(values["rescale_timesteps"]),
+        "timestep_respacing": values["timestep_respacing"] or None,
+    }

@@ -7,7 +7,6 @@ from .gaussian import (
     DiffusionTables,
     GaussianDiffusion,
     ReverseStepPrediction,
-    scheduler_config_from_diffusion_flags,
 )
 from .schedules import (
     BETA_SCHEDULES,
@@ -50,3 +49,13 @@ __all__ = [
     "space_timesteps",
     "to_diffusers_scheduler",
 ]
+
+
+def __getattr__(name: str):
+    # Reading the originals' flags is conversion's job (conversion/flags.py, one defaults table); the name stays
+    # reachable here, resolved on use, so that schedulers import nothing of conversion.
+    if name == "scheduler_config_from_diffusion_flags":
+        from ..conversion.flags import scheduler_config_from_diffusion_flags
+
+        return scheduler_config_from_diffusion_flags
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

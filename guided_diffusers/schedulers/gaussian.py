@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .ddim import DDIMSteps
-from .schedules import get_beta_schedule, linear_schedule_bounds, respace_betas
+from .schedules import get_beta_schedule, respace_betas
 
 __all__ = [
     "MEAN_TYPES",
@@ -28,7 +28,6 @@ __all__ = [
     "DiffusionTables",
     "GaussianDiffusion",
     "ReverseStepPrediction",
-    "scheduler_config_from_diffusion_flags",
 ]
 
 #: What the model predicts: noise, x_0, or x_{t-1}.
@@ -554,66 +553,3 @@ class GaussianDiffusion(DDIMSteps):
         noise = self.predict_noise_from_start(x_t, t, pred_original_sample)
         noise = self.guided_noise(noise, t, gradient)
         return self.predict_start_from_noise(x_t, t, noise)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The originals' flags
-# ---------------------------------------------------------------------------------------------------------------------
-
-_DIFFUSION_FLAG_DEFAULTS = {
-    "steps": 1000,
-    "learn_sigma": False,
-    "sigma_small": False,
-    "noise_schedule": "linear",
-    "use_kl": False,
-    "predict_xstart": False,
-    "rescale_timesteps": False,
-    "rescale_learned_sigmas": False,
-    "timestep_respacing": "",
-}
-
-
-def scheduler_config_from_diffusion_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
-    """A scheduler config from the keyword arguments of the originals' ``create_gaussian_diffusion``.
-
-    Missing flags take that function's defaults (the same in improved-diffusion and guided-diffusion; note the
-    scripts' own defaults differ: improved-diffusion's set rescale_timesteps and rescale_learned_sigmas).
-    ``diffusion_steps`` is accepted for ``steps``. The loss flags (``use_kl``, ``rescale_learned_sigmas``) are not part
-    of the scheduler; see ``guided_diffusers.training.losses.loss_type_from_flags``.
-
-    Args:
-        flags (mapping): ``steps``, ``learn_sigma``, ``sigma_small``, ``noise_schedule``, ``predict_xstart``,
-            ``rescale_timesteps``, ``timestep_respacing`` (and the loss flags, ignored here).
-
-    Returns:
-        `dict`: ``num_train_timesteps``, ``beta_schedule`` in diffusers' terms (the originals' ``linear`` as diffusers'
-        ``linear`` with ``beta_start``/``beta_end`` scaled by 1000 / T, ``cosine`` as ``squaredcos_cap_v2``),
-        ``prediction_type``, ``variance_type``, ``rescale_timesteps``, ``timestep_respacing``.
-    """
-    flags = dict(flags)
-    if "diffusion_steps" in flags:
-        flags.setdefault("steps", flags.pop("diffusion_steps"))
-    unknown = sorted(set(flags) - set(_DIFFUSION_FLAG_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown diffusion flags {unknown}; expected some of {sorted(_DIFFUSION_FLAG_DEFAULTS)}")
-    values = {**_DIFFUSION_FLAG_DEFAULTS, **flags}
-    if values["noise_schedule"] not in ("linear", "cosine"):
-        raise ValueError(f"unknown noise_schedule {values['noise_schedule']!r}; expected 'linear' or 'cosine'")
-    if values["learn_sigma"]:
-        variance_type = "learned_range"
-    else:
-        variance_type = "fixed_small" if values["sigma_small"] else "fixed_large"
-    num_train_timesteps = int(values["steps"])
-    if values["noise_schedule"] == "linear":
-        beta_start, beta_end = linear_schedule_bounds(num_train_timesteps)
-        schedule = {"beta_schedule": "linear", "beta_start": beta_start, "beta_end": beta_end}
-    else:
-        schedule = {"beta_schedule": "squaredcos_cap_v2"}
-    return {
-        "num_train_timesteps": num_train_timesteps,
-        **schedule,
-        "prediction_type": "sample" if values["predict_xstart"] else "epsilon",
-        "variance_type": variance_type,
-        "rescale_timesteps": bool(values["rescale_timesteps"]),
-        "timestep_respacing": values["timestep_respacing"] or None,
-    }

@@ -11,10 +11,15 @@ from typing import Any
 
 from torch import nn
 
-from ..conversion.flags import classifier_kwargs_from_flags, parse_flags, unet_kwargs_from_flags
+from ..conversion.flags import (
+    classifier_kwargs_from_flags,
+    parse_flags,
+    scheduler_config_from_diffusion_flags,
+    unet_kwargs_from_flags,
+)
 from ..conversion.loading import adm_classifier_config, adm_unet_config
 from ..models import ADMClassifier, ADMSuperResUNet2DModel, ADMUNet2DModel
-from ..schedulers import GuidedDDPMScheduler, scheduler_config_from_diffusion_flags
+from ..schedulers import GuidedDDPMScheduler
 from .args import CLASSIFIER_FLAGS, CLASSIFIER_PROCESS_FLAGS, PROCESS_FLAGS, UNET_FLAGS, given_original_flags
 from .losses import LossType, loss_type_from_flags
 
