@@ -28,7 +28,7 @@ from guided_diffusers.evaluation import (
 )
 from guided_diffusers.evaluation.evaluator import shard_bounds
 from guided_diffusers.evaluation.feature_cache import cache_key, file_sha256, load_cached_features, weights_fingerprint
-from guided_diffusers.training.data import center_crop_array
+from guided_diffusers.data import center_crop_array
 
 sys.path.insert(0, str(Path(__file__).parent))
 from launch import accelerate_cpu_launcher  # noqa: E402

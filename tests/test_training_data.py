@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from guided_diffusers.training.data import (
+from guided_diffusers.data import (
     EpochShuffledBatchSampler,
     TrainingImageDataset,
     center_crop_array,

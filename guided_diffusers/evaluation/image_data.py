@@ -1,6 +1,6 @@
 """Images to evaluate a model's likelihood on, read and preprocessed by the training data loader.
 
-The sources and the preprocessing are [`guided_diffusers.training.data`]'s, so a model is evaluated on images prepared
+The sources and the preprocessing are [`guided_diffusers.data`]'s, so a model is evaluated on images prepared
 exactly as it was trained on them (the originals' centre crop, no augmentation):
 
 - a folder of image files (searched recursively; a file's class is its name before the first ``_``, classes numbered
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..training.data import (
+from ..data import (
     LabelledImages,
     TrainingImageDataset,
     find_unreadable_images,

@@ -10,7 +10,7 @@ from ..schedulers.likelihood import (
     vb_terms_bpd,
 )
 from .losses import LossType, loss_type_from_flags, training_losses
-from .data import (
+from ..data import (
     EpochShuffledBatchSampler,
     LabelledImages,
     TrainingImageDataset,

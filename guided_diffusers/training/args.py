@@ -15,7 +15,7 @@ from typing import Any
 from diffusers.optimization import SchedulerType
 
 from ..conversion.flags import str2bool as parse_boolean
-from .data import LABEL_SOURCES
+from ..data import LABEL_SOURCES
 from .ema import parse_ema_rates
 
 __all__ = [

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .builders import build_classifier_setup
-from .data import EpochShuffledBatchSampler, LabelledImages, TrainingImageDataset, images_from_folder, split_held_out
+from ..data import EpochShuffledBatchSampler, LabelledImages, TrainingImageDataset, images_from_folder, split_held_out
 from .metrics import summarize_terms, top_k_correct
 from .timestep_samplers import LossAwareSampler, create_named_schedule_sampler
 from .trainer import MicroBatchResult, TrainingTask, load_training_images

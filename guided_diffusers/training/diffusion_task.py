@@ -13,7 +13,7 @@ from torch import nn
 
 from ..pipelines import ADMUpsamplingPipeline, ClassifierGuidedPipeline
 from .builders import build_diffusion_setup, original_flag
-from .data import LabelledImages
+from ..data import LabelledImages
 from .losses import training_losses
 from .timestep_samplers import LossAwareSampler, create_named_schedule_sampler
 from .trainer import MicroBatchResult, TrainingTask, load_training_images

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .checkpointing import TrainingProgress, list_checkpoints, load_checkpoint, resolve_resume_checkpoint, save_checkpoint
-from .data import (
+from ..data import (
     EpochShuffledBatchSampler,
     LabelledImages,
     TrainingImageDataset,

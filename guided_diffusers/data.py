@@ -1,5 +1,6 @@
-"""Training images: from a folder labelled the originals' way or from a `datasets` dataset, preprocessed as the
-originals do, in a deterministic per-process order that a resumed run reproduces.
+"""Image data for training and evaluation alike: from a folder labelled the originals' way or from a `datasets`
+dataset, checked, preprocessed as the originals do, in a deterministic per-process order that a resumed run
+reproduces.
 
 - [`images_from_folder`]: every jpg/jpeg/png/gif/webp file under a folder (recursively), labelled by
   [`folder_class_names`]: the originals' file-name prefix before the first underscore (``n01440764_10026.JPEG`` is
