@@ -1,0 +1,253 @@
+"""Quality against cost on the quick start's digits model: which sampler to pick, measured.
+
+For each sampler and step count and each guidance setting, on the ``make demo`` pipeline (trained first when
+``demo_output/pipeline`` is absent):
+
+- class accuracy from the quick start's independent judge (an SVM on the real 8x8 digits);
+- the Fréchet distance between the samples and all 1,797 real digits in the judge's input space (8x8 grey vectors),
+  with the real-vs-real distance of two random halves as its floor; its spread over the seeds;
+- per-class diversity (mean pairwise distance within a class, as the quick start reports it);
+- network evaluations per image, U-Net and classifier counted separately (a classifier-free step is two U-Net
+  evaluations in one batched forward);
+- wall time and images/s.
+
+    python benchmarks/bench_quality.py                                  # the default grid, appended to docs/benchmarks.md
+    python benchmarks/bench_quality.py --samplers ddpm:50,dpmpp2m:10 --guidance cg2 --samples_per_class 10 --output ''
+
+Samplers are NAME:STEPS: ``ddpm`` (GuidedDDPMScheduler, the originals' respacing "N"), ``ddim`` (GuidedDDIMScheduler,
+"ddimN"), ``dpmpp2m`` / ``dpmpp3m`` (DPM-Solver++ multistep, order 2 / 3), ``dpmpp2m_sde`` (its SDE variant),
+``unipc``, ``euler``, ``heun``; the stock ones are swapped in the diffusers way (``X.from_config``) and clip x_0
+(``clip_denoised=True``: thresholding at 1 for the multistep solvers; Euler and Heun cannot clip and run unclipped).
+Guidance settings: ``none`` (the class-conditional model alone), ``cgS`` (classifier guidance at scale S), ``cfgW``
+(classifier-free guidance at weight W). A ``--plot`` PNG draws accuracy and distance against U-Net evaluations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+if str(BENCHMARKS_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS_DIR))
+
+from common import DOCS, append_markdown, machine_description  # noqa: E402  (benchmarks/ is not a package)
+
+DEFAULT_SAMPLERS = ("ddpm:250,ddpm:100,ddpm:50,ddpm:25,ddim:50,ddim:25,ddim:10,dpmpp2m:25,dpmpp2m:15,dpmpp2m:10,"
+                    "dpmpp2m:5,dpmpp3m:10,unipc:25,unipc:15,unipc:10,unipc:5,euler:25,euler:10,heun:13,heun:6")
+DEFAULT_GUIDANCE = "none,cg1,cg2,cfg2"
+
+
+@dataclass
+class Row:
+    sampler: str
+    guidance: str
+    unet_evals: float
+    classifier_evals: float
+    accuracy: float
+    distance: float
+    distance_spread: float
+    diversity: float
+    seconds: float
+    images_per_second: float
+
+
+def _scheduler(name: str, config):
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        HeunDiscreteScheduler,
+        UniPCMultistepScheduler,
+    )
+
+    from guided_diffusers import GuidedDDIMScheduler, GuidedDDPMScheduler
+
+    stock = {
+        "dpmpp2m": lambda: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2),
+        "dpmpp3m": lambda: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=3),
+        "dpmpp2m_sde": lambda: DPMSolverMultistepScheduler.from_config(config, algorithm_type="sde-dpmsolver++"),
+        "unipc": lambda: UniPCMultistepScheduler.from_config(config),
+        "euler": lambda: EulerDiscreteScheduler.from_config(config),
+        "heun": lambda: HeunDiscreteScheduler.from_config(config),
+    }
+    if name == "ddpm":
+        return GuidedDDPMScheduler.from_config(config)
+    if name == "ddim":
+        return GuidedDDIMScheduler.from_config(config)
+    if name not in stock:
+        raise ValueError(f"unknown sampler {name!r}; expected ddpm, ddim or one of {', '.join(stock)}")
+    return stock[name]()
+
+
+def _call_kwargs(name: str, steps: int) -> dict:
+    if name == "ddpm":
+        return {"timestep_respacing": str(steps)}
+    if name == "ddim":
+        return {"timestep_respacing": f"ddim{steps}"}
+    return {"num_inference_steps": steps, "clip_denoised": None if name in ("euler", "heun") else True}
+
+
+def _guidance_kwargs(setting: str) -> dict:
+    if setting == "none":
+        return {"classifier_scale": 0.0}
+    if setting.startswith("cfg"):
+        return {"classifier_scale": 0.0, "guidance_scale": float(setting[3:])}
+    if setting.startswith("cg"):
+        return {"classifier_scale": float(setting[2:])}
+    raise ValueError(f"unknown guidance setting {setting!r}; expected none, cgS or cfgW")
+
+
+class _Counter:
+    """Images a module has been run on (a forward hook), to count network evaluations per generated image."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.images = 0
+        module.register_forward_hook(self._count)
+
+    def _count(self, module, args, output) -> None:
+        self.images += args[0].shape[0]
+
+
+def run(args: argparse.Namespace) -> tuple[list[Row], float, float, str]:
+    from diffusers import DiffusionPipeline
+    from sklearn.datasets import load_digits
+
+    import guided_diffusers  # noqa: F401  (registers the pipeline classes with diffusers)
+    from guided_diffusers.demo.digits import NUM_CLASSES, DigitsJudge, mean_pairwise_distance, to_judge_space
+    from guided_diffusers.demo.quickstart import QuickstartSettings, train
+    from guided_diffusers.evaluation.metrics import compute_statistics
+
+    torch.set_num_threads(args.threads)
+    settings = QuickstartSettings(output_dir=Path(args.demo_dir))
+    if not (settings.pipeline_dir / "model_index.json").is_file():
+        print(f"no trained pipeline in {settings.pipeline_dir}: training it as make demo does", flush=True)
+        train(settings)
+    pipe = DiffusionPipeline.from_pretrained(settings.pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    base_config = pipe.scheduler.config
+    unet_count, classifier_count = _Counter(pipe.unet), _Counter(pipe.classifier)
+    judge = DigitsJudge.fit(0)
+    real = load_digits().data  # the judge's space: 8x8, 0..16
+    real_stats = compute_statistics(real)
+    halves = np.random.default_rng(0).permutation(len(real))
+    floor = compute_statistics(real[halves[: len(real) // 2]]).frechet_distance(compute_statistics(real[halves[len(real) // 2 :]]))
+    targets = np.repeat(np.arange(NUM_CLASSES), args.samples_per_class)
+    labels = torch.from_numpy(targets)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = []
+    for sampler in args.samplers.split(","):
+        name, steps = sampler.split(":")
+        for setting in args.guidance.split(","):
+            accuracies, distances, diversities, seconds = [], [], [], 0.0
+            unet_count.images = classifier_count.images = 0
+            for seed in seeds:
+                pipe.scheduler = _scheduler(name, base_config)
+                start = time.perf_counter()
+                images = pipe(class_labels=labels, output_type="np", generator=torch.Generator().manual_seed(seed),
+                              **_call_kwargs(name, int(steps)), **_guidance_kwargs(setting)).images
+                seconds += time.perf_counter() - start
+                accuracies.append(float((judge.predict(images) == targets).mean()))
+                distances.append(compute_statistics(to_judge_space(images)).frechet_distance(real_stats))
+                diversities.append(float(np.mean([mean_pairwise_distance(images[targets == c]) for c in range(NUM_CLASSES)])))
+            total = len(seeds) * len(targets)
+            row = Row(sampler, setting, unet_count.images / total, classifier_count.images / total, float(np.mean(accuracies)),
+                      float(np.mean(distances)), float(np.max(distances) - np.min(distances)), float(np.mean(diversities)),
+                      seconds / len(seeds), total / seconds)
+            rows.append(row)
+            print(_format(row), flush=True)
+    pipe.scheduler = _scheduler("ddpm", base_config)
+    return rows, floor, judge.held_out_accuracy, str(settings.pipeline_dir)
+
+
+def _format(r: Row) -> str:
+    return (f"| {r.sampler} | {r.guidance} | {r.unet_evals:.0f} | {r.classifier_evals:.0f} | {r.accuracy:.1%} | "
+            f"{r.distance:.1f} ± {r.distance_spread / 2:.1f} | {r.diversity:.3f} | {r.seconds:.1f} | {r.images_per_second:.1f} |")
+
+
+def plot(rows: list[Row], path: Path, floor: float) -> None:
+    """Accuracy (left) and Fréchet distance (right) against U-Net evaluations per image, one colour per sampler family
+    and guidance setting, drawn with PIL (no plotting library needed)."""
+    from PIL import Image, ImageDraw
+
+    width, height, margin = 1100, 460, 60
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    series: dict[str, list[Row]] = {}
+    for row in rows:
+        series.setdefault(f"{row.sampler.split(':')[0]} {row.guidance}", []).append(row)
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+    max_evals = max(r.unet_evals for r in rows)
+    max_distance = max(max(r.distance for r in rows), floor) * 1.05
+    panels = [("accuracy", 0.0, 1.0, lambda r: r.accuracy, 0), ("Frechet distance", 0.0, max_distance, lambda r: r.distance, 1)]
+    panel_width = (width - 3 * margin) // 2
+    for title, low, high, value, index in panels:
+        left = margin + index * (panel_width + margin)
+        top, bottom = margin, height - margin
+        draw.rectangle([left, top, left + panel_width, bottom], outline="black")
+        draw.text((left, top - 20), f"{title} vs U-Net evaluations per image (log scale, 1 to {max_evals:.0f})", fill="black")
+
+        def xy(evals: float, v: float) -> tuple[float, float]:
+            x = left + panel_width * np.log(max(evals, 1.0)) / np.log(max(max_evals, 2.0))
+            y = bottom - (bottom - top) * (v - low) / (high - low)
+            return x, y
+
+        if title.startswith("Frechet"):
+            draw.line([xy(1, floor), xy(max_evals, floor)], fill="#aaaaaa")
+            draw.text((xy(1, floor)[0] + 4, xy(1, floor)[1] - 12), f"real-vs-real floor {floor:.1f}", fill="#777777")
+        for k, (label, members) in enumerate(sorted(series.items())):
+            colour = palette[k % len(palette)]
+            points = sorted((r.unet_evals, value(r)) for r in members)
+            if len(points) > 1:
+                draw.line([xy(*p) for p in points], fill=colour, width=2)
+            for p in points:
+                x, y = xy(*p)
+                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+            if index == 0:
+                draw.text((left + 6, top + 6 + 12 * k), label, fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo_dir", default="demo_output", help="the quick start's output folder (its pipeline/)")
+    parser.add_argument("--samplers", default=DEFAULT_SAMPLERS)
+    parser.add_argument("--guidance", default=DEFAULT_GUIDANCE)
+    parser.add_argument("--samples_per_class", type=int, default=20)
+    parser.add_argument("--seeds", default="0,1", help="the Fréchet distance's spread is over these")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plot", default=str(DOCS.parent / "images" / "bench_quality.png"), help="PNG path ('' to skip)")
+    parser.add_argument("--output", default=str(DOCS), help="markdown file to append to ('' to skip)")
+    args = parser.parse_args(argv)
+    rows, floor, judge_accuracy, pipeline_dir = run(args)
+    lines = [
+        f"### Quality against cost ({pipeline_dir}, {args.samples_per_class} samples per class, seeds {args.seeds})",
+        "",
+        machine_description(),
+        "",
+        f"Judge: SVM on the real 8x8 digits, {judge_accuracy:.1%} on held-out real ones. Fréchet distance to all 1,797 real "
+        f"digits in the judge's 8x8 space (mean ± half the spread over the seeds); real-vs-real floor (two halves): "
+        f"{floor:.1f}. Evaluations are per generated image.",
+        "",
+        "| sampler:steps | guidance | U-Net evals | classifier evals | accuracy | Fréchet distance | diversity | s / call | images/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *[_format(r) for r in rows],
+    ]
+    if args.plot:
+        plot(rows, Path(args.plot), floor)
+        lines += ["", f"![quality against cost]({Path(args.plot).relative_to(DOCS.parent) if Path(args.plot).is_relative_to(DOCS.parent) else args.plot})"]
+    text = "\n".join(lines)
+    print(text)
+    if args.output:
+        append_markdown(Path(args.output), text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
