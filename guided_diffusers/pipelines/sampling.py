@@ -84,13 +84,13 @@ def alpha_bar_at(scheduler: Any, t: torch.Tensor, like: torch.Tensor) -> torch.T
     if is_sigma_space(scheduler):
         scale = scheduler.scale_model_input(torch.ones((), dtype=torch.float64, device=like.device), t)
         return (torch.as_tensor(scale, dtype=torch.float64) ** 2).to(like.dtype)
-    table = scheduler.alphas_cumprod.to(torch.float64).cpu()
+    table = scheduler.alphas_cumprod  # index first: this runs every step, the table has T entries
     position = float(t)
     low = min(max(int(np.floor(position)), 0), len(table) - 1)
     high = min(low + 1, len(table) - 1)
     weight = position - low
-    value = table[low] * (1 - weight) + table[high] * weight if weight else table[low]
-    return value.to(device=like.device, dtype=like.dtype)
+    value = float(table[low]) * (1 - weight) + float(table[high]) * weight
+    return torch.tensor(value, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
 
 
 def noise_level(scheduler: Any, t: torch.Tensor) -> float:
