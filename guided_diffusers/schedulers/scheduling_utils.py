@@ -307,7 +307,11 @@ def diffusers_scheduler_kwargs(
         config_or_scheduler: a [`GuidedDDPMScheduler`], [`GuidedDDIMScheduler`] or one of their configs.
         scheduler_class (`type`): a diffusers scheduler class, e.g. ``DPMSolverMultistepScheduler``.
     """
-    config = _guided_config(config_or_scheduler)
+    return _stock_kwargs(_guided_config(config_or_scheduler), scheduler_class)
+
+
+def _stock_kwargs(config: Mapping[str, Any], scheduler_class: type[SchedulerMixin]) -> dict[str, Any]:
+    """The keys of a normalised guided config that ``scheduler_class.__init__`` takes (see diffusers_scheduler_kwargs)."""
     prediction_type = config.get("prediction_type", "epsilon")
     if prediction_type not in ("epsilon", "sample"):
         raise ValueError(
@@ -346,10 +350,11 @@ def to_diffusers_scheduler(
         scheduler_class (`type`): the diffusers scheduler class.
         overrides: further constructor kwargs (e.g. ``algorithm_type="dpmsolver++"``), taking precedence.
     """
-    kwargs = diffusers_scheduler_kwargs(config_or_scheduler, scheduler_class)
+    config = _guided_config(config_or_scheduler)  # built once: a mapping is normalised through our scheduler
+    kwargs = _stock_kwargs(config, scheduler_class)
     kwargs.update(overrides)
     scheduler = scheduler_class(**kwargs)
-    if _guided_config(config_or_scheduler).get("rescale_timesteps"):
+    if config.get("rescale_timesteps"):
         # Not a stock setting: kept in the stock config (diffusers keeps unknown keys, also through save and load).
         scheduler.register_to_config(rescale_timesteps=True)
     return scheduler
