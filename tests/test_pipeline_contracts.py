@@ -173,15 +173,15 @@ def test_guidance_moves_samples_toward_the_class(stock):
 
 
 def test_variance_channels_kept_only_where_the_scheduler_reads_them():
-    from guided_diffusers.pipelines.sampling import reads_variance_channels
+    from guided_diffusers.pipelines.stepping import scheduler_driver
 
     config = _guided_scheduler().config
-    assert reads_variance_channels(DDPMScheduler.from_config(config))
-    assert reads_variance_channels(DPMSolverMultistepScheduler.from_config(config))
+    assert scheduler_driver(DDPMScheduler.from_config(config)).reads_variance_channels
+    assert scheduler_driver(DPMSolverMultistepScheduler.from_config(config)).reads_variance_channels
     for stock in (DDIMScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler):
         swapped = stock.from_config(config)
         assert swapped.config.variance_type == "learned_range"  # diffusers keeps the key it does not use
-        assert not reads_variance_channels(swapped)
+        assert not scheduler_driver(swapped).reads_variance_channels
 
 
 def test_fractional_timesteps_reach_the_model_rescaled():
@@ -366,11 +366,11 @@ def test_interval_covering_every_step_is_plain_guidance(stock):
 
 
 def test_interval_guides_only_inside_and_saves_evaluations():
-    from guided_diffusers.pipelines.sampling import noise_level
+    from guided_diffusers.pipelines.stepping import scheduler_driver
 
     pipe = _pipeline(class_dropout_prob=0.1)
     pipe.scheduler.set_timesteps(6)
-    levels = [noise_level(pipe.scheduler, t) for t in pipe.scheduler.timesteps]
+    levels = [scheduler_driver(pipe.scheduler).noise_level(t) for t in pipe.scheduler.timesteps]
     low, high = sorted(levels)[1], sorted(levels)[3]  # inside: the 3rd and 4th lowest noise levels
     unet_batches, classifier_calls = [], []
     pipe.unet.register_forward_hook(lambda module, args, output: unet_batches.append(args[0].shape[0]))

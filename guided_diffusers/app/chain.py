@@ -13,7 +13,8 @@ from typing import Any, Literal
 import torch
 
 from ..pipelines.pipeline_classifier_guided import null_class_id
-from ..pipelines.sampling import classifier_gradient, initial_latents, model_timestep, scheduler_step, set_sampling_timesteps
+from ..pipelines.sampling import classifier_gradient, initial_latents, set_sampling_timesteps
+from ..pipelines.stepping import scheduler_driver
 from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler
 from ..schedulers.scheduling_utils import GuidedSchedulerMixin
 
@@ -185,7 +186,7 @@ class DenoisingChain:
             return cached[2], cached[3]
         labels, unet_labels = self._labels(guidance)
         t = self.timesteps[self.position]
-        t_model = model_timestep(self.scheduler, t)
+        t_model = scheduler_driver(self.scheduler).model_timestep(t)
         # The pipeline's own output function, so classifier-free guidance here is exactly the pipeline's.
         output = self.pipeline.unet_output(self.sample, t_model, unet_labels, guidance.guidance_scale)
         gradient = None
@@ -220,8 +221,7 @@ class DenoisingChain:
     def _reverse_step(self, guidance: Guidance, variance_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_{t-1}, predicted x_0) from the current x_t; the noise is drawn from the chain's generator unless given."""
         output, gradient = self._model_output(guidance)
-        return scheduler_step(
-            self.scheduler,
+        return scheduler_driver(self.scheduler).step(
             output,
             self.timesteps[self.position],
             self.sample,

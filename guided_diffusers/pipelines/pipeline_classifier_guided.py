@@ -20,11 +20,10 @@ from .sampling import (
     classifier_gradient,
     denoising_loop,
     initial_latents,
-    noise_level,
     postprocess_images,
-    predict_original_sample,
     set_sampling_timesteps,
 )
+from .stepping import scheduler_driver
 
 # CLIP's input normalisation (the values every released CLIP image processor uses).
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -177,9 +176,10 @@ class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             output = self.unet_output(x_in, t_model, labels, guidance_scale)
-            pred_x0 = predict_original_sample(self.scheduler, output, t, x_in)
+            pred_x0 = scheduler_driver(self.scheduler).pred_original_sample(output, t, x_in)
             size = self.clip_model.config.vision_config.image_size
             images = F.interpolate((pred_x0.clamp(-1, 1) + 1) / 2, size=(size, size), mode="bilinear", align_corners=False)
+            images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images  # CLIP sees a grey image as RGB
             mean = torch.tensor(_CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
             std = torch.tensor(_CLIP_STD, device=x.device).view(1, 3, 1, 1)
             features = self.clip_model.get_image_features(pixel_values=((images - mean) / std).to(self.clip_model.dtype))
@@ -285,8 +285,10 @@ class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
             unet_labels = torch.full((batch,), null_class_id(self.unet), device=device, dtype=torch.long)
         text = self._clip_text_embeddings(prompt, batch, device) if prompt is not None else None
 
+        driver = scheduler_driver(self.scheduler)
+
         def predict(x: torch.Tensor, t: torch.Tensor, t_model: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-            if interval is not None and not interval[0] < noise_level(self.scheduler, t) <= interval[1]:
+            if interval is not None and not interval[0] < driver.noise_level(t) <= interval[1]:
                 return self.unet_output(x, t_model, unet_labels, None), None
             if text is not None:
                 output, gradient = self._clip_gradient(x, t, t_model, unet_labels, guidance_scale, text, clip_guidance_scale)

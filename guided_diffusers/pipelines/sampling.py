@@ -1,10 +1,9 @@
-"""What the ADM pipelines share: driving our schedulers or stock diffusers ones, guidance, the sampling loop, outputs."""
+"""What the ADM pipelines share: setting the timesteps, the sampling loop, guidance gradients, inputs and outputs
+(how each kind of scheduler is driven is [`~guided_diffusers.pipelines.stepping`]'s)."""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,10 +12,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..schedulers.scheduling_utils import GuidedSchedulerMixin
-
-def is_guided_scheduler(scheduler: Any) -> bool:
-    return isinstance(scheduler, GuidedSchedulerMixin)
-
+from .stepping import scheduler_driver
 
 def set_sampling_timesteps(
     scheduler: Any, num_inference_steps: int | None, timestep_respacing: str | None, device: torch.device
@@ -41,7 +37,7 @@ def set_sampling_timesteps(
             )
     if timestep_respacing is not None and not isinstance(timestep_respacing, str):
         raise ValueError(f"expected timestep_respacing as a spec string such as '250' or 'ddim25', got {timestep_respacing!r}")
-    if is_guided_scheduler(scheduler):
+    if isinstance(scheduler, GuidedSchedulerMixin):
         scheduler.set_timesteps(timestep_respacing if timestep_respacing is not None else num_inference_steps, device=device)
     else:
         if timestep_respacing is not None:
@@ -55,53 +51,6 @@ def set_sampling_timesteps(
     return scheduler.timesteps
 
 
-def model_timestep(scheduler: Any, t: torch.Tensor) -> torch.Tensor:
-    """What the network (and a noisy classifier) is given at ``t``: ``t * 1000 / T`` for rescaled-timestep models.
-
-    Our schedulers know it from their config; a stock scheduler made from one (``X.from_config(guided.config)``)
-    keeps the ``rescale_timesteps`` key in its config, as diffusers keeps keys it does not use. Fractional timesteps
-    (Euler, Heun, ...) pass as they are: the networks embed continuous time.
-    """
-    if is_guided_scheduler(scheduler):
-        return scheduler.model_timestep(t)
-    if scheduler.config.get("rescale_timesteps"):
-        return torch.as_tensor(t).float() * (1000.0 / scheduler.config.num_train_timesteps)
-    return t
-
-
-def is_sigma_space(scheduler: Any) -> bool:
-    """Whether a scheduler's samples are x = x_vp * sqrt(1 + sigma^2) (Euler, Heun, LMS, KDPM2), not x_vp itself."""
-    return not is_guided_scheduler(scheduler) and float(getattr(scheduler, "init_noise_sigma", 1.0)) != 1.0
-
-
-def alpha_bar_at(scheduler: Any, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """alpha_bar of the noise level a stock scheduler is at for its timestep ``t``, as a 0-d tensor like ``like``.
-
-    Sigma-space schedulers give the model x / sqrt(1 + sigma^2) (``scale_model_input``): alpha_bar is the square of
-    that factor, the scheduler's own sigma, whatever its timestep. VP schedulers are at ``alphas_cumprod[t]``,
-    interpolated linearly for a fractional t.
-    """
-    if is_sigma_space(scheduler):
-        scale = scheduler.scale_model_input(torch.ones((), dtype=torch.float64, device=like.device), t)
-        return (torch.as_tensor(scale, dtype=torch.float64) ** 2).to(like.dtype)
-    table = scheduler.alphas_cumprod  # index first: this runs every step, the table has T entries
-    position = float(t)
-    low = min(max(int(np.floor(position)), 0), len(table) - 1)
-    high = min(low + 1, len(table) - 1)
-    weight = position - low
-    value = float(table[low]) * (1 - weight) + float(table[high]) * weight
-    return torch.tensor(value, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
-
-
-def noise_level(scheduler: Any, t: torch.Tensor) -> float:
-    """sigma = sqrt((1 - alpha_bar) / alpha_bar) at timestep ``t``: the noise level, whatever the scheduler's kind."""
-    if is_guided_scheduler(scheduler):
-        alpha_bar = float(scheduler.alphas_cumprod[int(t)])
-    else:
-        alpha_bar = float(alpha_bar_at(scheduler, t, torch.empty((), dtype=torch.float64)))
-    return float(np.sqrt((1 - alpha_bar) / alpha_bar)) if alpha_bar > 0 else float("inf")
-
-
 def check_guidance_interval(interval: Any) -> tuple[float, float] | None:
     """A (low, high] range of noise levels sigma, 0 <= low < high (high may be inf), or a one-line error."""
     if interval is None:
@@ -113,135 +62,6 @@ def check_guidance_interval(interval: Any) -> tuple[float, float] | None:
     if np.isnan(low) or np.isnan(high) or not 0 <= low < high:
         raise ValueError(f"expected guidance_interval (low, high) with 0 <= low < high, got {interval!r}")
     return low, high
-
-
-def prediction_channels(model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-    """The prediction channels of a model output (learned-sigma models append as many variance channels)."""
-    return model_output[:, : sample.shape[1]]
-
-
-def reads_variance_channels(scheduler: Any) -> bool:
-    """Whether the scheduler consumes a learned-sigma model's variance channels (else the pipelines drop them)."""
-    if is_guided_scheduler(scheduler):
-        return True
-    takes_variance = "variance_type" in inspect.signature(type(scheduler).__init__).parameters
-    return takes_variance and scheduler.config.get("variance_type") in ("learned", "learned_range")
-
-
-def predict_original_sample(scheduler: Any, model_output: torch.Tensor, t: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-    """x_0 from the model output at ``t``, unclipped and differentiable (for guidance through x_0, e.g. CLIP).
-
-    ``sample`` is the model's input (x_t in VP terms: ``scale_model_input`` of a sigma-space scheduler's sample).
-    """
-    if is_guided_scheduler(scheduler):
-        return scheduler.pred_original_sample(model_output, t, sample, clip_sample=False)
-    prediction = prediction_channels(model_output, sample)
-    prediction_type = scheduler.config.get("prediction_type", "epsilon")
-    alpha_bar = alpha_bar_at(scheduler, t, sample)
-    if prediction_type == "sample":
-        return prediction
-    if prediction_type == "v_prediction":
-        return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * prediction
-    return (sample - (1 - alpha_bar).sqrt() * prediction) / alpha_bar.sqrt()
-
-
-@contextmanager
-def clipping(scheduler: Any, clip_denoised: bool | None) -> Iterator[None]:
-    """Make a stock scheduler clip x_0 to the clipping range (or not) for one sampling run, then restore its config.
-
-    None keeps the scheduler's own setting. Our schedulers take ``clip_sample`` per step and are left alone. DDPM and
-    DDIM clip with ``clip_sample``; DPM-Solver, UniPC and DEIS clip with ``thresholding`` at ``sample_max_value`` 1
-    (their dynamic threshold then never goes below 1, so it is the plain clamp to [-1, 1]). Schedulers with neither
-    cannot clip: asking them to is an error, before any work.
-    """
-    if clip_denoised is None or is_guided_scheduler(scheduler):
-        yield
-        return
-    clip_denoised = bool(clip_denoised)
-    config = scheduler.config
-    accepted = inspect.signature(type(scheduler).__init__).parameters
-    if "clip_sample" in accepted:
-        changes = {"clip_sample": clip_denoised}
-    elif "thresholding" in accepted and "sample_max_value" in accepted:
-        changes = {"thresholding": clip_denoised}
-        if clip_denoised:
-            bound = float(config.get("clip_sample_range", 1.0))
-            if bound != 1.0:
-                raise ValueError(
-                    f"expected clip_sample_range 1 for clip_denoised=True under {type(scheduler).__name__} (it clips by "
-                    f"thresholding at 1), got {bound}"
-                )
-            changes["sample_max_value"] = 1.0
-    elif clip_denoised:
-        raise ValueError(
-            f"expected clip_denoised None or False for {type(scheduler).__name__}, which cannot clip x_0; got True"
-        )
-    else:
-        changes = {}
-    saved = {name: config.get(name) for name in changes}
-    scheduler.register_to_config(**changes)
-    try:
-        yield
-    finally:
-        scheduler.register_to_config(**saved)
-
-
-def scheduler_step(
-    scheduler: Any,
-    model_output: torch.Tensor,
-    t: torch.Tensor,
-    sample: torch.Tensor,
-    *,
-    model_input: torch.Tensor | None = None,
-    guidance_gradient: torch.Tensor | None = None,
-    eta: float = 0.0,
-    clip_denoised: bool | None = None,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-    variance_noise: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One reverse step with guidance applied the way the scheduler requires; returns (x_{t-1}, predicted x_0).
-
-    Our DDPM scheduler shifts the mean (mean + variance * gradient), our DDIM scheduler shifts epsilon; stock
-    diffusers schedulers get the epsilon shift eps - sqrt(1 - alpha_bar) * gradient applied to the model output before
-    their own step, with alpha_bar at the scheduler's own noise level and the gradient taken at the model's input
-    ``model_input`` (x_t in VP terms). ``clip_denoised`` (our schedulers; see [`clipping`] for stock ones) None keeps
-    the config's setting.
-    """
-    if is_guided_scheduler(scheduler):
-        kwargs: dict[str, Any] = dict(
-            generator=generator, variance_noise=variance_noise, guidance_gradient=guidance_gradient, clip_sample=clip_denoised
-        )
-        if "eta" in inspect.signature(scheduler.step).parameters:
-            kwargs["eta"] = eta
-        elif eta:
-            raise ValueError(f"expected eta=0 with {type(scheduler).__name__} (eta is DDIM's), got {eta}")
-        output = scheduler.step(model_output, t, sample, **kwargs)
-        return output.prev_sample, output.pred_original_sample
-
-    model_input = sample if model_input is None else model_input
-    if model_output.shape[1] != sample.shape[1] and not reads_variance_channels(scheduler):
-        model_output = prediction_channels(model_output, sample)
-    if guidance_gradient is not None:
-        if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
-            raise ValueError(
-                f"expected an epsilon-predicting model for guidance under {type(scheduler).__name__}, "
-                f"got prediction_type {scheduler.config.get('prediction_type')!r}"
-            )
-        alpha_bar = alpha_bar_at(scheduler, t, model_input)
-        eps = prediction_channels(model_output, sample) - (1 - alpha_bar).sqrt() * guidance_gradient
-        model_output = torch.cat([eps, model_output[:, sample.shape[1] :]], dim=1)
-    accepted = inspect.signature(scheduler.step).parameters
-    kwargs = {}
-    for name, value in (("generator", generator), ("eta", eta), ("variance_noise", variance_noise)):
-        if name in accepted and value is not None:
-            kwargs[name] = value
-    if eta and "eta" not in accepted:
-        raise ValueError(f"expected eta=0 with {type(scheduler).__name__}, got {eta}")
-    output = scheduler.step(model_output, t, sample, **kwargs)
-    pred_original_sample = getattr(output, "pred_original_sample", None)
-    if pred_original_sample is None:
-        pred_original_sample = predict_original_sample(scheduler, model_output, t, model_input)
-    return output.prev_sample, pred_original_sample
 
 
 Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
@@ -272,33 +92,35 @@ def denoising_loop(
     """The reverse chain every sampling pipeline runs, as diffusers' pipelines run it; returns x_0.
 
     x_T is scaled by the scheduler's ``init_noise_sigma``; each step gives the model ``scale_model_input(x_t, t)``
-    at ``model_timestep(t)``, steps (with guidance) and calls back. ``pipeline.interrupt`` skips the remaining steps.
+    at the driver's ``model_timestep(t)``, steps (with guidance: [`SchedulerDriver.step`]) and calls back.
+    ``pipeline.interrupt`` skips the remaining steps.
 
     Args:
         pipeline: gives the scheduler and the progress bar.
         x (`torch.Tensor`): x_T as standard normal noise (or the given latents), float32.
         timesteps (`torch.Tensor`): the scheduler's timesteps, descending.
         predict (`Callable`): the model output and guidance gradient at (model input, t, model timestep).
-        eta, clip_denoised, generator: as in [`scheduler_step`].
+        eta, clip_denoised, generator: as in [`~guided_diffusers.pipelines.stepping.SchedulerDriver.step`].
         step_noise (*optional*): the noise of every step instead of drawing it.
         callback_on_step_end (`Callable`, *optional*): ``callback(pipeline, step, t, tensors)``; may return
             ``{"latents": ...}`` of the same shape to replace x_{t-1}.
         callback_tensor_inputs: which of ``latents`` and ``pred_original_sample`` the callback gets.
     """
     scheduler = pipeline.scheduler
+    driver = scheduler_driver(scheduler)
     pipeline._num_timesteps = len(timesteps)
     x = x * scheduler.init_noise_sigma
-    with clipping(scheduler, clip_denoised):
+    with driver.clipping(clip_denoised):
         for i, t in enumerate(pipeline.progress_bar(timesteps)):
             if getattr(pipeline, "interrupt", False):
                 continue
             model_input = scheduler.scale_model_input(x, t)
-            output, gradient = predict(model_input, t, model_timestep(scheduler, t))
+            output, gradient = predict(model_input, t, driver.model_timestep(t))
             check_finite(output, "model output", i, t)
             if gradient is not None:
                 check_finite(gradient, "guidance gradient", i, t)
-            x, pred_x0 = scheduler_step(
-                scheduler, output, t, x, model_input=model_input, guidance_gradient=gradient, eta=eta,
+            x, pred_x0 = driver.step(
+                output, t, x, model_input=model_input, guidance_gradient=gradient, eta=eta,
                 clip_denoised=clip_denoised, generator=generator,
                 variance_noise=None if step_noise is None else step_noise[i].to(x.device, torch.float32),
             )
@@ -430,21 +252,24 @@ class CallStateMixin:
         return self._interrupt
 
 
-def to_model_input(images: Any, size: int | None = None, name: str = "image") -> torch.Tensor:
+def to_model_input(images: Any, size: int | None = None, name: str = "image", channels: int | None = None) -> torch.Tensor:
     """Images as diffusers' image inputs take them, to a float32 NCHW tensor in [-1, 1].
 
     A PIL image; a NumPy array, (N)HWC, uint8 or float in [0, 1] (diffusers' NumPy convention); a tensor, (N)CHW in
     [-1, 1] (the model's own range); or a list of any one of these kinds, stacked. Values outside the kind's range
-    (0..255 floats, say) are refused rather than silently misread.
+    (0..255 floats, say) are refused rather than silently misread. With ``channels`` (the model's ``in_channels``),
+    PIL images are read in that mode (1: grey, 3: RGB) and arrays or tensors with another channel count are refused.
     """
     from PIL import Image
+
+    mode = "L" if channels == 1 else "RGB"
 
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError(f"expected {name} as one or more images, got an empty list")
         kinds = {type(item).__name__ for item in images}
         if all(isinstance(item, Image.Image) for item in images):
-            images = np.stack([np.asarray(item.convert("RGB")) for item in images])
+            images = np.stack([np.asarray(item.convert(mode)) for item in images])
         elif all(isinstance(item, np.ndarray) for item in images):
             images = np.concatenate([item[None] if item.ndim == 3 else item for item in images])
         elif all(torch.is_tensor(item) for item in images):
@@ -452,8 +277,10 @@ def to_model_input(images: Any, size: int | None = None, name: str = "image") ->
         else:
             raise ValueError(f"expected {name} as a list of PIL images, arrays or tensors (one kind), got {sorted(kinds)}")
     elif isinstance(images, Image.Image):
-        images = np.asarray(images.convert("RGB"))[None]
+        images = np.asarray(images.convert(mode))[None]
     if isinstance(images, np.ndarray):
+        if images.ndim == 2 and mode == "L":  # a grey PIL image, as an (H, W) array
+            images = images[None, :, :, None]
         if images.ndim == 3:
             images = images[None]
         if images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -486,4 +313,6 @@ def to_model_input(images: Any, size: int | None = None, name: str = "image") ->
         )
     if size is not None and tuple(images.shape[-2:]) != (size, size):
         raise ValueError(f"expected {name} of size {size}x{size}, got {images.shape[-2]}x{images.shape[-1]}")
+    if channels is not None and images.shape[1] != channels:
+        raise ValueError(f"expected {name} with the model's {channels} channel(s), got {images.shape[1]}")
     return images

@@ -28,6 +28,9 @@ __all__ = [
     "DiffusionTables",
     "GaussianDiffusion",
     "ReverseStepPrediction",
+    "score_guided_noise",
+    "start_from_noise",
+    "start_from_velocity",
 ]
 
 #: What the model predicts: noise, x_0, or x_{t-1}.
@@ -36,6 +39,26 @@ MEAN_TYPES = ("epsilon", "sample", "previous_sample")
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
 #: Variance types whose models output twice the image channels (prediction, then variance values).
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The process at a noise level: the formulas in alpha_bar, for samplers that are between the tables' steps
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def start_from_noise(x_t: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """x_0 from x_t and the noise at the level ``alpha_bar``: (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)."""
+    return (x_t - (1 - alpha_bar).sqrt() * noise) / alpha_bar.sqrt()
+
+
+def start_from_velocity(x_t: torch.Tensor, velocity: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """x_0 from x_t and a v-prediction at the level ``alpha_bar``: sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v."""
+    return alpha_bar.sqrt() * x_t - (1 - alpha_bar).sqrt() * velocity
+
+
+def score_guided_noise(noise: torch.Tensor, alpha_bar: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """Song et al.'s score guidance on epsilon at the level ``alpha_bar``: eps - sqrt(1 - alpha_bar) * gradient."""
+    return noise - (1 - alpha_bar).sqrt() * gradient
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -527,8 +550,7 @@ class GaussianDiffusion(DDIMSteps):
         Usable with any epsilon predictor, including under stock diffusers schedulers (``t`` then indexes this
         process, e.g. the full process of a scheduler's config).
         """
-        alpha_bar = self.extract(self.tables.alphas_cumprod, t, noise)
-        return noise - (1 - alpha_bar).sqrt() * gradient
+        return score_guided_noise(noise, self.extract(self.tables.alphas_cumprod, t, noise), gradient)
 
     def condition_mean(self, prediction: ReverseStepPrediction, gradient: torch.Tensor) -> ReverseStepPrediction:
         """The reverse step with its mean shifted by ``variance * gradient`` (DDPM classifier guidance)."""
