@@ -378,7 +378,7 @@ def random_crop_array(
 
 
 class TrainingImageDataset(torch.utils.data.Dataset):
-    """Preprocessed training examples: ``{"pixel_values": (3, H, W) float32 in [-1, 1], "class_labels": int64}``.
+    """Preprocessed training examples: ``{"pixel_values": (C, H, W) float32 in [-1, 1], "class_labels": int64}``.
 
     Indexed by ``(epoch, index)`` (as [`EpochShuffledBatchSampler`] yields) or a plain index (epoch 0); the random
     crop and flip of an example are drawn from a generator seeded by ``(seed, epoch, index)``.
@@ -390,6 +390,7 @@ class TrainingImageDataset(torch.utils.data.Dataset):
         random_flip (`bool`, defaults to False): flip horizontally with probability 1/2.
         seed (`int`, defaults to 0): the augmentations' seed.
         role (`str`, defaults to ``"training"``): what the images are, for messages (``"validation"``).
+        channels (`int`, defaults to 3): 3 reads images as RGB, 1 as grey (the model's ``in_channels``).
     """
 
     def __init__(
@@ -401,6 +402,7 @@ class TrainingImageDataset(torch.utils.data.Dataset):
         random_flip: bool = False,
         seed: int = 0,
         role: str = "training",
+        channels: int = 3,
     ):
         if resolution < 1:
             raise ValueError(f"expected a positive resolution, got {resolution}")
@@ -410,6 +412,9 @@ class TrainingImageDataset(torch.utils.data.Dataset):
         self.random_flip = random_flip
         self.seed = seed
         self.role = role
+        if channels not in (1, 3):
+            raise ValueError(f"expected 1 (grey) or 3 (RGB) image channels, got {channels}")
+        self.mode = "L" if channels == 1 else "RGB"
 
     def __len__(self) -> int:
         return len(self.images)
@@ -418,7 +423,7 @@ class TrainingImageDataset(torch.utils.data.Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, int(key))
         row = self.images.dataset[int(index)]
         try:
-            image = open_image(row["image"]).convert("RGB")
+            image = open_image(row["image"]).convert(self.mode)
         except Exception as error:  # noqa: BLE001 - re-raised with the image it concerns
             raise ValueError(f"could not read {self.role} image {_describe(row['image'], index)}: {error}") from error
         rng = np.random.default_rng([self.seed, epoch, index])
@@ -428,6 +433,7 @@ class TrainingImageDataset(torch.utils.data.Dataset):
             array = center_crop_array(image, self.resolution)
         if self.random_flip and rng.random() < 0.5:
             array = array[:, ::-1]
+        array = array[:, :, None] if array.ndim == 2 else array  # a grey image: one channel
         pixels = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)
         example = {"pixel_values": pixels.contiguous()}
         if "label" in row:

@@ -215,6 +215,20 @@ def test_classifier_takes_the_datas_classes_and_the_process_flags():
     check_resolution(64, 4, "32,16,8", "attention_resolutions")
 
 
+def test_in_channels_1_builds_grey_models_whose_outputs_follow_the_variance_type():
+    small = ["--resolution", "8", "--num_channels", "32", "--num_res_blocks", "1", "--channel_mult", "1,2", "--attention_resolutions", "4"]
+    fixed = build_diffusion_setup(_args("diffusion", *small, "--in_channels", "1"), None).model.config
+    learned = build_diffusion_setup(_args("diffusion", *small, "--in_channels", "1", "--learn_sigma", "True"), None).model.config
+    assert (fixed.in_channels, fixed.out_channels) == (1, 1)
+    assert (learned.in_channels, learned.out_channels) == (1, 2)  # prediction, then one variance channel
+    assert build_diffusion_setup(_args("diffusion", *small), None).model.config.in_channels == 3  # the originals' default
+    classifier = build_classifier_setup(_args("classifier", "--resolution", "8", "--classifier_width", "32", "--classifier_depth", "1",
+                                              "--classifier_channel_mult", "1,2", "--classifier_attention_resolutions", "4",
+                                              "--in_channels", "1"), num_classes=3).model
+    assert classifier.config.in_channels == 1
+    assert classifier(torch.zeros(2, 1, 8, 8), torch.zeros(2)).logits.shape == (2, 3)
+
+
 # -- output ------------------------------------------------------------------------------------------------------------
 
 

@@ -112,6 +112,11 @@ def test_dataset_sources_save_to_disk_imagefolder_and_string_labels(tmp_path):
     assert images.id2label == {0: "a", 1: "b"} and images.dataset["label"] == [1, 0, 1, 0]
     assert images.hub_dataset_id is None
     assert TrainingImageDataset(images, 8)[0]["pixel_values"].shape == (3, 8, 8)
+    grey = TrainingImageDataset(images, 8, channels=1)[0]["pixel_values"]
+    expected = torch.from_numpy(center_crop_array(rows["img"][0].convert("L"), 8)).float()[None] / 127.5 - 1
+    torch.testing.assert_close(grey, expected)  # one channel: the image read as grey (PIL's L), not a slice of RGB
+    with pytest.raises(ValueError, match="expected 1 \\(grey\\) or 3 \\(RGB\\) image channels, got 2"):
+        TrainingImageDataset(images, 8, channels=2)
 
     for label in ("cat", "dog"):
         _folder(tmp_path / "imagefolder" / "train" / label, [f"{label}{k}.png" for k in range(2)])

@@ -6,7 +6,8 @@ generated images brought back to 8x8, so the demo's accuracy figures say whether
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ def write_digits_folder(folder: str | Path, resolution: int = 16) -> Path:
 
 
 def to_judge_space(images: np.ndarray) -> np.ndarray:
-    """Generated images (N, H, W, 3) in [0, 1] to the judge's input: grey, area-averaged to 8x8, scaled to 0..16."""
+    """Generated images (N, H, W, C) in [0, 1] (C = 1 grey or 3 RGB) to the judge's input: grey, area-averaged to
+    8x8, scaled to 0..16."""
     grey = images.mean(axis=-1)
     n, h, w = grey.shape
     if h % 8 or w % 8:
@@ -69,8 +71,59 @@ class DigitsJudge:
         return cls(model=SVC(gamma=0.001).fit(x, y), held_out_accuracy=accuracy)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Digit predictions for generated images (N, H, W, 3) in [0, 1]."""
+        """Digit predictions for generated images (N, H, W, C) in [0, 1]."""
         return self.model.predict(to_judge_space(images))
+
+
+def channel_spread(images: np.ndarray) -> float:
+    """Mean colour tint of images (N, H, W, C) in [0, 1]: max minus min over the channels per pixel, averaged (0 for
+    grey images, as every real digit is)."""
+    return float((images.max(axis=-1) - images.min(axis=-1)).mean())
+
+
+def class_balance(predictions: np.ndarray) -> np.ndarray:
+    """The fraction of samples the judge puts in each class, ``(NUM_CLASSES,)``."""
+    return np.bincount(np.asarray(predictions, dtype=np.int64), minlength=NUM_CLASSES)[:NUM_CLASSES] / max(len(predictions), 1)
+
+
+@dataclass
+class DigitsReference:
+    """The real digits in the judge's space, for the Fréchet distance of generated sets to them.
+
+    A Fréchet distance fitted on N samples is biased upwards by the finite N, so each distance comes with its floor:
+    the distance of N real digits, drawn without replacement, to all of them.
+    """
+
+    real: np.ndarray
+    _all: Any = field(default=None, init=False, repr=False)  # the statistics of all real digits, fitted once
+
+    @classmethod
+    def load(cls) -> DigitsReference:
+        from sklearn.datasets import load_digits
+
+        return cls(load_digits().data.astype(np.float64))
+
+    def _statistics(self):
+        from ..evaluation.metrics import compute_statistics
+
+        if self._all is None:
+            self._all = compute_statistics(self.real)
+        return self._all
+
+    def distance(self, images: np.ndarray) -> float:
+        """Fréchet distance of generated images (N, H, W, C) in [0, 1] to all real digits, in the judge's space."""
+        from ..evaluation.metrics import compute_statistics
+
+        return compute_statistics(to_judge_space(images)).frechet_distance(self._statistics())
+
+    def floor(self, num_samples: int, seed: int = 0) -> float:
+        """The distance of ``num_samples`` real digits (a seeded draw) to all of them: what a perfect generator scores."""
+        from ..evaluation.metrics import compute_statistics
+
+        if not 2 <= num_samples <= len(self.real):
+            raise ValueError(f"expected between 2 and {len(self.real)} samples for the floor, got {num_samples}")
+        pick = np.random.default_rng(seed).choice(len(self.real), num_samples, replace=False)
+        return compute_statistics(self.real[pick]).frechet_distance(self._statistics())
 
 
 def mean_pairwise_distance(images: np.ndarray) -> float:
@@ -83,7 +136,9 @@ def mean_pairwise_distance(images: np.ndarray) -> float:
 
 
 def save_grid(images: np.ndarray, rows: int, path: str | Path, scale: int = 2) -> Path:
-    """Images (N, H, W, 3) in [0, 1] as one PNG grid of ``rows`` rows (row-major), upscaled ``scale`` times."""
+    """Images (N, H, W, C) in [0, 1] (C = 1 or 3) as one PNG grid of ``rows`` rows (row-major), upscaled ``scale`` times."""
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
     n, h, w, _ = images.shape
     cols = int(np.ceil(n / rows))
     grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, 3), dtype=np.float32)

@@ -88,7 +88,7 @@ class DDIMInversionPipeline(CallStateMixin, DiffusionPipeline):
             class_labels (*optional*): labels of a class-conditional model.
             clip_denoised (`bool`, defaults to True): clamp each x_0 prediction to [-1, 1], as the original does.
         """
-        x = to_model_input(images, self.unet.config.sample_size).to(self._execution_device)
+        x = to_model_input(images, self.unet.config.sample_size, channels=self.unet.config.in_channels).to(self._execution_device)
         labels = self._labels(class_labels, x.shape[0], "class_labels")
         for t in self.progress_bar(self.scheduler.timesteps.flip(0)):
             x = self.scheduler.inverse_step(self._model_output(x, t, labels), t, x, clip_sample=clip_denoised).next_sample
@@ -165,7 +165,7 @@ class DDIMInversionPipeline(CallStateMixin, DiffusionPipeline):
         check_scale("eta", eta, minimum=0)
         self._start_call()
         set_sampling_timesteps(self.scheduler, num_inference_steps, timestep_respacing, self._execution_device)
-        source = to_model_input(images, self.unet.config.sample_size).to(self._execution_device)
+        source = to_model_input(images, self.unet.config.sample_size, channels=self.unet.config.in_channels).to(self._execution_device)
         latents = self.invert(source, class_labels, clip_denoised)
         reconstruction = self.decode(latents, class_labels, 0.0, clip_denoised)
         error = (reconstruction - source).abs().mean(dim=(1, 2, 3)).cpu()

@@ -160,6 +160,10 @@ def build_parser(task: str, description: str | None = None) -> argparse.Argument
         model.add_argument("--class_dropout_prob", type=float, default=0.0,
                            help="replace labels by the null class with this probability, for classifier-free guidance")
     model.add_argument("--schedule_sampler", choices=["uniform", "loss-second-moment"], default="uniform")
+    if task != "super_res":
+        model.add_argument("--in_channels", type=int, choices=[1, 3], default=None,
+                           help="image channels of a new model: 3 (RGB, the originals; the default) or 1 (greyscale: images "
+                           "are read as grey, and the model samples grey images)")
     return parser
 
 

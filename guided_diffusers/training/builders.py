@@ -225,6 +225,7 @@ def build_diffusion_setup(
         kwargs["num_classes"] = num_classes
     elif args.class_dropout_prob > 0:
         raise ValueError(f"expected --class_cond True for --class_dropout_prob {args.class_dropout_prob}, got an unconditional model")
+    _set_image_channels(kwargs, args, "out_channels", 2 if values["learn_sigma"] else 1)
     config = adm_unet_config(kwargs)
     config["class_dropout_prob"] = args.class_dropout_prob
     model = (ADMSuperResUNet2DModel if super_res else ADMUNet2DModel)(**config)
@@ -235,6 +236,17 @@ def build_diffusion_setup(
     loss_type = loss_type_from_flags(values["use_kl"], values["rescale_learned_sigmas"])
     _check_vb_defined(scheduler, loss_type, values)
     return DiffusionSetup(model, scheduler, loss_type, resolution, small_size, None, {"source": args.source, **flags})
+
+
+def _set_image_channels(kwargs: dict[str, Any], args: argparse.Namespace, output_key: str | None = None, outputs_per_channel: int = 1) -> None:
+    """A new model's image channels from ``--in_channels`` (the originals' constructors fix 3), and the U-Net's output
+    channels with them (twice as many with learned sigma)."""
+    channels = getattr(args, "in_channels", None)
+    if channels is None:
+        return
+    kwargs["in_channels"] = channels
+    if output_key is not None:
+        kwargs[output_key] = channels * outputs_per_channel
 
 
 def _check_vb_defined(scheduler: Any, loss_type: LossType, values: dict[str, Any]) -> None:
@@ -253,7 +265,7 @@ def _diffusion_setup_from_pipeline(
 ) -> DiffusionSetup:
     from diffusers import DiffusionPipeline
 
-    _refuse_architecture_flags(args, UNET_FLAGS + PROCESS_FLAGS)
+    _refuse_architecture_flags(args, UNET_FLAGS + PROCESS_FLAGS + ("in_channels",))
     pipeline = DiffusionPipeline.from_pretrained(args.init_pipeline)
     unet, scheduler = getattr(pipeline, "unet", None), getattr(pipeline, "scheduler", None)
     if unet is None or scheduler is None:
@@ -321,6 +333,7 @@ def build_classifier_setup(
     kwargs = classifier_kwargs_from_flags(flags)
     check_resolution(resolution, len(kwargs["channel_mult"]), values["classifier_attention_resolutions"], "classifier_attention_resolutions")
     kwargs["out_channels"] = num_classes
+    _set_image_channels(kwargs, args)
     model = ADMClassifier(**adm_classifier_config(kwargs))
     process = {"steps": values["diffusion_steps"], "noise_schedule": values["noise_schedule"], "rescale_timesteps": values["rescale_timesteps"]}
     scheduler = GuidedDDPMScheduler(**scheduler_config_from_diffusion_flags(process))
@@ -330,7 +343,7 @@ def build_classifier_setup(
 def _classifier_setup_from_pretrained(
     args: argparse.Namespace, num_classes: int, data_id2label: dict[int, str] | None, named_classes: bool
 ) -> ClassifierSetup:
-    _refuse_architecture_flags(args, CLASSIFIER_FLAGS + CLASSIFIER_PROCESS_FLAGS)
+    _refuse_architecture_flags(args, CLASSIFIER_FLAGS + CLASSIFIER_PROCESS_FLAGS + ("in_channels",))
     source = args.init_pipeline
     folder = Path(source)
     if folder.is_dir():

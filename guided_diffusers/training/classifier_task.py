@@ -65,7 +65,7 @@ class ClassifierTask(TrainingTask):
         if self.held_out is not None:
             self.held_out = self.model_images(self.held_out)
             role = "validation" if self.args.validation_data_dir else "held-out"
-            self.held_out_dataset = TrainingImageDataset(self.held_out, self.resolution, role=role)
+            self.held_out_dataset = TrainingImageDataset(self.held_out, self.resolution, role=role, channels=self.image_channels)
         return setup.model
 
     def checkpoint_objects(self) -> dict[str, Any]:

@@ -122,6 +122,11 @@ class TrainingTask(ABC):
     def build(self, train_images: LabelledImages) -> nn.Module:
         """The model to train (and the task's process, sampler, ...); raises on a configuration it cannot train."""
 
+    @property
+    def image_channels(self) -> int:
+        """The built model's image channels (3 RGB, 1 grey): how the training images are read."""
+        return int(self.setup.model.config.in_channels)
+
     def model_images(self, images: LabelledImages) -> LabelledImages:
         """``images`` labelled with the built model's class ids (matched by name for a fine-tuned model)."""
         return images if self.label_map is None else images.relabelled(self.label_map, self.id2label)
@@ -353,7 +358,8 @@ class Trainer:
         )
         output_dir = Path(args.output_dir)
         dataset = TrainingImageDataset(
-            run.train_images, task.resolution, random_crop=args.random_crop, random_flip=args.random_flip, seed=args.seed
+            run.train_images, task.resolution, random_crop=args.random_crop, random_flip=args.random_flip, seed=args.seed,
+            channels=task.image_channels,
         )
         sampler = EpochShuffledBatchSampler(
             len(run.train_images), args.train_batch_size, num_processes=accelerator.num_processes,
