@@ -5,7 +5,8 @@ For each sampler and step count and each guidance setting, on the ``make demo`` 
 
 - class accuracy from the quick start's independent judge (an SVM on the real 8x8 digits);
 - the Fréchet distance between the samples and all 1,797 real digits in the judge's input space (8x8 grey vectors),
-  with the real-vs-real distance of two random halves as its floor; its spread over the seeds;
+  with its floor: the distance of as many real digits to all of them (the finite-sample bias); its spread over the seeds;
+- the colour spread (max - min over the channels per pixel; the real digits are grey: 0);
 - per-class diversity (mean pairwise distance within a class, as the quick start reports it);
 - network evaluations per image, U-Net and classifier counted separately (a classifier-free step is two U-Net
   evaluations in one batched forward);
@@ -14,10 +15,12 @@ For each sampler and step count and each guidance setting, on the ``make demo`` 
     python benchmarks/bench_quality.py                                  # the default grid, appended to docs/benchmarks.md
     python benchmarks/bench_quality.py --samplers ddpm:50,dpmpp2m:10 --guidance cg2 --samples_per_class 10 --output ''
 
-Samplers are NAME:STEPS: ``ddpm`` (GuidedDDPMScheduler, the originals' respacing "N"), ``ddim`` (GuidedDDIMScheduler,
-"ddimN"), ``dpmpp2m`` / ``dpmpp3m`` (DPM-Solver++ multistep, order 2 / 3), ``dpmpp2m_sde`` (its SDE variant),
-``unipc``, ``euler``, ``heun``; the stock ones are swapped in the diffusers way (``X.from_config``) and clip x_0
-(``clip_denoised=True``: thresholding at 1 for the multistep solvers; Euler and Heun cannot clip and run unclipped).
+Samplers are the package's sampling recipes NAME:STEPS (guided_diffusers.pipelines.recipes): ``ddpm``
+(GuidedDDPMScheduler, the originals' respacing "N"), ``ddim`` (GuidedDDIMScheduler, "ddimN"), ``dpmpp2m`` / ``dpmpp3m``
+(DPM-Solver++ multistep, order 2 / 3), ``dpmpp2m_sde`` (its SDE variant), ``unipc``, ``euler``, ``heun``; the stock
+ones are swapped in the diffusers way (``X.from_config``) and clip x_0 (``clip_denoised=True``: thresholding at 1 for
+the multistep solvers; Euler and Heun cannot clip and run unclipped). ``--classifier_dtype bfloat16`` evaluates the
+classifier (and so its gradient) in bfloat16.
 Guidance settings: ``none`` (the class-conditional model alone), ``cgS`` (classifier guidance at scale S), ``cfgW``
 (classifier-free guidance at weight W). A ``--plot`` PNG draws accuracy and distance against U-Net evaluations.
 """
@@ -53,44 +56,10 @@ class Row:
     accuracy: float
     distance: float
     distance_spread: float
+    colour_spread: float
     diversity: float
     seconds: float
     images_per_second: float
-
-
-def _scheduler(name: str, config):
-    from diffusers import (
-        DPMSolverMultistepScheduler,
-        EulerDiscreteScheduler,
-        HeunDiscreteScheduler,
-        UniPCMultistepScheduler,
-    )
-
-    from guided_diffusers import GuidedDDIMScheduler, GuidedDDPMScheduler
-
-    stock = {
-        "dpmpp2m": lambda: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2),
-        "dpmpp3m": lambda: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=3),
-        "dpmpp2m_sde": lambda: DPMSolverMultistepScheduler.from_config(config, algorithm_type="sde-dpmsolver++"),
-        "unipc": lambda: UniPCMultistepScheduler.from_config(config),
-        "euler": lambda: EulerDiscreteScheduler.from_config(config),
-        "heun": lambda: HeunDiscreteScheduler.from_config(config),
-    }
-    if name == "ddpm":
-        return GuidedDDPMScheduler.from_config(config)
-    if name == "ddim":
-        return GuidedDDIMScheduler.from_config(config)
-    if name not in stock:
-        raise ValueError(f"unknown sampler {name!r}; expected ddpm, ddim or one of {', '.join(stock)}")
-    return stock[name]()
-
-
-def _call_kwargs(name: str, steps: int) -> dict:
-    if name == "ddpm":
-        return {"timestep_respacing": str(steps)}
-    if name == "ddim":
-        return {"timestep_respacing": f"ddim{steps}"}
-    return {"num_inference_steps": steps, "clip_denoised": None if name in ("euler", "heun") else True}
 
 
 def _guidance_kwargs(setting: str) -> dict:
@@ -116,12 +85,11 @@ class _Counter:
 
 def run(args: argparse.Namespace) -> tuple[list[Row], float, float, str]:
     from diffusers import DiffusionPipeline
-    from sklearn.datasets import load_digits
 
     import guided_diffusers  # noqa: F401  (registers the pipeline classes with diffusers)
-    from guided_diffusers.demo.digits import NUM_CLASSES, DigitsJudge, mean_pairwise_distance, to_judge_space
+    from guided_diffusers.demo.digits import NUM_CLASSES, DigitsJudge, DigitsReference, channel_spread, mean_pairwise_distance
     from guided_diffusers.demo.quickstart import QuickstartSettings, train
-    from guided_diffusers.evaluation.metrics import compute_statistics
+    from guided_diffusers.pipelines.recipes import SamplingRecipe
 
     torch.set_num_threads(args.threads)
     settings = QuickstartSettings(output_dir=Path(args.demo_dir))
@@ -130,44 +98,45 @@ def run(args: argparse.Namespace) -> tuple[list[Row], float, float, str]:
         train(settings)
     pipe = DiffusionPipeline.from_pretrained(settings.pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
+    if args.classifier_dtype != "float32":
+        pipe.classifier.to(getattr(torch, args.classifier_dtype))
     base_config = pipe.scheduler.config
     unet_count, classifier_count = _Counter(pipe.unet), _Counter(pipe.classifier)
     judge = DigitsJudge.fit(0)
-    real = load_digits().data  # the judge's space: 8x8, 0..16
-    real_stats = compute_statistics(real)
-    halves = np.random.default_rng(0).permutation(len(real))
-    floor = compute_statistics(real[halves[: len(real) // 2]]).frechet_distance(compute_statistics(real[halves[len(real) // 2 :]]))
+    reference = DigitsReference.load()
+    floor = reference.floor(NUM_CLASSES * args.samples_per_class)
     targets = np.repeat(np.arange(NUM_CLASSES), args.samples_per_class)
     labels = torch.from_numpy(targets)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
-    for sampler in args.samplers.split(","):
-        name, steps = sampler.split(":")
+    recipes = [SamplingRecipe.parse(sampler) for sampler in args.samplers.split(",")]
+    for recipe in recipes:
         for setting in args.guidance.split(","):
-            accuracies, distances, diversities, seconds = [], [], [], 0.0
+            accuracies, distances, spreads, diversities, seconds = [], [], [], [], 0.0
             unet_count.images = classifier_count.images = 0
             for seed in seeds:
-                pipe.scheduler = _scheduler(name, base_config)
+                pipe.scheduler = recipe.scheduler(base_config)
                 start = time.perf_counter()
                 images = pipe(class_labels=labels, output_type="np", generator=torch.Generator().manual_seed(seed),
-                              **_call_kwargs(name, int(steps)), **_guidance_kwargs(setting)).images
+                              **recipe.call_kwargs(), **_guidance_kwargs(setting)).images
                 seconds += time.perf_counter() - start
                 accuracies.append(float((judge.predict(images) == targets).mean()))
-                distances.append(compute_statistics(to_judge_space(images)).frechet_distance(real_stats))
+                distances.append(reference.distance(images))
+                spreads.append(channel_spread(images))
                 diversities.append(float(np.mean([mean_pairwise_distance(images[targets == c]) for c in range(NUM_CLASSES)])))
             total = len(seeds) * len(targets)
-            row = Row(sampler, setting, unet_count.images / total, classifier_count.images / total, float(np.mean(accuracies)),
-                      float(np.mean(distances)), float(np.max(distances) - np.min(distances)), float(np.mean(diversities)),
-                      seconds / len(seeds), total / seconds)
+            row = Row(str(recipe), setting, unet_count.images / total, classifier_count.images / total, float(np.mean(accuracies)),
+                      float(np.mean(distances)), float(np.max(distances) - np.min(distances)), float(np.mean(spreads)),
+                      float(np.mean(diversities)), seconds / len(seeds), total / seconds)
             rows.append(row)
             print(_format(row), flush=True)
-    pipe.scheduler = _scheduler("ddpm", base_config)
+    pipe.scheduler = SamplingRecipe("ddpm", 1).scheduler(base_config)
     return rows, floor, judge.held_out_accuracy, str(settings.pipeline_dir)
 
 
 def _format(r: Row) -> str:
     return (f"| {r.sampler} | {r.guidance} | {r.unet_evals:.0f} | {r.classifier_evals:.0f} | {r.accuracy:.1%} | "
-            f"{r.distance:.1f} ± {r.distance_spread / 2:.1f} | {r.diversity:.3f} | {r.seconds:.1f} | {r.images_per_second:.1f} |")
+            f"{r.distance:.1f} ± {r.distance_spread / 2:.1f} | {r.colour_spread:.3f} | {r.diversity:.3f} | {r.seconds:.1f} | {r.images_per_second:.1f} |")
 
 
 def plot(rows: list[Row], path: Path, floor: float) -> None:
@@ -199,7 +168,7 @@ def plot(rows: list[Row], path: Path, floor: float) -> None:
 
         if title.startswith("Frechet"):
             draw.line([xy(1, floor), xy(max_evals, floor)], fill="#aaaaaa")
-            draw.text((xy(1, floor)[0] + 4, xy(1, floor)[1] - 12), f"real-vs-real floor {floor:.1f}", fill="#777777")
+            draw.text((xy(1, floor)[0] + 4, xy(1, floor)[1] - 12), f"real digits' floor {floor:.1f}", fill="#777777")
         for k, (label, members) in enumerate(sorted(series.items())):
             colour = palette[k % len(palette)]
             points = sorted((r.unet_evals, value(r)) for r in members)
@@ -222,21 +191,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples_per_class", type=int, default=20)
     parser.add_argument("--seeds", default="0,1", help="the Fréchet distance's spread is over these")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--classifier_dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="the classifier's dtype (its gradient is evaluated in it)")
     parser.add_argument("--plot", default=str(DOCS.parent / "images" / "bench_quality.png"), help="PNG path ('' to skip)")
     parser.add_argument("--output", default=str(DOCS), help="markdown file to append to ('' to skip)")
     args = parser.parse_args(argv)
     rows, floor, judge_accuracy, pipeline_dir = run(args)
     lines = [
-        f"### Quality against cost ({pipeline_dir}, {args.samples_per_class} samples per class, seeds {args.seeds})",
+        f"### Quality against cost ({pipeline_dir}, {args.samples_per_class} samples per class, seeds {args.seeds}, "
+        f"classifier in {args.classifier_dtype})",
         "",
         machine_description(),
         "",
         f"Judge: SVM on the real 8x8 digits, {judge_accuracy:.1%} on held-out real ones. Fréchet distance to all 1,797 real "
-        f"digits in the judge's 8x8 space (mean ± half the spread over the seeds); real-vs-real floor (two halves): "
-        f"{floor:.1f}. Evaluations are per generated image.",
+        f"digits in the judge's 8x8 space (mean ± half the spread over the seeds); its floor, {args.samples_per_class * 10} "
+        f"real digits against all: {floor:.1f}. Colour spread: mean max - min over RGB per pixel (0 for grey images). "
+        "Evaluations are per generated image.",
         "",
-        "| sampler:steps | guidance | U-Net evals | classifier evals | accuracy | Fréchet distance | diversity | s / call | images/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| sampler:steps | guidance | U-Net evals | classifier evals | accuracy | Fréchet distance | colour spread | diversity | s / call | images/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[_format(r) for r in rows],
     ]
     if args.plot:

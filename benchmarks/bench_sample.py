@@ -4,7 +4,12 @@ Two tables:
 
 1. sampling: GuidedDDPMScheduler and GuidedDDIMScheduler, with and without classifier guidance, float32 and bfloat16,
    at a 32x32 ADM-G layout (class-conditional learned-sigma U-Net and a noisy classifier with attention pooling).
-2. attention: our attention path (diffusers' ``Attention`` with its SDPA processor, as ADMUNet2DModel builds it)
+2. levers: what makes a step cheaper on this CPU, at the 64x64 ADM-G layout, DDIM with classifier guidance and with
+   classifier-free guidance: channels_last, bf16 autocast of the U-Net and classifier, torch.compile (inductor) of the
+   U-Net, each against the float32 baseline, with the largest image difference to the baseline (same seed) and the
+   network forwards per step (the classifier-free step is one batched U-Net forward; the classifier-guided step one
+   U-Net forward and one classifier forward and backward, nothing recomputed).
+3. attention: our attention path (diffusers' ``Attention`` with its SDPA processor, as ADMUNet2DModel builds it)
    against a straightforward einsum-softmax implementation swapped onto the same modules, float32 and bfloat16,
    at a 64x64 layout whose attention runs over 32x32 = 1024 positions, where the attention cost shows.
 
@@ -115,13 +120,14 @@ def set_attention_processor(processor_class: type, *models: Any) -> int:
     return count
 
 
-def build_pipeline(layout: Layout, scheduler_name: str, with_classifier: bool) -> Any:
+def build_pipeline(layout: Layout, scheduler_name: str, with_classifier: bool, null_class: bool = False) -> Any:
     """The [`ClassifierGuidedPipeline`] of one point, its models built (randomly initialised) in the default dtype.
 
     Args:
         layout: the U-Net / classifier configuration.
         scheduler_name: ``"ddpm"`` (GuidedDDPMScheduler) or ``"ddim"`` (GuidedDDIMScheduler).
         with_classifier: include the noisy classifier (for guided points).
+        null_class: give the U-Net a null class (``class_dropout_prob`` > 0), for classifier-free guidance.
     """
     import torch
 
@@ -137,7 +143,8 @@ def build_pipeline(layout: Layout, scheduler_name: str, with_classifier: bool) -
     common = dict(sample_size=layout.sample_size, channel_mult=layout.channel_mult, num_res_blocks=layout.num_res_blocks,
                   attention_downsample_factors=layout.attention_downsample_factors,
                   num_head_channels=layout.num_head_channels, use_scale_shift_norm=True, resblock_updown=True)
-    unet = ADMUNet2DModel(out_channels=6, model_channels=layout.model_channels, num_classes=1000, **common).eval()
+    unet = ADMUNet2DModel(out_channels=6, model_channels=layout.model_channels, num_classes=1000,
+                          class_dropout_prob=0.1 if null_class else 0.0, **common).eval()
     classifier = None
     if with_classifier:
         classifier = ADMClassifier(model_channels=layout.classifier_channels, num_classes=1000, pool="attention", **common).eval()
@@ -179,19 +186,44 @@ def measure_point(args: argparse.Namespace) -> dict:
     layout = LAYOUTS[args.layout]
     guided = args.guidance == "classifier"
     torch.set_default_dtype(getattr(torch, args.dtype))  # build in the target dtype: no float32 copy sets the peak
-    pipeline = build_pipeline(layout, args.scheduler, guided)
+    pipeline = build_pipeline(layout, args.scheduler, guided, null_class=args.guidance == "cfg")
     torch.set_default_dtype(torch.float32)
     pipeline.set_progress_bar_config(disable=True)
     models = [pipeline.unet, *([pipeline.classifier] if guided else [])]
     swapped = set_attention_processor(EinsumAttnProcessor, *models) if args.attention == "einsum" else 0
     labels = list(range(args.batch))
+    lever = args.lever or "baseline"
+    if lever == "channels_last":
+        for model in models:
+            model.to(memory_format=torch.channels_last)
+    compile_seconds = None
+    if lever == "compile":
+        pipeline.unet = torch.compile(pipeline.unet)
+    forwards = {"unet": 0, "classifier": 0}  # counted outside the compiled graph: hooks on the outer modules
+
+    def counter(name: str):
+        def count(*_: Any) -> None:
+            forwards[name] += 1
+
+        return count
+
+    pipeline.unet.register_forward_pre_hook(counter("unet"))
+    if guided:
+        pipeline.classifier.register_forward_pre_hook(counter("classifier"))
+    guidance_kwargs = dict(classifier_scale=1.0 if guided else 0.0, guidance_scale=2.0 if args.guidance == "cfg" else None)
 
     def sample(steps: int):
-        return pipeline(class_labels=labels, num_inference_steps=steps, classifier_scale=1.0 if guided else 0.0,
-                        generator=torch.Generator().manual_seed(0), output_type="pt").images
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=lever == "bf16_autocast")
+        with autocast:
+            return pipeline(class_labels=labels, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                            output_type="pt", **guidance_kwargs).images
 
     baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    sample(1)  # warm-up
+    warm_start = time.perf_counter()
+    sample(1)  # warm-up (and, for torch.compile, the compilation)
+    if lever == "compile":
+        compile_seconds = time.perf_counter() - warm_start
+    forwards.update(unet=0, classifier=0)
     wall_times, cpu_times = [], []
     for _ in range(args.repeats):
         wall_start, cpu_start = time.perf_counter(), time.process_time()
@@ -201,6 +233,10 @@ def measure_point(args: argparse.Namespace) -> dict:
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if not torch.isfinite(images).all():
         raise RuntimeError("sampling produced non-finite images")
+    calls = args.repeats * args.steps
+    per_step = {name: count / calls for name, count in forwards.items()}
+    if args.images_out:
+        torch.save(images.float().cpu(), args.images_out)
     attention_block = time_largest_attention(pipeline.unet, layout, args.batch) if args.attention_block else None
     max_diff = None
     if swapped:
@@ -220,7 +256,7 @@ def measure_point(args: argparse.Namespace) -> dict:
         batch=args.batch, steps=args.steps, threads=args.threads, ms_per_step=1e3 * cpu_seconds / args.steps,
         images_per_s=args.batch / cpu_seconds, wall_images_per_s=args.batch / wall_seconds, attention_block=attention_block,
         peak_mib=peak_kib / 1024, sampling_mib=(peak_kib - baseline_kib) / 1024, max_abs_diff_vs_sdpa=max_diff,
-        attention_modules=swapped,
+        attention_modules=swapped, lever=lever, compile_seconds=compile_seconds, forwards_per_step=per_step,
         params_m=sum(p.numel() for p in pipeline.unet.parameters()) / 1e6,
         classifier_params_m=sum(p.numel() for p in pipeline.classifier.parameters()) / 1e6 if guided else None,
     )
@@ -253,6 +289,33 @@ def sampling_table(rows: list[dict], layout: Layout, header: str) -> list[str]:
             f"| {r['scheduler'].upper()} | {'classifier (scale 1)' if r['guidance'] == 'classifier' else 'none'} | "
             f"{r['dtype']} | {r['batch']} | {r['steps']} | {r['ms_per_step']:.0f} | {r['images_per_s']:.3f} | "
             f"{r['wall_images_per_s']:.3f} | {r['peak_mib']:.0f} | {r['sampling_mib']:.0f} |"
+        )
+    return lines
+
+
+def levers_table(rows: list[dict], layout: Layout, header: str, images: dict[tuple[str, str], Any]) -> list[str]:
+    """The markdown lines of the levers table; ``images`` holds each point's final images, for the difference."""
+    lines = [
+        f"### bench_sample: CPU levers, DDIM, {layout.describe()} ({rows[0]['params_m']:.1f} M + "
+        f"{max(r['classifier_params_m'] or 0 for r in rows):.1f} M parameters)",
+        "",
+        header + " Speedup = baseline ms / lever ms at the same guidance. Max |diff|: the largest difference of the final "
+        "images (in [-1, 1], same seed) to the float32 baseline's. Forwards / step: U-Net and classifier module calls "
+        "per sampling step (classifier-free: conditional and null batches in one forward).",
+        "",
+        "| guidance | lever | batch | steps | ms / step | speedup | max abs diff | U-Net forwards / step | classifier forwards / step | compile s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = {r["guidance"]: r for r in rows if r["lever"] == "baseline"}
+    for r in rows:
+        reference = base[r["guidance"]]
+        diff = float((images[(r["guidance"], r["lever"])] - images[(r["guidance"], "baseline")]).abs().max())
+        guidance = {"classifier": "classifier (scale 1)", "cfg": "classifier-free (2)"}.get(r["guidance"], "none")
+        compiled = f"{r['compile_seconds']:.0f}" if r["compile_seconds"] is not None else ""
+        lines.append(
+            f"| {guidance} | {r['lever']} | {r['batch']} | {r['steps']} | {r['ms_per_step']:.0f} | "
+            f"{reference['ms_per_step'] / r['ms_per_step']:.2f}x | {diff:.1e} | {r['forwards_per_step']['unet']:g} | "
+            f"{r['forwards_per_step']['classifier']:g} | {compiled} |"
         )
     return lines
 
@@ -295,10 +358,13 @@ def main() -> None:
     parser.add_argument("--attention_steps", type=int, default=4, help="sampling steps per call in the attention table")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per point (the fastest is kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per point (1: CPU time is compute time)")
-    parser.add_argument("--tables", default="sampling,attention")
+    parser.add_argument("--tables", default="sampling,levers,attention")
+    parser.add_argument("--levers", default="baseline,channels_last,bf16_autocast,compile",
+                        help="levers of the levers table (baseline first)")
+    parser.add_argument("--lever_steps", type=int, default=10, help="sampling steps per call in the levers table")
     parser.add_argument("--output", default=str(DOCS), help="markdown file to append to ('' to skip)")
     parser.add_argument("--point", action="store_true", help=argparse.SUPPRESS)
-    for name in ("layout", "scheduler", "guidance", "dtype", "attention"):
+    for name in ("layout", "scheduler", "guidance", "dtype", "attention", "lever", "images_out"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     parser.add_argument("--attention_block", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -308,9 +374,13 @@ def main() -> None:
         return
     dtypes = args.dtypes.split(",")
     tables = args.tables.split(",")
-    unknown = sorted(set(tables) - {"sampling", "attention"}) + sorted(set(dtypes) - {"float32", "bfloat16"})
+    levers = args.levers.split(",")
+    unknown = (sorted(set(tables) - {"sampling", "levers", "attention"}) + sorted(set(dtypes) - {"float32", "bfloat16"})
+               + sorted(set(levers) - {"baseline", "channels_last", "bf16_autocast", "compile"}))
+    if levers[0] != "baseline":
+        unknown.append("levers must start with baseline")
     if unknown or min(args.batch, args.steps, args.attention_steps, args.repeats, args.threads) < 1:
-        sys.exit(f"error: expected tables in sampling,attention, dtypes in float32,bfloat16 and positive counts, got {unknown or vars(args)}")
+        sys.exit(f"error: expected tables in sampling,levers,attention, levers in baseline,channels_last,bf16_autocast,compile, dtypes in float32,bfloat16 and positive counts, got {unknown or vars(args)}")
 
     started = time.perf_counter()
     load_1min = os.getloadavg()[0]
@@ -338,6 +408,19 @@ def main() -> None:
                                           attention="sdpa", steps=args.steps, **common))
                     print(f"sampling {scheduler} {guidance} {dtype}: {rows[-1]['ms_per_step']:.0f} ms/step", file=sys.stderr)
         out += sampling_table(rows, LAYOUTS["adm32"], header) + [""]
+    if "levers" in tables:
+        import tempfile
+
+        rows, images = [], {}
+        with tempfile.TemporaryDirectory() as folder:
+            for guidance in ("classifier", "cfg"):
+                for lever in levers:
+                    path = Path(folder) / f"{guidance}_{lever}.pt"
+                    rows.append(run_point(layout="adm64", scheduler="ddim", guidance=guidance, dtype="float32", attention="sdpa",
+                                          steps=args.lever_steps, lever=lever, images_out=str(path), **common))
+                    images[(guidance, lever)] = torch.load(path, weights_only=True)
+                    print(f"lever {lever} {guidance}: {rows[-1]['ms_per_step']:.0f} ms/step", file=sys.stderr)
+        out += levers_table(rows, LAYOUTS["adm64"], header, images) + [""]
     if "attention" in tables:
         rows = []
         for dtype in dtypes:

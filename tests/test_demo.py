@@ -1,15 +1,33 @@
 """The quick start's pieces (digits data, judge, report line) and a tiny end-to-end run of it."""
 
-import re
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from guided_diffusers.demo.digits import DigitsJudge, load_digits_images, mean_pairwise_distance, save_grid, to_judge_space, write_digits_folder
+from guided_diffusers.demo.digits import (
+    DigitsJudge,
+    DigitsReference,
+    channel_spread,
+    class_balance,
+    load_digits_images,
+    mean_pairwise_distance,
+    save_grid,
+    to_judge_space,
+    write_digits_folder,
+)
 from guided_diffusers.demo.quickstart import QuickstartSettings, Row, report, run_quickstart
 
-QUICKSTART_LINE = re.compile(r"^quickstart: class accuracy unguided \d+%, best guided \d+% at classifier scale [0-9.]+$")
+QUICKSTART_KEYS = {
+    "accuracy_classifier", "accuracy_free", "distance_unguided", "distance_classifier", "distance_free", "distance_floor",
+    "colour_spread", "class_share_unguided", "fast", "fast_accuracy_classifier", "fast_accuracy_free",
+    "fast_distance_classifier", "fast_speedup", "classifier_scale", "guidance_scale",
+}
+
+
+def quickstart_fields(line: str) -> dict[str, str]:
+    """The quickstart line's key=value pairs (what checks read)."""
+    assert line.startswith("quickstart: "), line
+    return dict(pair.split("=", 1) for pair in line.removeprefix("quickstart: ").split())
 
 
 def test_digits_folder_is_labelled_the_originals_way(tmp_path):
@@ -39,22 +57,54 @@ def test_diversity_and_grid(tmp_path):
     assert Image.open(path).size == (2 * (3 * 17 + 1), 2 * (2 * 17 + 1))
 
 
+def test_quality_measures_on_real_and_made_up_images():
+    grey = np.repeat(np.random.default_rng(0).random((3, 8, 8, 1)), 3, axis=-1)
+    assert channel_spread(grey) == 0.0 and channel_spread(grey[..., :1]) == 0.0
+    tinted = grey.copy()
+    tinted[..., 0] = np.clip(tinted[..., 0] + 0.1, 0, 1)
+    assert 0 < channel_spread(tinted) <= 0.1 + 1e-9
+    np.testing.assert_allclose(class_balance(np.array([0, 0, 1, 9])), [0.5, 0.25] + [0.0] * 7 + [0.25])
+    reference = DigitsReference.load()
+    assert reference.floor(1000) < reference.floor(200)  # the finite-sample bias shrinks with more samples
+    real, labels = load_digits_images(8)
+    pick = np.random.default_rng(1).choice(len(real), 200, replace=False)  # the file's order is not random
+    real_grey = real[pick, :, :, :1].astype(np.float64) / 255.0
+    noise = np.random.default_rng(0).random((200, 8, 8, 1))
+    assert reference.distance(real_grey) < 2 * reference.floor(200) < reference.distance(noise)
+    with pytest.raises(ValueError, match="expected between 2 and 1797 samples for the floor, got 1"):
+        reference.floor(1)
+
+
+def _row(sampler, mode, cs, w, accuracy, distance, seconds=1.0):
+    return Row(sampler, mode, cs, w, accuracy, distance, 0.0, 0.08, 0.12, 0.3, seconds)
+
+
 def test_report_ends_with_the_quickstart_line(tmp_path):
-    rows = [Row("unguided", 0.0, None, 0.11, 0.4, 1.0), Row("classifier", 1.0, None, 0.6, 0.3, 1.0),
-            Row("classifier", 4.0, None, 0.93, 0.2, 1.0), Row("classifier-free", 0.0, 2.0, 0.9, 0.2, 1.0)]
-    text = report(rows, DigitsJudge(model=None, held_out_accuracy=0.98), QuickstartSettings(output_dir=tmp_path))
-    assert text.splitlines()[-1] == "quickstart: class accuracy unguided 11%, best guided 93% at classifier scale 4"
+    rows = [_row("ddpm:50", "unguided", 0.0, None, None, 60.0), _row("ddpm:50", "classifier", 2.0, None, 0.95, 55.0, 4.0),
+            _row("ddpm:50", "classifier-free", 0.0, 2.0, 0.97, 58.0), _row("ddpm:25", "unguided", 0.0, None, None, 62.0),
+            _row("ddpm:25", "classifier", 2.0, None, 0.94, 56.0, 2.0), _row("ddpm:25", "classifier-free", 0.0, 2.0, 0.96, 59.0)]
+    settings = QuickstartSettings(output_dir=tmp_path, fast="ddpm:25")
+    text = report(rows, DigitsJudge(model=None, held_out_accuracy=0.98), 35.0, {"diffusion training": 100.0}, settings)
+    fields = quickstart_fields(text.splitlines()[-1])
+    assert QUICKSTART_KEYS <= set(fields)
+    assert fields["accuracy_classifier"] == "0.950" and fields["distance_unguided"] == "60.0" and fields["distance_floor"] == "35.0"
+    assert fields["class_share_unguided"] == "0.080-0.120" and fields["fast"] == "ddpm:25" and fields["fast_speedup"] == "2.0x"
+    assert fields["seconds_diffusion_training"] == "100"
     assert (tmp_path / "results.json").is_file()
 
 
 def test_tiny_quickstart_end_to_end(tmp_path):
     """The whole job with the real training scripts, at a size that runs in seconds (the numbers are not the point)."""
     settings = QuickstartSettings(output_dir=tmp_path / "demo", diffusion_train_steps=4, classifier_train_steps=4,
-                                  samples_per_class=2, sampling="3", classifier_scales=(0.0, 2.0), guidance_scales=(2.0,),
-                                  extra_env={"OMP_NUM_THREADS": "1"})
+                                  samples_per_class=2, baseline="ddpm:3", fast="ddim:2", classifier_scales=(0.0, 2.0),
+                                  guidance_scales=(2.0,), extra_env={"OMP_NUM_THREADS": "1"})
     text = run_quickstart(settings)
-    assert QUICKSTART_LINE.match(text.splitlines()[-1]), text
+    fields = quickstart_fields(text.splitlines()[-1])
+    assert QUICKSTART_KEYS | {"seconds_diffusion_training", "seconds_classifier_training"} <= set(fields), text
+    assert fields["colour_spread"] == "0.000"  # a grey model (in_channels 1): grey samples
     assert (settings.pipeline_dir / "model_index.json").is_file() and (settings.pipeline_dir / "classifier").is_dir()
-    assert {p.name for p in (settings.output_dir / "grids").glob("*.png")} == {"unguided_cs0.png", "classifier_cs0.png", "classifier_cs2.png", "classifier-free_cs0_w2.png"}
-    again = run_quickstart(settings)  # reuses the trained pipeline
-    assert again.splitlines()[-1] == text.splitlines()[-1]
+    assert {p.name for p in (settings.output_dir / "grids").glob("*.png")} == {
+        "ddpm3_unguided_cs0.png", "ddpm3_classifier_cs0.png", "ddpm3_classifier_cs2.png", "ddpm3_classifier-free_cs0_w2.png",
+        "ddim2_unguided_cs0.png", "ddim2_classifier_cs2.png", "ddim2_classifier-free_cs0_w2.png"}
+    again = run_quickstart(settings)  # reuses the trained pipeline: the same samples
+    assert quickstart_fields(again.splitlines()[-1])["distance_classifier"] == fields["distance_classifier"]

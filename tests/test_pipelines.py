@@ -102,20 +102,20 @@ def test_inversion_pipeline_reproduces_original_reconstruction():
 # -- tiny models -------------------------------------------------------------------------------------------------------
 
 
-def _tiny_unet(num_classes=10, class_dropout_prob=0.1, out_channels=6, seed=0):
+def _tiny_unet(num_classes=10, class_dropout_prob=0.1, out_channels=6, seed=0, in_channels=3):
     torch.manual_seed(seed)
     unet = ADMUNet2DModel(sample_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                           attention_downsample_factors=(2,), num_classes=num_classes, class_dropout_prob=class_dropout_prob,
-                          out_channels=out_channels, num_head_channels=16)
+                          out_channels=out_channels, num_head_channels=16, in_channels=in_channels)
     with torch.no_grad():  # the zero-initialised output conv would make every step trivial
         for p in unet.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     return unet.eval()
 
 
-def _tiny_classifier(num_classes=10):
+def _tiny_classifier(num_classes=10, in_channels=3):
     torch.manual_seed(1)
-    return ADMClassifier(sample_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+    return ADMClassifier(sample_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, in_channels=in_channels,
                          attention_downsample_factors=(2,), num_classes=num_classes, num_head_channels=16).eval()
 
 
@@ -142,6 +142,19 @@ def test_seeded_pipeline_is_reproducible_and_output_types():
     pil = pipe(class_labels=3, generator=torch.Generator().manual_seed(0)).images
     assert isinstance(pil[0], Image.Image) and pil[0].size == (16, 16)
     assert not torch.equal(_run(pipe, seed=1, class_labels=[1, 2]), a)
+
+
+def test_grey_models_sample_grey_images_with_guidance():
+    pipe = _pipe(_tiny_unet(out_channels=2, in_channels=1), classifier=_tiny_classifier(in_channels=1))
+    images = pipe(class_labels=[1, 2], classifier_scale=2.0, guidance_scale=2.0, generator=torch.Generator().manual_seed(0)).images
+    assert [image.mode for image in images] == ["L", "L"] and images[0].size == (16, 16)
+    assert _run(pipe, class_labels=[1, 2]).shape == (2, 1, 16, 16)
+    from guided_diffusers.pipelines.sampling import to_model_input
+
+    rgb = Image.new("RGB", (16, 16), (200, 100, 0))
+    assert to_model_input(rgb, 16, channels=1).shape == (1, 1, 16, 16)  # read in the model's mode (PIL's L)
+    with pytest.raises(ValueError, match="expected image with the model's 1 channel\\(s\\), got 3"):
+        to_model_input(torch.zeros(1, 3, 16, 16), 16, channels=1)
 
 
 def test_ddim_eta0_is_deterministic_without_generator():

@@ -1,5 +1,7 @@
 """The quick start: train a small ADM and its noisy classifier on the digits with the project's own training scripts,
-then sample with classifier guidance and classifier-free guidance and judge the samples with an independent classifier.
+then sample with classifier guidance and classifier-free guidance (the 50-step ancestral baseline and the fast recipe)
+and judge the samples: class accuracy from an independent classifier, Fréchet distance to the real digits, colour,
+class balance, and the time of each phase.
 """
 
 from __future__ import annotations
@@ -15,7 +17,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .digits import DIGIT_NAMES, NUM_CLASSES, DigitsJudge, mean_pairwise_distance, save_grid, write_digits_folder
+from ..pipelines.recipes import FAST_RECIPE, SamplingRecipe
+from ..publishing import write_text_atomically
+from .digits import (
+    DIGIT_NAMES,
+    NUM_CLASSES,
+    DigitsJudge,
+    DigitsReference,
+    channel_spread,
+    class_balance,
+    mean_pairwise_distance,
+    save_grid,
+    write_digits_folder,
+)
 
 # The folder holding this guided_diffusers (a checkout or site-packages): the launched process imports the same copy.
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -23,20 +37,30 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass
 class QuickstartSettings:
-    """What the quick start trains and samples; the defaults fit about 10 minutes on 2 CPU cores."""
+    """What the quick start trains and samples; the defaults fit about 10 minutes on 2 CPU cores.
+
+    The digits are 8x8 and grey, so the models are too: trained at the data's own size (no upscaled pixels to learn)
+    with one image channel (``--in_channels 1``: the samples are grey by construction, as the data).
+    """
 
     output_dir: Path = Path("demo_output")
-    resolution: int = 16
+    resolution: int = 8
+    in_channels: int = 1
     seed: int = 0
     diffusion_steps: int = 1000
-    diffusion_train_steps: int = 1200
-    classifier_train_steps: int = 800
+    diffusion_train_steps: int = 3000
+    classifier_train_steps: int = 1500
     batch_size: int = 64
-    samples_per_class: int = 10
-    sampling: str = "50"  # ancestral (DDPM) steps, as ADM-G samples; the originals' respacing spec
+    learning_rate: float = 2e-3
+    ema_rate: float = 0.995
+    class_dropout_prob: float = 0.15
+    samples_per_class: int = 20
+    baseline: str = "ddpm:50"  # ancestral (DDPM) steps, as ADM-G samples (the originals' respacing "50")
+    fast: str = str(FAST_RECIPE)  # the fast recipe of the quality benchmark
     classifier_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
     guidance_scales: tuple[float, ...] = (2.0, 4.0)
     recommended_classifier_scale: float = 2.0
+    recommended_guidance_scale: float = 2.0
     retrain: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -60,112 +84,172 @@ def _launch(script: str, arguments: list[str], settings: QuickstartSettings) -> 
     subprocess.run(command, check=True, env=env)
 
 
-def train(settings: QuickstartSettings) -> Path:
-    """Train the diffusion model and the classifier (unless a finished pipeline is there), assemble the pipeline folder."""
+def train(settings: QuickstartSettings) -> dict[str, float]:
+    """Train the diffusion model and the classifier, assemble the pipeline folder; returns each phase's seconds."""
     from diffusers import DiffusionPipeline
 
     from .. import ADMClassifier, ClassifierGuidedPipeline
 
     out = settings.output_dir
+    times: dict[str, float] = {}
+    start = time.perf_counter()
     data = write_digits_folder(out / "digits", settings.resolution)
+    times["data"] = time.perf_counter() - start
+    half = settings.resolution // 2  # attention at the lower level
     common = ["--train_data_dir", str(data), "--resolution", str(settings.resolution), "--seed", str(settings.seed),
               "--train_batch_size", str(settings.batch_size), "--report_to", "none", "--checkpointing_steps", "100000",
-              "--diffusion_steps", str(settings.diffusion_steps), "--noise_schedule", "cosine", "--lr_scheduler", "linear"]
+              "--diffusion_steps", str(settings.diffusion_steps), "--noise_schedule", "cosine", "--lr_scheduler", "linear",
+              "--in_channels", str(settings.in_channels)]
     for stale in ("diffusion", "classifier"):  # a rerun with --retrain starts both runs afresh
         if (out / stale).exists():
             import shutil
 
             shutil.rmtree(out / stale)
+    start = time.perf_counter()
     _launch("train_diffusion.py", [
         *common, "--output_dir", str(out / "diffusion"), "--max_train_steps", str(settings.diffusion_train_steps),
-        "--learning_rate", "2e-3", "--num_channels", "32", "--num_res_blocks", "1", "--channel_mult", "1,2",
-        "--attention_resolutions", "8", "--num_head_channels", "32", "--class_cond", "True", "--class_dropout_prob", "0.15",
-        "--use_ema", "True", "--ema_rate", "0.995",
+        "--learning_rate", f"{settings.learning_rate:g}", "--num_channels", "32", "--num_res_blocks", "1", "--channel_mult", "1,2",
+        "--attention_resolutions", str(half), "--num_head_channels", "32", "--class_cond", "True",
+        "--class_dropout_prob", f"{settings.class_dropout_prob:g}", "--use_ema", "True", "--ema_rate", f"{settings.ema_rate:g}",
     ], settings)
+    times["diffusion training"] = time.perf_counter() - start
+    start = time.perf_counter()
     _launch("train_classifier.py", [
         *common, "--output_dir", str(out / "classifier"), "--max_train_steps", str(settings.classifier_train_steps),
         "--learning_rate", "1e-3", "--classifier_width", "32", "--classifier_depth", "1", "--classifier_channel_mult", "1,2",
-        "--classifier_attention_resolutions", "8", "--classifier_pool", "attention", "--adam_weight_decay", "0.05",
+        "--classifier_attention_resolutions", str(half), "--classifier_pool", "attention", "--adam_weight_decay", "0.05",
         "--validation_split", "0.1",
     ], settings)
+    times["classifier training"] = time.perf_counter() - start
     diffusion = DiffusionPipeline.from_pretrained(out / "diffusion")
     classifier = ADMClassifier.from_pretrained(out / "classifier")
     pipeline = ClassifierGuidedPipeline(unet=diffusion.unet, scheduler=diffusion.scheduler, classifier=classifier,
                                         id2label=DIGIT_NAMES, classifier_scale=settings.recommended_classifier_scale)
     pipeline.save_pretrained(settings.pipeline_dir)
-    return settings.pipeline_dir
+    return times
 
 
 @dataclass
 class Row:
+    """One sampled setting and what the judge and the reference say about its samples."""
+
+    sampler: str
     mode: str
     classifier_scale: float
     guidance_scale: float | None
-    accuracy: float
+    accuracy: float | None  # None for unguided samples: no class was asked
+    distance: float
+    colour_spread: float
+    class_share_min: float
+    class_share_max: float
     diversity: float
     seconds: float
 
 
-def evaluate(settings: QuickstartSettings) -> tuple[list[Row], DigitsJudge]:
-    """Sample a grid per setting and judge it: accuracy against the asked class, and diversity within a class."""
+def evaluate(settings: QuickstartSettings) -> tuple[list[Row], DigitsJudge, float]:
+    """Sample a grid per setting and judge it; returns the rows, the judge and the distance's floor."""
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(settings.pipeline_dir)  # its GuidedDDPMScheduler: ancestral sampling
+    pipe = DiffusionPipeline.from_pretrained(settings.pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
+    base_config = pipe.scheduler.config
     judge = DigitsJudge.fit(settings.seed)
+    reference = DigitsReference.load()
     targets = np.repeat(np.arange(NUM_CLASSES), settings.samples_per_class)
     labels = torch.from_numpy(targets)
+    floor = reference.floor(len(targets), settings.seed)
 
-    def run(mode: str, shown_classifier_scale: float, shown_guidance_scale: float | None, **kwargs) -> Row:
+    def run(recipe: SamplingRecipe, mode: str, shown_classifier_scale: float, shown_guidance_scale: float | None, **kwargs) -> Row:
+        pipe.scheduler = recipe.scheduler(base_config)
         start = time.perf_counter()
-        images = pipe(timestep_respacing=settings.sampling, generator=torch.Generator().manual_seed(settings.seed),
-                      output_type="np", **kwargs).images
+        images = pipe(generator=torch.Generator().manual_seed(settings.seed), output_type="np", **recipe.call_kwargs(),
+                      **kwargs).images
+        seconds = time.perf_counter() - start
         predictions = judge.predict(images)
         diversity = float(np.mean([mean_pairwise_distance(images[targets == c]) for c in range(NUM_CLASSES)]))
-        name = f"{mode}_cs{shown_classifier_scale:g}" + (f"_w{shown_guidance_scale:g}" if shown_guidance_scale is not None else "")
+        name = f"{recipe.sampler}{recipe.steps}_{mode}_cs{shown_classifier_scale:g}" + (
+            f"_w{shown_guidance_scale:g}" if shown_guidance_scale is not None else "")
         save_grid(images, NUM_CLASSES, settings.output_dir / "grids" / f"{name}.png")
-        accuracy = float((predictions == targets).mean())
-        return Row(mode, shown_classifier_scale, shown_guidance_scale, accuracy, diversity, time.perf_counter() - start)
+        shares = class_balance(predictions)
+        accuracy = None if mode == "unguided" else float((predictions == targets).mean())
+        return Row(str(recipe), mode, shown_classifier_scale, shown_guidance_scale, accuracy, reference.distance(images),
+                   channel_spread(images), float(shares.min()), float(shares.max()), diversity, seconds)
 
+    rows = []
+    baseline, fast = SamplingRecipe.parse(settings.baseline), SamplingRecipe.parse(settings.fast)
     # Unguided: no label information at all (the model's null class, no classifier).
-    rows = [run("unguided", 0.0, None, batch_size=len(targets))]
+    rows.append(run(baseline, "unguided", 0.0, None, batch_size=len(targets)))
     # Classifier guidance as ADM-G does it: the class-conditional model plus the noisy classifier's gradient.
     for scale in settings.classifier_scales:
-        rows.append(run("classifier", scale, None, class_labels=labels, classifier_scale=scale))
+        rows.append(run(baseline, "classifier", scale, None, class_labels=labels, classifier_scale=scale))
     for weight in settings.guidance_scales:
-        rows.append(run("classifier-free", 0.0, weight, class_labels=labels, classifier_scale=0.0, guidance_scale=weight))
-    return rows, judge
+        rows.append(run(baseline, "classifier-free", 0.0, weight, class_labels=labels, classifier_scale=0.0, guidance_scale=weight))
+    # The fast recipe at the recommended settings, beside the baseline.
+    rows.append(run(fast, "unguided", 0.0, None, batch_size=len(targets)))
+    rows.append(run(fast, "classifier", settings.recommended_classifier_scale, None, class_labels=labels,
+                    classifier_scale=settings.recommended_classifier_scale))
+    rows.append(run(fast, "classifier-free", 0.0, settings.recommended_guidance_scale, class_labels=labels, classifier_scale=0.0,
+                    guidance_scale=settings.recommended_guidance_scale))
+    return rows, judge, floor
 
 
-def report(rows: list[Row], judge: DigitsJudge, settings: QuickstartSettings) -> str:
-    """The table, a JSON copy in the output folder, and the final line checks read."""
+def _pick(rows: list[Row], sampler: str, mode: str, classifier_scale: float = 0.0, guidance_scale: float | None = None) -> Row:
+    return next(r for r in rows if (r.sampler, r.mode, r.classifier_scale, r.guidance_scale) == (sampler, mode, classifier_scale, guidance_scale))
+
+
+def report(rows: list[Row], judge: DigitsJudge, floor: float, times: dict[str, float], settings: QuickstartSettings) -> str:
+    """The table, a JSON copy in the output folder, and the final line checks read (``key=value`` pairs)."""
+    baseline, fast = str(SamplingRecipe.parse(settings.baseline)), str(SamplingRecipe.parse(settings.fast))
+    n = settings.samples_per_class * NUM_CLASSES
     lines = [
         f"judge: scikit-learn SVM on the real 8x8 digits, {judge.held_out_accuracy:.1%} on held-out real digits",
-        f"{settings.samples_per_class} samples per class, {settings.sampling} ancestral (DDPM) steps; diversity: mean pairwise "
-        "distance within a class (8x8, pixels in [0, 1])",
+        f"{settings.samples_per_class} samples per class ({n} per row). distance: Fréchet distance to all 1,797 real digits "
+        f"in the judge's 8x8 grey space; its floor ({n} real digits against all) is {floor:.1f}. colour: mean max - min over "
+        "the channels per pixel (real digits: 0). class share: the judge's least and most frequent class. diversity: mean "
+        "pairwise distance within a class (8x8, pixels in [0, 1]). samplers: NAME:STEPS (guided_diffusers.pipelines.recipes)",
         "",
-        "| mode | classifier scale | guidance scale | class accuracy | diversity | seconds |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| sampler | mode | classifier scale | guidance scale | class accuracy | distance | colour | class share | diversity | seconds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         w = "-" if r.guidance_scale is None else f"{r.guidance_scale:g}"
-        lines.append(f"| {r.mode} | {r.classifier_scale:g} | {w} | {r.accuracy:.1%} | {r.diversity:.3f} | {r.seconds:.1f} |")
-    unguided = rows[0].accuracy
-    guided = [r for r in rows if r.mode == "classifier" and r.classifier_scale > 0]
-    best = max(guided, key=lambda r: r.accuracy)
-    lines += ["", f"quickstart: class accuracy unguided {unguided:.0%}, best guided {best.accuracy:.0%} at classifier scale {best.classifier_scale:g}"]
-    (settings.output_dir / "results.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2))
+        accuracy = "-" if r.accuracy is None else f"{r.accuracy:.1%}"
+        lines.append(f"| {r.sampler} | {r.mode} | {r.classifier_scale:g} | {w} | {accuracy} | {r.distance:.1f} | "
+                     f"{r.colour_spread:.3f} | {r.class_share_min:.1%}-{r.class_share_max:.1%} | {r.diversity:.3f} | {r.seconds:.1f} |")
+    scale, weight = settings.recommended_classifier_scale, settings.recommended_guidance_scale
+    unguided, guided, free = (_pick(rows, baseline, "unguided"), _pick(rows, baseline, "classifier", scale),
+                              _pick(rows, baseline, "classifier-free", 0.0, weight))
+    fast_guided, fast_free = _pick(rows, fast, "classifier", scale), _pick(rows, fast, "classifier-free", 0.0, weight)
+    phases = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items())
+    lines += [
+        "",
+        f"times: {phases}",
+        "quickstart: "
+        f"accuracy_classifier={guided.accuracy:.3f} accuracy_free={free.accuracy:.3f} "
+        f"distance_unguided={unguided.distance:.1f} distance_classifier={guided.distance:.1f} distance_free={free.distance:.1f} "
+        f"distance_floor={floor:.1f} colour_spread={max(r.colour_spread for r in rows):.3f} "
+        f"class_share_unguided={unguided.class_share_min:.3f}-{unguided.class_share_max:.3f} "
+        f"fast={fast} fast_accuracy_classifier={fast_guided.accuracy:.3f} fast_accuracy_free={fast_free.accuracy:.3f} "
+        f"fast_distance_classifier={fast_guided.distance:.1f} "
+        f"fast_speedup={guided.seconds / fast_guided.seconds:.1f}x classifier_scale={scale:g} guidance_scale={weight:g} "
+        + " ".join(f"seconds_{name.replace(' ', '_')}={seconds:.0f}" for name, seconds in times.items()),
+    ]
+    results = {"rows": [r.__dict__ for r in rows], "distance_floor": floor, "times": times,
+               "judge_held_out_accuracy": judge.held_out_accuracy, "baseline": baseline, "fast": fast}
+    write_text_atomically(settings.output_dir / "results.json", json.dumps(results, indent=2))
     return "\n".join(lines)
 
 
 def run_quickstart(settings: QuickstartSettings) -> str:
     """Train (or reuse), evaluate, report. Returns the report; its last line is the quickstart line."""
     settings.output_dir.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
     if settings.retrain or not (settings.pipeline_dir / "model_index.json").is_file():
-        start = time.perf_counter()
-        train(settings)
-        print(f"trained in {time.perf_counter() - start:.0f} s", flush=True)
+        times.update(train(settings))
+        print(f"trained in {sum(times.values()):.0f} s", flush=True)
     else:
         print(f"reusing the trained pipeline in {settings.pipeline_dir} (pass --retrain to train again)", flush=True)
-    rows, judge = evaluate(settings)
-    return report(rows, judge, settings)
+    start = time.perf_counter()
+    rows, judge, floor = evaluate(settings)
+    times["sampling and judging"] = time.perf_counter() - start
+    return report(rows, judge, floor, times, settings)

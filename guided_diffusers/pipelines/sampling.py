@@ -264,12 +264,16 @@ def to_model_input(images: Any, size: int | None = None, name: str = "image", ch
 
     mode = "L" if channels == 1 else "RGB"
 
+    def pil_array(image: Image.Image) -> np.ndarray:  # HWC, also for grey (PIL's L gives HW)
+        array = np.asarray(image.convert(mode))
+        return array[:, :, None] if array.ndim == 2 else array
+
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError(f"expected {name} as one or more images, got an empty list")
         kinds = {type(item).__name__ for item in images}
         if all(isinstance(item, Image.Image) for item in images):
-            images = np.stack([np.asarray(item.convert(mode)) for item in images])
+            images = np.stack([pil_array(item) for item in images])
         elif all(isinstance(item, np.ndarray) for item in images):
             images = np.concatenate([item[None] if item.ndim == 3 else item for item in images])
         elif all(torch.is_tensor(item) for item in images):
@@ -277,10 +281,8 @@ def to_model_input(images: Any, size: int | None = None, name: str = "image", ch
         else:
             raise ValueError(f"expected {name} as a list of PIL images, arrays or tensors (one kind), got {sorted(kinds)}")
     elif isinstance(images, Image.Image):
-        images = np.asarray(images.convert(mode))[None]
+        images = pil_array(images)[None]
     if isinstance(images, np.ndarray):
-        if images.ndim == 2 and mode == "L":  # a grey PIL image, as an (H, W) array
-            images = images[None, :, :, None]
         if images.ndim == 3:
             images = images[None]
         if images.ndim != 4 or images.shape[-1] not in (1, 3):

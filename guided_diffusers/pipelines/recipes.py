@@ -1,0 +1,96 @@
+"""Named sampling recipes (``"ddpm:50"``, ``"dpmpp2m:10"``): a scheduler swapped in the diffusers way
+(``X.from_config(pipe.scheduler.config)``) and the call arguments that go with it. The quick start, the quality
+benchmark, the web demo and the model cards name samplers this way, and the fast recipe is defined here once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FAST_RECIPE", "SAMPLERS", "SamplingRecipe"]
+
+#: Sampler names and what they are. ``ddpm``/``ddim`` are our schedulers (the originals' respacing "N" / "ddimN");
+#: the others are stock diffusers schedulers.
+SAMPLERS = {
+    "ddpm": "GuidedDDPMScheduler (ancestral)",
+    "ddim": "GuidedDDIMScheduler (eta 0)",
+    "dpmpp2m": "DPM-Solver++ 2M",
+    "dpmpp3m": "DPM-Solver++ 3M",
+    "dpmpp2m_sde": "SDE-DPM-Solver++ 2M",
+    "unipc": "UniPC",
+    "euler": "Euler",
+    "heun": "Heun",
+}
+# Stock schedulers that cannot clip x_0 run unclipped; the others clip to [-1, 1] as the originals' samplers do.
+_UNCLIPPED = ("euler", "heun")
+
+
+@dataclass(frozen=True)
+class SamplingRecipe:
+    """A sampler and its step count.
+
+    Args:
+        sampler (`str`): one of [`SAMPLERS`].
+        steps (`int`): sampling steps (Heun takes two network evaluations per step but the last).
+    """
+
+    sampler: str
+    steps: int
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"expected a sampler among {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"expected a whole number of steps >= 1, got {self.steps!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> SamplingRecipe:
+        """``"NAME:STEPS"``, e.g. ``"dpmpp2m:10"``."""
+        name, sep, steps = str(text).partition(":")
+        if not sep or not steps.strip().isdigit():
+            raise ValueError(f"expected a sampling recipe as NAME:STEPS (e.g. dpmpp2m:10), got {text!r}")
+        return cls(name.strip(), int(steps))
+
+    def __str__(self) -> str:
+        return f"{self.sampler}:{self.steps}"
+
+    def describe(self) -> str:
+        """A reader's name, e.g. ``"DPM-Solver++ 2M, 10 steps"``."""
+        return f"{SAMPLERS[self.sampler]}, {self.steps} steps"
+
+    def scheduler(self, config: Any) -> Any:
+        """The recipe's scheduler made from a pipeline's scheduler config, the diffusers way."""
+        from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler
+
+        from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler
+
+        makers = {
+            "ddpm": lambda: GuidedDDPMScheduler.from_config(config),
+            "ddim": lambda: GuidedDDIMScheduler.from_config(config),
+            "dpmpp2m": lambda: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2),
+            "dpmpp3m": lambda: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=3),
+            "dpmpp2m_sde": lambda: DPMSolverMultistepScheduler.from_config(config, algorithm_type="sde-dpmsolver++", solver_order=2),
+            "unipc": lambda: UniPCMultistepScheduler.from_config(config),
+            "euler": lambda: EulerDiscreteScheduler.from_config(config),
+            "heun": lambda: HeunDiscreteScheduler.from_config(config),
+        }
+        return makers[self.sampler]()
+
+    def call_kwargs(self) -> dict[str, Any]:
+        """The pipeline call's step arguments: the originals' respacing for ours, a step count (and clipping) otherwise."""
+        if self.sampler == "ddpm":
+            return {"timestep_respacing": str(self.steps)}
+        if self.sampler == "ddim":
+            return {"timestep_respacing": f"ddim{self.steps}"}
+        return {"num_inference_steps": self.steps, "clip_denoised": None if self.sampler in _UNCLIPPED else True}
+
+    def apply(self, pipeline: Any) -> dict[str, Any]:
+        """Swap the recipe's scheduler into ``pipeline`` (from its current config); returns the call arguments."""
+        pipeline.scheduler = self.scheduler(pipeline.scheduler.config)
+        return self.call_kwargs()
+
+
+#: The fastest recipe that keeps the quality of 250 ancestral steps on the quick start's digits model, measured by
+#: benchmarks/bench_quality.py (docs/benchmarks.md).
+FAST_RECIPE = SamplingRecipe("ddpm", 25)
