@@ -155,7 +155,9 @@ def _sampling_note(sampling: dict[str, Any], user_sampling: dict[str, Any]) -> s
     if not parts:
         parts.append("No recommended sampling is known for these flags: the scheduler samples all training steps unless "
                      "`timestep_respacing` or `num_inference_steps` is passed.")
-    return " ".join(parts)
+    from ..pipelines.recipes import fast_sampling_note
+
+    return " ".join(parts) + "\n\n" + fast_sampling_note()
 
 
 def render_model_card(

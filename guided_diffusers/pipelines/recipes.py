@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FAST_RECIPE", "SAMPLERS", "SamplingRecipe"]
+__all__ = ["FAST_RECIPE", "SAMPLERS", "SamplingRecipe", "fast_sampling_note"]
 
 #: Sampler names and what they are. ``ddpm``/``ddim`` are our schedulers (the originals' respacing "N" / "ddimN");
 #: the others are stock diffusers schedulers.
@@ -94,3 +94,14 @@ class SamplingRecipe:
 #: The fastest recipe that keeps the quality of 250 ancestral steps on the quick start's digits model, measured by
 #: benchmarks/bench_quality.py (docs/benchmarks.md).
 FAST_RECIPE = SamplingRecipe("ddpm", 25)
+
+
+def fast_sampling_note() -> str:
+    """The model cards' recommended fast sampling: the fast recipe, where it was measured, and the call."""
+    return (
+        f"Fast sampling: {FAST_RECIPE.describe()} (`\"{FAST_RECIPE}\"`) is the package's fast recipe, the cheapest setting "
+        "that kept the class accuracy and Fréchet distance of 250 ancestral steps on the quick start's digits model "
+        "(measured by `benchmarks/bench_quality.py`; check it on this model's own data before relying on it): "
+        f"`kwargs = SamplingRecipe.parse(\"{FAST_RECIPE}\").apply(pipe); images = pipe(..., **kwargs).images` "
+        "(`from guided_diffusers.pipelines.recipes import SamplingRecipe`)."
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..conversion.model_card import citation_block, classifier_usage, pipeline_usage, template
+from ..pipelines.recipes import fast_sampling_note
 
 __all__ = ["DEFAULT_LICENSE", "HUB_LICENSES", "check_license", "render_trained_model_card"]
 
@@ -167,6 +168,7 @@ def render_trained_model_card(
         description=description,
         script=_SCRIPTS[kind],
         usage=_usage(kind, location, id2label, num_timesteps, conditional, low_res_size),
+        fast_sampling="" if kind == "classifier" else fast_sampling_note(),
         origin=(f"Fine-tuned from `{init}` (its model and noise process), with " if init else "Trained from scratch with "),
         license_note=(f"`{license}`, set with `--license`." if license != DEFAULT_LICENSE else
                       "Not stated (`unknown`): the trainer did not pass `--license`. The weights' terms also depend on the training data's."),
