@@ -22,7 +22,8 @@ ones are swapped in the diffusers way (``X.from_config``) and clip x_0 (``clip_d
 the multistep solvers; Euler and Heun cannot clip and run unclipped). ``--classifier_dtype bfloat16`` evaluates the
 classifier (and so its gradient) in bfloat16.
 Guidance settings: ``none`` (the class-conditional model alone), ``cgS`` (classifier guidance at scale S), ``cfgW``
-(classifier-free guidance at weight W). A ``--plot`` PNG draws accuracy and distance against U-Net evaluations.
+(classifier-free guidance at weight W); ``@LOW:HIGH`` after one applies it only at noise levels sigma in (LOW, HIGH]
+(the pipeline's ``guidance_interval``, Kynkäänniemi et al. 2024), e.g. ``cg2@0.3:6``. A ``--plot`` PNG draws accuracy and distance against U-Net evaluations.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ class Row:
 
 
 def _guidance_kwargs(setting: str) -> dict:
+    """``none``, ``cgS``, ``cfgW``, each optionally ``@LOW:HIGH``: guidance only at noise levels sigma in (LOW, HIGH]."""
+    setting, _, interval = setting.partition("@")
+    if interval:
+        low, _, high = interval.partition(":")
+        return {**_guidance_kwargs(setting), "guidance_interval": (float(low), float(high))}
     if setting == "none":
         return {"classifier_scale": 0.0}
     if setting.startswith("cfg"):

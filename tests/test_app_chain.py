@@ -169,7 +169,11 @@ def test_options_and_loading(pipe, tmp_path):
     assert (options.default_classifier_scale, options.num_train_timesteps, options.default_steps, options.image_size) == (2.0, 50, 5, 8)
     plain = PipelineOptions.from_pipeline(tiny_pipeline(class_dropout_prob=0.0, classifier=False, respacing=""))
     assert UNCONDITIONAL not in dict(plain.class_choices).values() and not plain.has_classifier
-    assert plain.default_steps == 50
+    from guided_diffusers.pipelines.recipes import FAST_RECIPE
+
+    # No recommended respacing in the folder: the fast recipe's sampler and steps (at most T) are the defaults.
+    assert (plain.default_scheduler, plain.default_steps) == (FAST_RECIPE.sampler, min(50, FAST_RECIPE.steps))
+    assert options.default_scheduler == "ddpm"  # the folder's own respacing is kept, with its ancestral sampler
     assert parse_class_choice("2") == 2 and parse_class_choice(UNCONDITIONAL) is None
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         load_pipeline(tmp_path / "missing")

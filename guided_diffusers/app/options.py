@@ -8,6 +8,7 @@ from typing import Any
 
 from ..pipelines.labels import imagenet_id2label
 from ..pipelines.pipeline_classifier_guided import ClassifierGuidedPipeline, null_class_id
+from ..pipelines.recipes import FAST_RECIPE
 from ..schedulers.scheduling_utils import GuidedSchedulerMixin
 
 #: The class choice meaning "no label": unconditional sampling.
@@ -50,7 +51,9 @@ class PipelineOptions:
         has_null_class: classifier-free guidance is possible (the U-Net was trained with label dropout).
         default_classifier_scale: the folder's recommended classifier scale (0 without a classifier).
         num_train_timesteps: T, the most sampling steps.
-        default_steps: the folder's respacing step count, else min(T, 100).
+        default_scheduler: ``"ddpm"`` or ``"ddim"``: the fast recipe's sampler (``FAST_RECIPE``) where the chain
+            drives it, else ``"ddpm"``.
+        default_steps: the folder's respacing step count, else the fast recipe's steps (at most T).
         image_size: the samples' side in pixels.
     """
 
@@ -62,6 +65,7 @@ class PipelineOptions:
     num_train_timesteps: int
     default_steps: int
     image_size: int
+    default_scheduler: str = "ddpm"
 
     @classmethod
     def from_pipeline(cls, pipeline: ClassifierGuidedPipeline) -> PipelineOptions:
@@ -90,7 +94,13 @@ class PipelineOptions:
         scheduler = pipeline.scheduler
         num_train_timesteps = int(scheduler.config.num_train_timesteps)
         respacing = scheduler.config.get("timestep_respacing")
-        default_steps = scheduler.num_inference_steps if respacing else min(num_train_timesteps, 100)
+        # The fast recipe by default (the quality benchmark's pick), unless the folder recommends its own respacing.
+        fast_in_chain = FAST_RECIPE.sampler in ("ddpm", "ddim")
+        default_scheduler = FAST_RECIPE.sampler if fast_in_chain and not respacing else "ddpm"
+        if respacing:
+            default_steps = scheduler.num_inference_steps
+        else:
+            default_steps = min(num_train_timesteps, FAST_RECIPE.steps if fast_in_chain else 100)
         classifier_scale = float(pipeline.config.get("classifier_scale") or 1.0) if has_classifier else 0.0
         return cls(
             class_choices=tuple(choices),
@@ -101,6 +111,7 @@ class PipelineOptions:
             num_train_timesteps=num_train_timesteps,
             default_steps=int(default_steps),
             image_size=int(unet_config.sample_size),
+            default_scheduler=default_scheduler,
         )
 
 
