@@ -20,7 +20,7 @@ Samplers are the package's sampling recipes NAME:STEPS (guided_diffusers.pipelin
 (DPM-Solver++ multistep, order 2 / 3), ``dpmpp2m_sde`` (its SDE variant), ``unipc``, ``euler``, ``heun``; the stock
 ones are swapped in the diffusers way (``X.from_config``) and clip x_0 (``clip_denoised=True``: thresholding at 1 for
 the multistep solvers; Euler and Heun cannot clip and run unclipped). ``--classifier_dtype bfloat16`` evaluates the
-classifier (and so its gradient) in bfloat16.
+classifier (and so its gradient) in bfloat16; ``--autocast bfloat16`` runs every network under CPU bf16 autocast.
 Guidance settings: ``none`` (the class-conditional model alone), ``cgS`` (classifier guidance at scale S), ``cfgW``
 (classifier-free guidance at weight W); ``@LOW:HIGH`` after one applies it only at noise levels sigma in (LOW, HIGH]
 (the pipeline's ``guidance_interval``, Kynkäänniemi et al. 2024), e.g. ``cg2@0.3:6``. A ``--plot`` PNG draws accuracy and distance against U-Net evaluations.
@@ -123,8 +123,9 @@ def run(args: argparse.Namespace) -> tuple[list[Row], float, float, str]:
             for seed in seeds:
                 pipe.scheduler = recipe.scheduler(base_config)
                 start = time.perf_counter()
-                images = pipe(class_labels=labels, output_type="np", generator=torch.Generator().manual_seed(seed),
-                              **recipe.call_kwargs(), **_guidance_kwargs(setting)).images
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bfloat16"):
+                    images = pipe(class_labels=labels, output_type="np", generator=torch.Generator().manual_seed(seed),
+                                  **recipe.call_kwargs(), **_guidance_kwargs(setting)).images
                 seconds += time.perf_counter() - start
                 accuracies.append(float((judge.predict(images) == targets).mean()))
                 distances.append(reference.distance(images))
@@ -199,13 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--classifier_dtype", choices=["float32", "bfloat16"], default="float32",
                         help="the classifier's dtype (its gradient is evaluated in it)")
+    parser.add_argument("--autocast", choices=["none", "bfloat16"], default="none",
+                        help="run the whole sampling call (U-Net and classifier) under CPU bf16 autocast")
     parser.add_argument("--plot", default=str(DOCS.parent / "images" / "bench_quality.png"), help="PNG path ('' to skip)")
     parser.add_argument("--output", default=str(DOCS), help="markdown file to append to ('' to skip)")
     args = parser.parse_args(argv)
     rows, floor, judge_accuracy, pipeline_dir = run(args)
     lines = [
         f"### Quality against cost ({pipeline_dir}, {args.samples_per_class} samples per class, seeds {args.seeds}, "
-        f"classifier in {args.classifier_dtype})",
+        f"classifier in {args.classifier_dtype}" + (", under bf16 autocast)" if args.autocast == "bfloat16" else ")"),
         "",
         machine_description(),
         "",
