@@ -348,3 +348,28 @@ def test_mask_forms_agree():
     for form in forms:
         mask = to_mask(form, (SIZE, SIZE), 2)
         assert mask.shape[1:] == (1, SIZE, SIZE) and torch.equal(mask[0, 0], box), type(form)
+
+
+# -- the web demo's inpainting (no Gradio needed) ------------------------------------------------------------------
+
+
+def test_demo_inpaint_fills_the_painted_model_pixels(components):
+    from guided_diffusers.app.chain import Guidance
+    from guided_diffusers.app.inpaint import inpaint, mask_from_layers
+
+    stroke = Image.new("RGBA", (64, 64))
+    stroke.paste((255, 0, 255, 255), (0, 0, 32, 16))  # the top-left quarter-width band: model rows 0-1, columns 0-3
+    mask = mask_from_layers([stroke], SIZE)
+    assert mask.sum() == 8 and mask[:2, :4].all()
+    pipe = _make(ClassifierGuidedPipeline, components)
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    with ForwardCounter(pipe.unet) as counter:
+        result = inpaint(pipe, photo, [stroke], Guidance(class_label=1, classifier_scale=1.0), steps=STEPS, seed=3,
+                         jump_length=3, jump_n_sample=2)
+    assert counter.calls == STEPS + 3 * 1 * 3 and f"{counter.calls} U-Net evaluations" in result.status
+    assert "Filled 8 of 64 pixels" in result.status and result.filled.size == result.masked.size
+    for background, layers, message in ((None, [stroke], "expected an image"), (photo, [], "expected strokes"),
+                                        (photo, [Image.new("RGBA", (64, 64))], "expected strokes covering")):
+        with ForwardCounter(pipe.unet) as counter, pytest.raises(ValueError, match=message):
+            inpaint(pipe, background, layers, Guidance(class_label=1), steps=STEPS, seed=0)
+        assert counter.calls == 0
