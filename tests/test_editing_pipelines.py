@@ -123,6 +123,22 @@ def test_repaint_schedule_has_the_papers_shape():
     assert repaint_schedule(5, 10, 10) == list(range(4, -2, -1))  # jumps longer than the chain: none
 
 
+def test_q_step_composes_to_the_forward_process():
+    """Forward steps q(x_t | x_{t-1}) from x_0 up to step k give q(x_k | x_0): mean sqrt(alpha_bar_k) x_0 and variance
+    1 - alpha_bar_k (the noise terms' variances accumulated through the later steps' sqrt(1 - beta) factors)."""
+    scheduler = GuidedDDPMScheduler(num_train_timesteps=40, beta_schedule="cosine")
+    scheduler.set_timesteps(10)
+    process = scheduler.sampling_diffusion
+    x0 = _images(1, seed=4).double()
+    x, variance = x0, 0.0
+    for t in range(process.num_timesteps):
+        x = process.q_step(x, t, torch.zeros_like(x))
+        unit = process.q_step(torch.zeros_like(x), t, torch.ones_like(x))[0, 0, 0, 0].item()  # sqrt(beta_t)
+        variance = variance * (1 - unit**2) + unit**2
+        alpha_bar = process.alphas_cumprod[t].item()
+        assert torch.allclose(x, alpha_bar**0.5 * x0, atol=1e-12) and abs(variance - (1 - alpha_bar)) < 1e-12
+
+
 # -- inpainting -------------------------------------------------------------------------------------------------------
 
 
@@ -168,6 +184,16 @@ def test_inpainting_runs_the_schedules_reverse_steps(components):
     assert counter.calls == sum(b < a for a, b in zip(visited, visited[1:])) == STEPS + 3 * 2 * 3
 
 
+def test_inpainting_steps_follow_the_schedule_on_the_scheduler_grid(components):
+    pipe = _make(ADMInpaintPipeline, components)
+    seen = []
+    pipe(_images(1), _box_mask(), class_labels=1, num_inference_steps=STEPS, jump_length=3, jump_n_sample=2,
+         generator=_seed(), output_type="latent", callback_on_step_end=lambda p, i, t, d: seen.append(int(t)) or d)
+    grid = pipe.scheduler.timesteps.tolist()  # descending; process step s is grid[-1 - s]
+    visited = repaint_schedule(STEPS, 3, 2)
+    assert seen == [grid[-1 - a] for a, b in zip(visited, visited[1:]) if b < a]
+
+
 @pytest.mark.parametrize("out_channels,variance_type", [(6, "learned_range"), (3, "fixed_large")])
 def test_inpainting_with_learned_and_fixed_variance_models(out_channels, variance_type):
     unet = _unet(out_channels=out_channels, class_dropout_prob=0.0)
@@ -179,6 +205,17 @@ def test_inpainting_with_learned_and_fixed_variance_models(out_channels, varianc
     assert torch.isfinite(out).all()
     assert torch.equal(out[:, :, mask == 0], images[:, :, mask == 0])
     assert out[:, :, mask == 1].std() > 0.05
+
+
+def test_inpainting_with_a_ddpm_unet2dmodel():
+    torch.manual_seed(0)
+    unet = _randomized(diffusers.UNet2DModel(sample_size=SIZE, block_out_channels=(32, 64), layers_per_block=1,
+                                             down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                             up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8), 5)
+    pipe = _make(ADMInpaintPipeline, dict(unet=unet, scheduler=GuidedDDPMScheduler(num_train_timesteps=40, variance_type="fixed_large")))
+    images, mask = _images(), _box_mask()
+    out = pipe(images, mask, num_inference_steps=STEPS, jump_length=3, jump_n_sample=2, generator=_seed(), output_type="latent").images
+    assert torch.equal(out[:, :, mask == 0], images[:, :, mask == 0]) and out[:, :, mask == 1].std() > 0.05
 
 
 def test_inpainting_classifier_guidance_raises_the_guided_class_probability(components):
