@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 
 from ..models import ADMClassifier, ADMUNet2DModel
-
 from .labels import ClassLabels, ClassNames, normalize_id2label, resolve_class_labels
 from .sampling import (
     CallStateMixin,
