@@ -6,11 +6,19 @@ __version__ = "0.1.0"
 from diffusers import ModelMixin, SchedulerMixin
 
 from .models import ADMClassifier, ADMSuperResUNet2DModel, ADMUNet2DModel
-from .pipelines import ADMUpsamplingPipeline, ClassifierGuidedPipeline, DDIMInversionPipeline
+from .pipelines import (
+    ADMImg2ImgPipeline,
+    ADMInpaintPipeline,
+    ADMUpsamplingPipeline,
+    ClassifierGuidedPipeline,
+    DDIMInversionPipeline,
+)
 from .schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler
 
 __all__ = [
     "ADMClassifier",
+    "ADMImg2ImgPipeline",
+    "ADMInpaintPipeline",
     "ADMSuperResUNet2DModel",
     "ADMUNet2DModel",
     "ADMUpsamplingPipeline",

@@ -208,3 +208,34 @@ def test_missing_pipeline_is_explained_and_only_loopback_is_served(tmp_path):
     for host in ("0.0.0.0", "192.168.1.4", "example.com"):
         with pytest.raises(ValueError, match="loopback"):
             check_loopback(host)
+
+
+def test_inpaint_tab_fills_what_is_painted_in_a_browser(app_url, browser, tmp_path):
+    """Same app process and browser as above: upload an image into the Inpaint tab, paint a stroke, Fill."""
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    driver = browser
+    driver.get(app_url)
+    _wait_for(driver, lambda d: d.find_elements("css selector", "#generate-btn"), "the page to render")
+    tab = _wait_for(driver, lambda d: [b for b in d.find_elements("css selector", "button[role=tab]") if "Inpaint" in b.text], "the Inpaint tab")
+    tab[0].click()
+    picture = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(picture)
+    upload = _wait_for(driver, lambda d: d.find_elements("css selector", "#inpaint-editor input[type=file]"), "the editor's upload")
+    upload[0].send_keys(str(picture))
+    canvas = _wait_for(driver, lambda d: [c for c in d.find_elements("css selector", "#inpaint-editor canvas") if c.size["width"] > 50],
+                       "the editor's canvas")[0]
+    brushes = [b for b in driver.find_elements("css selector", "#inpaint-editor button") if "brush" in (b.get_attribute("aria-label") or "").lower()]
+    if brushes:
+        brushes[0].click()
+    ActionChains(driver).move_to_element(canvas).move_by_offset(-40, -20).click_and_hold().move_by_offset(80, 0) \
+        .move_by_offset(0, 40).move_by_offset(-80, 0).release().perform()
+    _click(driver, "inpaint-btn")
+    _wait_for(driver, lambda d: "Filled" in d.find_element("css selector", "#inpaint-status").text, "the fill's status line", timeout=120)
+    status = driver.find_element("css selector", "#inpaint-status").text
+    assert "U-Net evaluations" in status and "jump length 10" in status
+    assert _image_src(driver, "inpaint-result") and _image_src(driver, "inpaint-masked")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(ARTIFACTS / "app_inpaint.png"))

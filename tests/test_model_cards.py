@@ -198,3 +198,43 @@ def test_trained_classifier_card_runs(tmp_path):
     card = _trained_card("classifier", folder)
     assert check_hub_metadata(card)["pipeline_tag"] == "image-classification"
     assert run_usage_snippet(card, tmp_path)["logits"].shape == (2, 3)
+
+
+# -- community checkpoints (RePaint, P2-weighting, ILVR / DPS) ---------------------------------------------------------
+
+COMMUNITY = sorted(name for name, preset in presets_module.PRESETS["adm"].items() if preset.origin)
+
+
+@pytest.mark.parametrize("name", COMMUNITY)
+def test_community_card_names_origin_paper_license_and_use(name):
+    from guided_diffusers.conversion.model_card import render_model_card
+
+    preset = presets_module.PRESETS["adm"][name]
+    card = render_model_card(preset, family=preset.family, kind="unet", flags=preset.flags, repo_id="someone/model",
+                             checkpoint_name=preset.file_names[0], conditional=False, has_classifier=False,
+                             sampling=preset.sampling, verification="checked")
+    data = check_hub_metadata(card)
+    assert data["license"] == preset.license
+    assert f"https://github.com/{preset.origin}" in card.text and preset.paper in card.text
+    assert preset.license_note in card.text and preset.recommended_use in card.text
+    assert "dhariwal2021diffusion" in card.text
+    for key in preset.citations:
+        assert re.search(r"@inproceedings\{" + {"repaint": "lugmayr", "p2": "choi2022", "ilvr": "choi2021", "dps": "chung2023"}[key], card.text)
+    (block,) = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
+    compile(block, "<model card>", "exec")
+    assert ("ADMInpaintPipeline" in block) == (preset.usage == "inpaint")
+
+
+def test_repaint_card_snippet_inpaints_as_written(tmp_path, monkeypatch):
+    """A RePaint preset at a tiny size (and 20 steps instead of 250, to stay fast): converted by file name, its card's
+    snippet runs as written and inpaints."""
+    preset = presets_module.PRESETS["adm"]["repaint_celebahq_256"]
+    flags = UNET_FLAGS + " --diffusion_steps 40"
+    tiny = dataclasses.replace(preset, flags=flags, sampling=dict(preset.sampling, timestep_respacing="20"))
+    monkeypatch.setitem(presets_module.PRESETS["adm"], preset.name, tiny)
+    torch.save(adm_unet_state_dict(unet_kwargs_from_flags(flags, "guided-diffusion")), tmp_path / preset.file_names[0])
+    convert_adm(tmp_path / preset.file_names[0], tmp_path / "out")
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert check_hub_metadata(card)["license"] == "unknown" and "CC BY-NC-SA 4.0" in card.text
+    namespace = run_usage_snippet(card, tmp_path)
+    assert type(namespace["pipe"]).__name__ == "ADMInpaintPipeline" and (tmp_path / "inpainted.png").is_file()

@@ -112,8 +112,6 @@ class DenoisingChain:
         # A scheduler of our own: each visitor's chain keeps its grid without touching the shared pipeline.
         self.scheduler = SCHEDULER_CLASSES[scheduler].from_config(pipeline.scheduler.config)
         self.timesteps = set_sampling_timesteps(self.scheduler, num_inference_steps, None, self.device).cpu()
-        # Forward step k -> k-1 uses the respaced process's beta at index K - k (see _forward_beta).
-        self._respaced_betas = self.scheduler.sampling_diffusion.betas
         self.reset()
 
     # -- state ------------------------------------------------------------------------------------------------------
@@ -232,13 +230,13 @@ class DenoisingChain:
             variance_noise=variance_noise,
         )
 
-    def _forward_beta(self, position: int) -> float:
-        """The beta of the forward step from ``position`` to ``position - 1``, on the respaced grid.
+    def _forward_step(self, position: int) -> int:
+        """The respaced process's step reached by the forward step from ``position`` to ``position - 1``.
 
-        The respaced process keeps alpha_bar at the grid's timesteps, so its beta K - k carries x_{t_k} (x_0 at k = K)
-        to x_{t_{k-1}}: alpha_bar[t_{k-1}] / alpha_bar[t_k] = 1 - beta.
+        The respaced process keeps alpha_bar at the grid's timesteps, so its step K - k carries x_{t_k} (x_0 at k = K)
+        to x_{t_{k-1}}: alpha_bar[t_{k-1}] / alpha_bar[t_k] = 1 - beta[K - k].
         """
-        return float(self._respaced_betas[self.num_steps - position])
+        return self.num_steps - position
 
     @torch.no_grad()
     def diffuse(self, n: int) -> None:
@@ -249,9 +247,8 @@ class DenoisingChain:
         """
         self._check_count(n, self.position, "diffuse")
         for _ in range(n):
-            beta = self._forward_beta(self.position)
             noise = torch.randn(self.sample.shape, generator=self.generator, device=self.device, dtype=self.sample.dtype)
-            self.sample = (1.0 - beta) ** 0.5 * self.sample + beta**0.5 * noise
+            self.sample = self.scheduler.sampling_diffusion.q_step(self.sample, self._forward_step(self.position), noise)
             self.position -= 1
         self._cached_output = None  # the cache is keyed by position; x_t at a position has changed
 

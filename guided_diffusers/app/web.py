@@ -1,4 +1,5 @@
-"""The Gradio page of the web demo: controls, Generate, and Denoise / Diffuse / Reset over a :class:`DenoisingChain`.
+"""The Gradio page of the web demo: controls, Generate, and Denoise / Diffuse / Reset over a :class:`DenoisingChain`;
+an Inpaint tab fills what is painted on an uploaded image (:mod:`.inpaint`).
 
 Served on loopback only, with Gradio's analytics off and no share link; every asset the page needs (fonts included)
 comes from the local server, so it renders with no network. Requests must name the server by a loopback Host
@@ -26,6 +27,7 @@ from starlette.responses import PlainTextResponse  # noqa: E402
 
 from .chain import DenoisingChain, Guidance, check_seed  # noqa: E402
 from .images import to_grid_image  # noqa: E402
+from .inpaint import inpaint  # noqa: E402
 from .options import UNCONDITIONAL, PipelineOptions, load_pipeline, parse_class_choice  # noqa: E402
 
 DEFAULT_PIPELINE = "demo_output/pipeline"
@@ -183,6 +185,45 @@ def _run(action: str, state: _Session | None, count: float | None, *values: Any)
     return _render(session, settings, note)
 
 
+def _inpaint_tab(image_args: dict[str, Any]) -> tuple:
+    """The inpainting tab's components: an image editor to upload an image and draw on it, RePaint's two settings,
+    Fill, and the results. The class, scales, steps and seed are the sampling controls above."""
+    gr.Markdown(
+        "Upload an image (it is resized to the model's size) and paint over what to replace; **Fill** inpaints it "
+        "with RePaint (resampling with time jumps) under the class, guidance, steps and seed chosen above."
+    )
+    editor = gr.ImageEditor(
+        type="pil", label="Image: paint the region to fill", elem_id="inpaint-editor", height=360, layers=False,
+        sources=("upload", "clipboard"), transforms=(), brush=gr.Brush(default_size=24, colors=["#ff00ff"], color_mode="fixed"),
+    )
+    with gr.Row():
+        jump_length = gr.Slider(1, 50, step=1, value=10, label="Jump length (RePaint's j)", elem_id="jump-length")
+        jump_n_sample = gr.Slider(1, 20, step=1, value=10, label="Resamplings (RePaint's r; 1 = none)", elem_id="jump-n-sample")
+    inpaint_button = gr.Button("Fill", variant="primary", elem_id="inpaint-btn")
+    inpaint_status = gr.Markdown("Upload an image and paint on it, then press **Fill**.", elem_id="inpaint-status")
+    with gr.Row():
+        masked_image = gr.Image(label="the region to fill", elem_id="inpaint-masked", **image_args)
+        filled_image = gr.Image(label="filled", elem_id="inpaint-result", **image_args)
+    return editor, jump_length, jump_n_sample, inpaint_button, masked_image, filled_image, inpaint_status
+
+
+def _inpaint(editor: dict | None, jump_length: float, jump_n_sample: float, *values: Any) -> tuple:
+    settings = _Settings(*values)
+    pipeline, message = pipeline_message(settings.path)
+    if pipeline is None:
+        raise gr.Error(message.replace("*", "").replace("`", ""))
+    editor = editor or {}
+    try:
+        result = inpaint(
+            pipeline, editor.get("background"), [layer for layer in editor.get("layers") or [] if layer is not None],
+            settings.guidance(PipelineOptions.from_pipeline(pipeline)), int(settings.steps or 1),
+            settings.seed if settings.seed is not None else 0, int(jump_length), int(jump_n_sample),
+        )
+    except ValueError as error:
+        raise gr.Error(str(error)) from None
+    return result.masked, result.filled, result.status
+
+
 def _control_updates(path: str) -> tuple:
     """New values for the pipeline-dependent controls after loading ``path``."""
     pipeline, message = pipeline_message(path)
@@ -251,18 +292,22 @@ def build_demo(pipeline_path: str = DEFAULT_PIPELINE) -> gr.Blocks:
                 with gr.Row():
                     batch_size = gr.Slider(1, 16, step=1, value=4, label="Images")
                     seed = gr.Number(value=0, precision=0, label="Seed")
-        with gr.Row():
-            generate_button = gr.Button("Generate", variant="primary", elem_id="generate-btn")
-            reset_button = gr.Button("Reset to x_T", elem_id="reset-btn")
-        with gr.Row():
-            count = gr.Number(value=1, precision=0, minimum=1, label="N", scale=1, elem_id="step-count")
-            denoise_button = gr.Button("Denoise N steps", scale=2, elem_id="denoise-btn")
-            diffuse_button = gr.Button("Diffuse N steps", scale=2, elem_id="diffuse-btn")
-        status = gr.Markdown("Press **Generate** or **Reset** to start.", elem_id="step-counter")
-        with gr.Row():
-            image_args = dict(type="pil", format="png", interactive=False, height=320, buttons=["download", "fullscreen"])
-            sample_image = gr.Image(label="x_t (the current sample)", elem_id="xt-image", **image_args)
-            x0_image = gr.Image(label="predicted x_0 (from this x_t)", elem_id="x0-image", **image_args)
+        with gr.Tabs():
+            with gr.Tab("Step through the chain", elem_id="chain-tab"):
+                with gr.Row():
+                    generate_button = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                    reset_button = gr.Button("Reset to x_T", elem_id="reset-btn")
+                with gr.Row():
+                    count = gr.Number(value=1, precision=0, minimum=1, label="N", scale=1, elem_id="step-count")
+                    denoise_button = gr.Button("Denoise N steps", scale=2, elem_id="denoise-btn")
+                    diffuse_button = gr.Button("Diffuse N steps", scale=2, elem_id="diffuse-btn")
+                status = gr.Markdown("Press **Generate** or **Reset** to start.", elem_id="step-counter")
+                with gr.Row():
+                    image_args = dict(type="pil", format="png", interactive=False, height=320, buttons=["download", "fullscreen"])
+                    sample_image = gr.Image(label="x_t (the current sample)", elem_id="xt-image", **image_args)
+                    x0_image = gr.Image(label="predicted x_0 (from this x_t)", elem_id="x0-image", **image_args)
+            with gr.Tab("Inpaint", elem_id="inpaint-tab"):
+                inpaint_controls = _inpaint_tab(image_args)
 
         settings = [path_state, class_choice, classifier_scale, guidance_scale, scheduler, steps, eta, batch_size, seed]
         outputs = [chain_state, sample_image, x0_image, status]
@@ -278,6 +323,11 @@ def build_demo(pipeline_path: str = DEFAULT_PIPELINE) -> gr.Blocks:
                 outputs=outputs,
                 api_name=action,
             )
+        editor, jump_length, jump_n_sample, inpaint_button, masked_image, filled_image, inpaint_status = inpaint_controls
+        inpaint_button.click(
+            _inpaint, inputs=[editor, jump_length, jump_n_sample, *settings],
+            outputs=[masked_image, filled_image, inpaint_status], api_name="inpaint",
+        )
         load_outputs = [path_state, chain_state, info, class_choice, classifier_scale, guidance_scale, steps]
         load_button.click(_control_updates, inputs=[path_box], outputs=load_outputs, api_name="load")
         path_box.submit(_control_updates, inputs=[path_box], outputs=load_outputs, api_name=False)

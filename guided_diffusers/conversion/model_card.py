@@ -1,5 +1,6 @@
-"""Model cards for converted checkpoints, rendered from the package's model_cards/ templates (one per family), and
-what every card shares: the templates' home, Hub licenses, dataset ids and the papers' BibTeX."""
+"""Model cards for converted checkpoints, rendered from the package's model_cards/ templates (one per family, one for
+the community's checkpoints), and what every card shares: the templates' home, Hub licenses, dataset ids and the
+papers' BibTeX."""
 
 from __future__ import annotations
 
@@ -53,7 +54,42 @@ CITATIONS = {
   url       = {https://arxiv.org/abs/2006.11239}
 }""",
 }
+CITATIONS.update({
+    "repaint": """@inproceedings{lugmayr2022repaint,
+  title     = {{RePaint}: Inpainting using Denoising Diffusion Probabilistic Models},
+  author    = {Andreas Lugmayr and Martin Danelljan and Andres Romero and Fisher Yu and Radu Timofte and Luc Van Gool},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages     = {11461--11471},
+  year      = {2022},
+  url       = {https://arxiv.org/abs/2201.09865}
+}""",
+    "p2": """@inproceedings{choi2022perception,
+  title     = {Perception Prioritized Training of Diffusion Models},
+  author    = {Jooyoung Choi and Jungbeom Lee and Chaehun Shin and Sungwon Kim and Hyunwoo Kim and Sungroh Yoon},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages     = {11472--11481},
+  year      = {2022},
+  url       = {https://arxiv.org/abs/2204.00227}
+}""",
+    "ilvr": """@inproceedings{choi2021ilvr,
+  title     = {{ILVR}: Conditioning Method for Denoising Diffusion Probabilistic Models},
+  author    = {Jooyoung Choi and Sungwon Kim and Yonghyun Jeong and Youngjune Gwon and Sungroh Yoon},
+  booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
+  pages     = {14367--14376},
+  year      = {2021},
+  url       = {https://arxiv.org/abs/2108.02938}
+}""",
+    "dps": """@inproceedings{chung2023diffusion,
+  title     = {Diffusion Posterior Sampling for General Noisy Inverse Problems},
+  author    = {Hyungjin Chung and Jeongsol Kim and Michael Thompson Mccann and Marc Louis Klasky and Jong Chul Ye},
+  booktitle = {The Eleventh International Conference on Learning Representations},
+  year      = {2023},
+  url       = {https://openreview.net/forum?id=OnD9zGAGT0k}
+}""",
+})
 _FAMILY_CITATIONS = {GUIDED: ("adm", "iddpm"), IMPROVED: ("iddpm",), DDPM: ("ddpm",)}
+# Community checkpoints (a preset with an ``origin``): trained by others with guided-diffusion's code.
+COMMUNITY_TEMPLATE = "community.md"
 _DATASET_NOTES = {
     "imagenet-1k": "The ILSVRC 2012 subset of ImageNet: roughly one million images in 1000 classes, curated in 2012. A large "
     "portion of the classes are animals, plants and other naturally occurring objects; many images contain people, "
@@ -62,6 +98,16 @@ _DATASET_NOTES = {
     "each class has over a million images and the label accuracy was roughly 90%. Images are scraped from the internet; "
     "LSUN cat images often follow a \"meme\" format, and people, including faces, occasionally appear.",
     "cifar10": "CIFAR-10: 60,000 32x32 colour images in 10 classes.",
+    "celeba-hq": "CelebA-HQ: 30,000 high-quality crops of celebrity faces from CelebA (Karras et al. 2018); faces of real, "
+    "mostly Western, public figures.",
+    "places2": "Places2 (Places365): millions of scene photographs in 365 categories, scraped from the internet; people "
+    "appear in many.",
+    "ffhq": "FFHQ: 70,000 aligned 1024x1024 face photographs from Flickr (Karras et al. 2019), under licenses that allow "
+    "redistribution; faces of real people, more varied in age and ethnicity than CelebA but not balanced.",
+    "afhq-dog": "AFHQ-dog: about 5,000 aligned 512x512 photographs of dog faces (Choi et al. 2020, StarGAN v2).",
+    "flowers": "Oxford Flowers-102: about 8,000 photographs of flowers in 102 categories (Nilsback & Zisserman 2008).",
+    "cub": "CUB-200-2011: about 12,000 photographs of 200 bird species (Wah et al. 2011).",
+    "metfaces": "MetFaces: 1,336 faces extracted from artworks of the Metropolitan Museum of Art (Karras et al. 2020).",
 }
 
 
@@ -145,6 +191,25 @@ def _usage(kind: str, repo_id: str, sampling: dict[str, Any], conditional: bool,
     return pipeline_usage(repo_id, args)
 
 
+def inpaint_usage(location: str, sampling: dict[str, Any]) -> str:
+    """A snippet that loads the pipeline folder at ``location`` and inpaints with RePaint's recommended schedule."""
+    args = [f"{k}={v!r}" for k, v in sampling.items() if k in ("timestep_respacing", "jump_length", "jump_n_sample")]
+    return "\n".join([
+        "import torch",
+        "import guided_diffusers  # registers the pipeline classes with diffusers",
+        "from diffusers import DiffusionPipeline",
+        "from guided_diffusers import ADMInpaintPipeline",
+        "",
+        f'pipe = ADMInpaintPipeline.from_pipe(DiffusionPipeline.from_pretrained("{location}"))',
+        "size = pipe.unet.config.sample_size",
+        "image = torch.rand(1, 3, size, size) * 2 - 1  # your image (NCHW in [-1, 1], or PIL)",
+        "mask = torch.zeros(size, size)  # white (1) marks the pixels to fill",
+        "mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1",
+        f"images = pipe(image, mask, {', '.join([*args, 'generator=torch.Generator().manual_seed(0)'])}).images",
+        'images[0].save("inpainted.png")',
+    ])
+
+
 def _sampling_note(sampling: dict[str, Any], user_sampling: dict[str, Any]) -> str:
     parts = []
     if sampling:
@@ -183,7 +248,8 @@ def render_model_card(
         user_sampling: sampling settings the user's flags gave (labelled as such in the card).
     """
     user_sampling = user_sampling or {}
-    path = template(_TEMPLATE_FILES[family])
+    community = preset is not None and bool(preset.origin)
+    path = template(COMMUNITY_TEMPLATE if community else _TEMPLATE_FILES[family])
     dataset = preset.dataset if preset else ""
     tags = ["diffusers", "guided-diffusers", "diffusion", "unconditional-image-generation" if not conditional else "class-conditional-image-generation"]
     if kind == "classifier":
@@ -192,12 +258,16 @@ def render_model_card(
         tags.append("super-resolution")
     card_data = ModelCardData(
         library_name="diffusers",
-        license=LICENSES[family],
+        license=preset.license if community and preset.license else LICENSES[family],
         tags=tags,
         pipeline_tag="image-classification" if kind == "classifier" else ("image-to-image" if kind == "super_res" else "unconditional-image-generation"),
         datasets=[HUB_DATASETS[dataset]] if dataset in HUB_DATASETS else None,
     )
     merged = {**sampling, **user_sampling}
+    if community and preset.usage == "inpaint" and kind == "unet":
+        usage = inpaint_usage(repo_id, merged)
+    else:
+        usage = _usage(kind, repo_id, merged, conditional, has_classifier, num_classes, low_res_size)
     return ModelCard.from_template(
         card_data,
         template_path=str(path),
@@ -206,11 +276,13 @@ def render_model_card(
         paper=preset.paper if preset else f"the {family} paper",
         checkpoint_name=checkpoint_name,
         results_table=_markdown_table(preset.results if preset else ()),
-        usage=_usage(kind, repo_id, merged, conditional, has_classifier, num_classes, low_res_size),
+        usage=usage,
         sampling_note="" if kind == "classifier" else _sampling_note(sampling, user_sampling),
         flags=flags,
         verification=verification,
-        license_note=_LICENSE_NOTES[family],
-        citation=citation_block(_FAMILY_CITATIONS[family]),
+        license_note=preset.license_note if community else _LICENSE_NOTES[family],
+        citation=citation_block((*preset.citations, "adm") if community else _FAMILY_CITATIONS[family]),
+        origin=preset.origin if community else "",
+        recommended_use=preset.recommended_use if community else "",
         dataset_notes=_DATASET_NOTES.get(dataset.split("-")[0] if dataset.startswith("lsun") else dataset, dataset or "See the original release."),
     )

@@ -1,4 +1,5 @@
-"""Every released original checkpoint: its flags (from the original READMEs), recommended sampling, and card facts."""
+"""Every released original checkpoint, and the community's checkpoints in guided-diffusion's format whose
+configurations are public: flags (from the READMEs and configuration files), recommended sampling, and card facts."""
 
 from __future__ import annotations
 
@@ -33,6 +34,13 @@ class Preset:
         description: one paragraph for the model card.
         results: the original README's results for this model: a header row and rows.
         file_names: the released file names (matched to pick a preset from a checkpoint path).
+        origin: for a community checkpoint (trained by others with guided-diffusion's code), the GitHub repository
+            that released it; empty for the originals' own releases.
+        license: the Hub license id of a community checkpoint (the family's otherwise).
+        license_note: what the release says about its license, for the card.
+        citations: the BibTeX keys of the papers to cite (``model_card.CITATIONS``), for a community checkpoint.
+        recommended_use: what the release uses the model for, for the card.
+        usage: the card's snippet: ``"sample"`` (the pipeline's sampling) or ``"inpaint"`` (ADMInpaintPipeline).
     """
 
     name: str
@@ -48,6 +56,12 @@ class Preset:
     description: str = ""
     results: tuple[tuple[str, ...], ...] = ()
     file_names: tuple[str, ...] = ()
+    origin: str = ""
+    license: str = ""
+    license_note: str = ""
+    citations: tuple[str, ...] = ()
+    recommended_use: str = ""
+    usage: str = "sample"
 
 
 _ADM_PAPER = "[Diffusion Models Beat GANs on Image Synthesis](https://arxiv.org/abs/2105.05233) (Dhariwal & Nichol, 2021)"
@@ -271,6 +285,115 @@ _PRESETS: list[Preset] = [
         for suffix in ("", "_ema")
     ],
 ]
+
+# -- community checkpoints in guided-diffusion's format ------------------------------------------------------------------
+# Each flag string is the release's own configuration (RePaint's confs/*.yml, P2-weighting's README command, ILVR's
+# README command and DPS's configs/model_config.yaml), read with guided-diffusion's defaults.
+
+_REPAINT_PAPER = "[RePaint: Inpainting using Denoising Diffusion Probabilistic Models](https://arxiv.org/abs/2201.09865) (Lugmayr et al., CVPR 2022)"
+_P2_PAPER = "[Perception Prioritized Training of Diffusion Models](https://arxiv.org/abs/2204.00227) (Choi et al., CVPR 2022)"
+_ILVR_PAPER = "[ILVR: Conditioning Method for Denoising Diffusion Probabilistic Models](https://arxiv.org/abs/2108.02938) (Choi et al., ICCV 2021)"
+_DPS_PAPER = "[Diffusion Posterior Sampling for General Noisy Inverse Problems](https://arxiv.org/abs/2209.14687) (Chung et al., ICLR 2023)"
+
+# RePaint's confs/test_{c256,p256}_*.yml (the model and diffusion keys; the ImageNet confs use OpenAI's 256x256_diffusion).
+_REPAINT_FLAGS = (
+    "--attention_resolutions 32,16,8 --class_cond False --diffusion_steps 1000 --dropout 0.0 --image_size 256 "
+    "--learn_sigma True --noise_schedule linear --num_channels 256 --num_head_channels 64 --num_heads 4 "
+    "--num_res_blocks 2 --resblock_updown True --use_fp16 False --use_new_attention_order False --use_scale_shift_norm True"
+)
+# P2-weighting's "lightweight ADM" (93M parameters), its README's sampling command; ILVR and DPS use the same network.
+_P2_FLAGS = (
+    "--attention_resolutions 16 --class_cond False --diffusion_steps 1000 --dropout 0.0 --image_size 256 --learn_sigma True "
+    "--noise_schedule linear --num_channels 128 --num_res_blocks 1 --num_head_channels 64 --resblock_updown True "
+    "--use_fp16 False --use_scale_shift_norm True"
+)
+_REPAINT_LICENSE = (
+    "RePaint's repository (andreas128/RePaint) is licensed CC BY-NC-SA 4.0 by Huawei Technologies, \"released for "
+    "academic research use only\" (commercial use: contact Huawei). Its download script fetches these weights without "
+    "a separate statement, so their license is not stated: treat them as under the repository's non-commercial terms "
+    "unless the authors say otherwise."
+)
+_P2_LICENSE = (
+    "P2-weighting's repository (jychoi118/P2-weighting) carries guided-diffusion's MIT license (copyright OpenAI) for its "
+    "code; the README links the checkpoints without stating a license for them, so the weights' license is unknown. "
+    "Ask the authors before use beyond research."
+)
+_COMMUNITY = dict(family=GUIDED, kind="unet")
+_REPAINT_USE = (
+    "Inpainting with RePaint's resampling schedule: `ADMInpaintPipeline` with 250 steps, jump length 10 and 10 "
+    "resamplings, as RePaint's configurations run it (about 2,400 U-Net evaluations per image). Also an unconditional "
+    "{what} generator and a base for SDEdit (`ADMImg2ImgPipeline`)."
+)
+_P2_USE = (
+    "Unconditional {what} generation (the README samples with 250 steps); a base for SDEdit (`ADMImg2ImgPipeline`) "
+    "and RePaint inpainting (`ADMInpaintPipeline`), and the models ILVR's README conditions."
+)
+
+_PRESETS += [
+    *[
+        Preset(
+            name, **_COMMUNITY, flags=_REPAINT_FLAGS, dataset=dataset, paper=_REPAINT_PAPER, origin="andreas128/RePaint",
+            sampling=dict(timestep_respacing="250", jump_length=10, jump_n_sample=10),
+            description=f"Unconditional {label} 256x256 ADM diffusion model trained by RePaint's authors with "
+            "guided-diffusion's code, for RePaint inpainting.",
+            license="unknown", license_note=_REPAINT_LICENSE, citations=("repaint",), usage="inpaint",
+            recommended_use=_REPAINT_USE.format(what=label), file_names=(file_name,),
+        )
+        for name, label, dataset, file_name in (
+            ("repaint_celebahq_256", "CelebA-HQ", "celeba-hq", "celeba256_250000.pt"),
+            ("repaint_places2_256", "Places2", "places2", "places256_300000.pt"),
+        )
+    ],
+    *[
+        Preset(
+            f"p2_{name}", **_COMMUNITY, flags=_P2_FLAGS, dataset=dataset, paper=_P2_PAPER, origin="jychoi118/P2-weighting",
+            sampling=dict(timestep_respacing="250"),
+            description=f"Unconditional {label} 256x256 diffusion model trained with P2 weighting (gamma 1, k 1) on "
+            "P2-weighting's lightweight ADM (93M parameters).",
+            license="unknown", license_note=_P2_LICENSE, citations=("p2",), recommended_use=_P2_USE.format(what=label),
+            file_names=(file_name,),
+        )
+        for name, label, dataset, file_name in (
+            ("ffhq", "FFHQ", "ffhq", "ffhq_p2.pt"),
+            ("celebahq", "CelebA-HQ", "celeba-hq", "celebahq_p2.pt"),
+            ("afhq_dog", "AFHQ-dog", "afhq-dog", "afhq_p2.pt"),
+            ("flowers", "Oxford Flowers", "flowers", "flower_p2.pt"),
+            ("cub", "CUB-200 birds", "cub", "cub_p2.pt"),
+            ("metfaces", "MetFaces", "metfaces", "metface_p2.pt"),
+        )
+    ],
+    Preset(
+        "ffhq_10m", **_COMMUNITY, flags=_P2_FLAGS, dataset="ffhq", paper=_ILVR_PAPER, origin="jychoi118/ilvr_adm",
+        sampling=dict(timestep_respacing="1000"),
+        description="Unconditional FFHQ 256x256 diffusion model released with ILVR (trained with P2 weighting on P2's "
+        "lightweight ADM); DPS (DPS2022/diffusion-posterior-sampling) uses a checkpoint of the same name and "
+        "configuration (configs/model_config.yaml) as its FFHQ prior.",
+        license="unknown", citations=("ilvr", "dps", "p2"),
+        license_note="ILVR's repository (jychoi118/ilvr_adm) carries guided-diffusion's MIT license (copyright OpenAI) "
+        "for its code and links the checkpoints without a license statement; DPS's repository has no license file. The "
+        "weights' license is therefore unknown: ask the authors before use beyond research.",
+        recommended_use="The FFHQ prior of inverse-problem solvers: DPS samples it with all 1000 steps "
+        "(configs/diffusion_config.yaml), ILVR with 100. Here: unconditional sampling, SDEdit (`ADMImg2ImgPipeline`) "
+        "and RePaint inpainting (`ADMInpaintPipeline`); DPS's and ILVR's own conditioning are not implemented.",
+        file_names=("ffhq_10m.pt",),
+    ),
+]
+
+#: Other releases' configurations whose network is exactly a preset's: (release, its configuration as flags, preset).
+SAME_NETWORK_AS_PRESET = (
+    ("RePaint's ImageNet confs (confs/test_inet256_*.yml)",
+     "--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --dropout 0.0 --image_size 256 --learn_sigma True "
+     "--noise_schedule linear --num_channels 256 --num_head_channels 64 --num_heads 4 --num_res_blocks 2 --resblock_updown True "
+     "--use_fp16 True --use_new_attention_order False --use_scale_shift_norm True", "256x256_diffusion"),
+    ("DPS's ImageNet model (configs/imagenet_model_config.yaml)",
+     "--image_size 256 --num_channels 256 --num_res_blocks 2 --learn_sigma True --class_cond False --attention_resolutions 32,16,8 "
+     "--num_heads 4 --num_head_channels 64 --num_heads_upsample -1 --use_scale_shift_norm True --dropout 0.0 "
+     "--resblock_updown True --use_fp16 False --use_new_attention_order False", "256x256_diffusion_uncond"),
+    ("DPS's FFHQ model (configs/model_config.yaml)",
+     "--image_size 256 --num_channels 128 --num_res_blocks 1 --learn_sigma True --class_cond False --attention_resolutions 16 "
+     "--num_heads 4 --num_head_channels 64 --num_heads_upsample -1 --use_scale_shift_norm True --dropout 0.0 "
+     "--resblock_updown True --use_fp16 False --use_new_attention_order False", "ffhq_10m"),
+)
 
 #: The presets of each converter: ``"adm"`` (guided-diffusion and improved-diffusion) and ``"ddpm"``. Names are unique
 #: within a converter only (both have an ``lsun_bedroom``).

@@ -7,11 +7,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 
+from ..models import ADMClassifier, ADMUNet2DModel
 from .labels import ClassLabels, ClassNames, normalize_id2label, resolve_class_labels
 from .sampling import (
     CallStateMixin,
+    Predictor,
     check_batch_size,
     check_guidance_interval,
     check_output_type,
@@ -60,11 +62,12 @@ class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
     _optional_components = ["classifier", "clip_model", "tokenizer"]
     _callback_tensor_inputs = ["latents", "pred_original_sample"]
 
+    # Concrete component types (not Any): diffusers' from_pipe hands a model over only when its type is annotated.
     def __init__(
         self,
-        unet: Any,
+        unet: ADMUNet2DModel | UNet2DModel,
         scheduler: Any,
-        classifier: Any = None,
+        classifier: ADMClassifier | None = None,
         clip_model: Any = None,
         tokenizer: Any = None,
         id2label: dict[str, str] | None = None,
@@ -189,6 +192,72 @@ class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
             (gradient,) = torch.autograd.grad(similarity, x_in)
         return output.detach(), gradient * scale
 
+    def _check_callback_inputs(self, names: Sequence[str]) -> None:
+        unknown = set(names) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"expected callback tensor inputs among {self._callback_tensor_inputs}, got {sorted(unknown)}")
+
+    def _check_guidance(
+        self,
+        class_labels: ClassLabels | None,
+        batch_size: int | None,
+        classifier_scale: float | None,
+        guidance_scale: float | None,
+        prompt: str | list[str] | None,
+        clip_guidance_scale: float,
+        guidance_interval: tuple[float, float] | None,
+    ) -> tuple[torch.Tensor | None, int, float, tuple[float, float] | None]:
+        """Every guidance argument checked (one line each, before any work): (labels, batch, classifier scale, interval).
+
+        A ``classifier_scale`` of None is the config's recommended scale when class labels are given and there is a
+        classifier, else 0.
+        """
+        if classifier_scale is None:
+            use_default = class_labels is not None and self.classifier is not None
+            classifier_scale = (self.config.get("classifier_scale") or 0.0) if use_default else 0.0
+        labels, batch = self._check_inputs(class_labels, batch_size, classifier_scale, guidance_scale, prompt)
+        check_scale("clip_guidance_scale", clip_guidance_scale)
+        return labels, batch, classifier_scale, check_guidance_interval(guidance_interval)
+
+    def _guided_predictor(
+        self,
+        labels: torch.Tensor | None,
+        batch: int,
+        classifier_scale: float,
+        guidance_scale: float | None,
+        prompt: str | list[str] | None,
+        clip_guidance_scale: float,
+        interval: tuple[float, float] | None,
+    ) -> Predictor:
+        """The (model output, guidance gradient) function the sampling loop calls, for checked guidance arguments.
+
+        Classifier-free guidance, CLIP guidance and the classifier's gradient combine; outside ``interval`` a step
+        gets the conditional model alone.
+        """
+        device = self._execution_device
+        config = self.unet.config
+        if labels is not None:
+            labels = labels.to(device)
+        unet_labels = labels if getattr(config, "num_classes", None) else None
+        if getattr(config, "num_classes", None) and labels is None:
+            unet_labels = torch.full((batch,), null_class_id(self.unet), device=device, dtype=torch.long)
+        text = self._clip_text_embeddings(prompt, batch, device) if prompt is not None else None
+        driver = scheduler_driver(self.scheduler)
+
+        def predict(x: torch.Tensor, t: torch.Tensor, t_model: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            if interval is not None and not interval[0] < driver.noise_level(t) <= interval[1]:
+                return self.unet_output(x, t_model, unet_labels, None), None
+            if text is not None:
+                output, gradient = self._clip_gradient(x, t, t_model, unet_labels, guidance_scale, text, clip_guidance_scale)
+            else:
+                output, gradient = self.unet_output(x, t_model, unet_labels, guidance_scale), None
+            if classifier_scale:
+                class_gradient = classifier_gradient(self.classifier, x, t_model, labels, classifier_scale)
+                gradient = class_gradient if gradient is None else gradient + class_gradient
+            return output, gradient
+
+        return predict
+
     # -- sampling -------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -262,15 +331,10 @@ class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
         """
         check_output_type(output_type)
         self._start_call(guidance_scale)
-        if classifier_scale is None:
-            use_default = class_labels is not None and self.classifier is not None
-            classifier_scale = (self.config.get("classifier_scale") or 0.0) if use_default else 0.0
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(f"expected callback tensor inputs among {self._callback_tensor_inputs}, got {sorted(unknown)}")
-        labels, batch = self._check_inputs(class_labels, batch_size, classifier_scale, guidance_scale, prompt)
-        check_scale("clip_guidance_scale", clip_guidance_scale)
-        interval = check_guidance_interval(guidance_interval)
+        self._check_callback_inputs(callback_on_step_end_tensor_inputs)
+        labels, batch, classifier_scale, interval = self._check_guidance(
+            class_labels, batch_size, classifier_scale, guidance_scale, prompt, clip_guidance_scale, guidance_interval
+        )
         check_scale("eta", eta, minimum=0)
         device = self._execution_device
         timesteps = set_sampling_timesteps(self.scheduler, num_inference_steps, timestep_respacing, device)
@@ -278,27 +342,7 @@ class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
         shape = (batch, config.in_channels, config.sample_size, config.sample_size)
         check_step_noise(step_noise, len(timesteps), shape)
         x = initial_latents(latents, shape, generator, device)
-        if labels is not None:
-            labels = labels.to(device)
-        unet_labels = labels if getattr(config, "num_classes", None) else None
-        if getattr(config, "num_classes", None) and labels is None:
-            unet_labels = torch.full((batch,), null_class_id(self.unet), device=device, dtype=torch.long)
-        text = self._clip_text_embeddings(prompt, batch, device) if prompt is not None else None
-
-        driver = scheduler_driver(self.scheduler)
-
-        def predict(x: torch.Tensor, t: torch.Tensor, t_model: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-            if interval is not None and not interval[0] < driver.noise_level(t) <= interval[1]:
-                return self.unet_output(x, t_model, unet_labels, None), None
-            if text is not None:
-                output, gradient = self._clip_gradient(x, t, t_model, unet_labels, guidance_scale, text, clip_guidance_scale)
-            else:
-                output, gradient = self.unet_output(x, t_model, unet_labels, guidance_scale), None
-            if classifier_scale:
-                class_gradient = classifier_gradient(self.classifier, x, t_model, labels, classifier_scale)
-                gradient = class_gradient if gradient is None else gradient + class_gradient
-            return output, gradient
-
+        predict = self._guided_predictor(labels, batch, classifier_scale, guidance_scale, prompt, clip_guidance_scale, interval)
         x = denoising_loop(
             self, x, timesteps, predict, eta=eta, clip_denoised=clip_denoised, generator=generator, step_noise=step_noise,
             callback_on_step_end=callback_on_step_end, callback_tensor_inputs=callback_on_step_end_tensor_inputs,

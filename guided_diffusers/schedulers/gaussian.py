@@ -349,6 +349,22 @@ class GaussianDiffusion(DDIMSteps):
             + self.extract(self.tables.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
         )
 
+    def q_step(self, x_prev: torch.Tensor, t: int | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """One forward step q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I) of this process.
+
+        Noises a sample one step up the grid (x_{t-1} at ``t = 0`` is the clean x_0); RePaint's resampling and the
+        web demo's forward steps take it.
+
+        Args:
+            x_prev (`torch.Tensor`): the samples at step t - 1.
+            t (`int` or `torch.Tensor`): the step to reach, of this process.
+            noise (`torch.Tensor`): standard normal noise shaped like ``x_prev``.
+        """
+        if noise.shape != x_prev.shape:
+            raise ValueError(f"noise must have x_prev's shape {tuple(x_prev.shape)}, got {tuple(noise.shape)}")
+        betas = self.tables.betas
+        return self.extract((1.0 - betas).sqrt(), t, x_prev) * x_prev + self.extract(betas.sqrt(), t, x_prev) * noise
+
     def q_posterior_mean_variance(
         self, x_start: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
