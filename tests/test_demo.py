@@ -96,7 +96,7 @@ def test_report_ends_with_the_quickstart_line(tmp_path):
 def test_tiny_quickstart_end_to_end(tmp_path):
     """The whole job with the real training scripts, at a size that runs in seconds (the numbers are not the point)."""
     settings = QuickstartSettings(output_dir=tmp_path / "demo", diffusion_train_steps=4, classifier_train_steps=4,
-                                  samples_per_class=2, baseline="ddpm:3", fast="ddim:2", classifier_scales=(0.0, 2.0),
+                                  samples_per_class=2, balance_samples=40, baseline="ddpm:3", fast="ddim:2", classifier_scales=(0.0, 2.0),
                                   guidance_scales=(2.0,), extra_env={"OMP_NUM_THREADS": "1"})
     text = run_quickstart(settings)
     fields = quickstart_fields(text.splitlines()[-1])
