@@ -239,3 +239,28 @@ def test_inpaint_tab_fills_what_is_painted_in_a_browser(app_url, browser, tmp_pa
     assert _image_src(driver, "inpaint-result") and _image_src(driver, "inpaint-masked")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert driver.save_screenshot(str(ARTIFACTS / "app_inpaint.png"))
+
+
+def test_the_digits_pipeline_of_make_demo_generates_with_the_fast_recipe_in_a_browser(app_url, browser):
+    """Same app process and browser: when `make demo` has written demo_output/pipeline, load it from the page (as
+    `make app` opens it) and Generate with the defaults, which are the fast recipe's sampler and steps."""
+    from guided_diffusers.app.web import DEFAULT_PIPELINE
+    from guided_diffusers.pipelines.recipes import FAST_RECIPE
+
+    digits = ROOT / DEFAULT_PIPELINE
+    if not (digits / "model_index.json").is_file():
+        pytest.skip(f"no digits pipeline at {digits} (make demo writes it)")
+    driver = browser
+    driver.get(app_url)
+    _wait_for(driver, lambda d: d.find_elements("css selector", "#generate-btn"), "the page to render")
+    path_box = driver.find_element("css selector", "#pipeline-path textarea, #pipeline-path input")
+    path_box.clear()
+    path_box.send_keys(str(digits))
+    _click(driver, "load-btn")
+    _wait_for(driver, lambda d: "10 classes" in d.find_element("css selector", "#pipeline-info").text, "the digits pipeline to load")
+    checked = driver.find_elements("css selector", "#scheduler-choice input:checked")
+    assert checked and checked[0].get_attribute("value") == FAST_RECIPE.sampler
+    steps = FAST_RECIPE.steps
+    _click_and_wait(driver, "generate-btn", f"step {steps} of {steps}", _image_src(driver, "xt-image"))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(ARTIFACTS / "app_digits.png"))

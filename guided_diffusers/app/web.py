@@ -228,7 +228,7 @@ def _control_updates(path: str) -> tuple:
     """New values for the pipeline-dependent controls after loading ``path``."""
     pipeline, message = pipeline_message(path)
     if pipeline is None:
-        return (path, None, message, gr.Dropdown(choices=[], value=None), gr.Slider(), gr.Slider(), gr.Slider())
+        return (path, None, message, gr.Dropdown(choices=[], value=None), gr.Slider(), gr.Slider(), gr.Slider(), gr.Radio())
     options = PipelineOptions.from_pipeline(pipeline)
     return (
         path,
@@ -238,6 +238,7 @@ def _control_updates(path: str) -> tuple:
         gr.Slider(interactive=options.has_classifier, value=options.default_classifier_scale),
         gr.Slider(interactive=options.has_null_class, value=3.0 if options.has_null_class else 1.0),
         gr.Slider(maximum=options.num_train_timesteps, value=options.default_steps),
+        gr.Radio(value=options.default_scheduler),
     )
 
 
@@ -283,7 +284,8 @@ def build_demo(pipeline_path: str = DEFAULT_PIPELINE) -> gr.Blocks:
                     interactive=bool(options and options.has_null_class),
                 )
             with gr.Column():
-                scheduler = gr.Radio([("DDPM", "ddpm"), ("DDIM", "ddim")], value="ddpm", label="Scheduler")
+                scheduler = gr.Radio([("DDPM", "ddpm"), ("DDIM", "ddim")], value=options.default_scheduler if options else "ddpm",
+                                     label="Scheduler (default: the fast recipe)", elem_id="scheduler-choice")
                 steps = gr.Slider(
                     1, options.num_train_timesteps if options else 1000, step=1, label="Steps (respacing)",
                     value=options.default_steps if options else 50,
@@ -328,7 +330,7 @@ def build_demo(pipeline_path: str = DEFAULT_PIPELINE) -> gr.Blocks:
             _inpaint, inputs=[editor, jump_length, jump_n_sample, *settings],
             outputs=[masked_image, filled_image, inpaint_status], api_name="inpaint",
         )
-        load_outputs = [path_state, chain_state, info, class_choice, classifier_scale, guidance_scale, steps]
+        load_outputs = [path_state, chain_state, info, class_choice, classifier_scale, guidance_scale, steps, scheduler]
         load_button.click(_control_updates, inputs=[path_box], outputs=load_outputs, api_name="load")
         path_box.submit(_control_updates, inputs=[path_box], outputs=load_outputs, api_name=False)
     return demo
