@@ -39,7 +39,7 @@ def _train_here(task: str, argv: list[str]) -> None:
     """One run in this process, as ``python scripts/train_{task}.py`` runs it."""
     from accelerate.state import AcceleratorState, GradientState
 
-    from guided_diffusers.training.trainer import main
+    from guided_diffusers.cli.train import main
 
     try:
         main(task, [*argv, *([] if "--report_to" in argv else ["--report_to", "none"])])
