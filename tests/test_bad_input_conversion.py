@@ -240,7 +240,7 @@ def test_a_terminated_conversion_leaves_no_temporary_folder(inputs, tmp_path, mo
     import signal
     import time
 
-    from guided_diffusers.conversion import convert as convert_module
+    from guided_diffusers.conversion import writing as convert_module
 
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` mid-conversion

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 import guided_diffusers  # noqa: F401  (registers the pipelines with diffusers)
 from guided_diffusers import ADMClassifier, ADMUpsamplingPipeline, ClassifierGuidedPipeline, GuidedDDPMScheduler
 from guided_diffusers.conversion import classifier_kwargs_from_flags, unet_kwargs_from_flags
-from guided_diffusers.conversion import convert as convert_module
+from guided_diffusers.conversion import writing as convert_module
 from guided_diffusers.conversion import presets as presets_module
-from guided_diffusers.conversion.convert import convert_adm, convert_ddpm
+from guided_diffusers.conversion.writing import convert_adm, convert_ddpm
 from guided_diffusers.publishing import HubPushError
 
 ROOT = Path(__file__).resolve().parents[1]
