@@ -48,6 +48,20 @@ def _train_here(task: str, argv: list[str]) -> None:
         GradientState._reset_state()
 
 
+def count_forwards(monkeypatch) -> list[str]:
+    """Record every forward of our models (U-Nets and classifiers) from now on, by class name."""
+    from guided_diffusers import ADMClassifier, ADMSuperResUNet2DModel, ADMUNet2DModel
+
+    calls: list[str] = []
+    for model_class in (ADMUNet2DModel, ADMSuperResUNet2DModel, ADMClassifier):
+        def counting(self, *args, _forward=model_class.forward, **kwargs):
+            calls.append(type(self).__name__)
+            return _forward(self, *args, **kwargs)
+
+        monkeypatch.setattr(model_class, "forward", counting)
+    return calls
+
+
 def _train_launched(task: str, argv: list[str]) -> None:
     launcher, env = accelerate_cpu_launcher(2)
     command = [*launcher, str(ROOT / "scripts" / f"train_{task}.py"), *argv, "--report_to", "none"]
@@ -328,12 +342,14 @@ def _bad_data(tmp_path, case):
         ("resolution", "error: expected --resolution divisible by 2 (2 levels, each but the last halving it), got 7"),
     ],
 )
-def test_bad_data_is_refused_before_training(tmp_path, case, message):
+def test_bad_data_is_refused_before_training(tmp_path, case, message, monkeypatch):
     argv = [*_bad_data(tmp_path, case), "--output_dir", str(tmp_path / "out"), "--max_train_steps", "2",
             "--train_batch_size", "2", *TINY_UNET, "--channel_mult", "1,2", "--attention_resolutions", "4"]
+    forwards = count_forwards(monkeypatch)
     with pytest.raises(SystemExit) as raised:
         _train_here("diffusion", argv)
     assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+    assert forwards == []  # refused before the model ran once
     assert not (tmp_path / "out" / "checkpoint-2").exists()
 
 
