@@ -32,6 +32,8 @@ class ClassifierTask(TrainingTask):
     def __init__(self, args: argparse.Namespace):
         super().__init__(args, "classifier", loadable_entry="config.json", loss_key="train_loss")
         self.held_out: LabelledImages | None = None
+        self.held_out_dataset: TrainingImageDataset | None = None  # set by build when there are held-out images
+        self.diffusion: Any = None  # the process the classifier learns to see through (set by build)
         self._held_out_batches: Iterator[list[tuple[int, int]]] | None = None
 
     def load_images(self) -> tuple[LabelledImages, LabelledImages | None]:
