@@ -369,10 +369,10 @@ def test_loss_falls_on_a_trivially_learnable_dataset(tmp_path):
     _train_here("diffusion", [
         "--train_data_dir", str(folder), "--output_dir", str(output), "--resolution", "8", "--train_batch_size", "16",
         *TINY_UNET, "--channel_mult", "1,2", "--attention_resolutions", "4", "--learning_rate", "2e-3",
-        "--max_train_steps", "40", "--checkpointing_steps", "1000", "--use_ema", "False", "--use_checkpoint", "True",
+        "--max_train_steps", "20", "--checkpointing_steps", "1000", "--use_ema", "False",
     ])
     losses = [m["loss"] for m in _metrics(output)]
-    first, last = np.mean(losses[:8]), np.mean(losses[-8:])
+    first, last = np.mean(losses[:8]), np.mean(losses[-8:])  # steps 1-8 against 13-20 (about 0.4 here)
     assert last < 0.6 * first, (first, last)
 
 
