@@ -24,6 +24,8 @@ from guided_diffusers.publishing import HubPushError
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 
 def _flag_string(flags: dict) -> str:
     return " ".join(f"--{k} {v}" for k, v in flags.items())

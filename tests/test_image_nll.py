@@ -20,6 +20,8 @@ from guided_diffusers.evaluation.image_data import open_evaluation_images
 from guided_diffusers.evaluation.nll import evaluate_bits_per_dim
 from guided_diffusers.training import calc_bpd_loop
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is fastest on a busy machine
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "image_nll.py"
 NUM_IMAGES, BATCH_SIZE, SEED = 5, 2, 3

@@ -15,6 +15,9 @@ from guided_diffusers.conversion import (
 )
 
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is fastest on a busy machine
+
+
 def _unet_from_flags(flags, source="guided-diffusion"):
     kwargs = unet_kwargs_from_flags(flags, source)
     cls = ADMSuperResUNet2DModel if "large_size" in kwargs else ADMUNet2DModel

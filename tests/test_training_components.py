@@ -26,6 +26,8 @@ from guided_diffusers.training.losses import LossType
 from guided_diffusers.training.metrics import summarize_terms, top_k_correct
 from guided_diffusers.training.model_card import render_trained_model_card
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is fastest on a busy machine
+
 BASE = ["--train_data_dir", "data", "--max_train_steps", "3"]
 
 

@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from test_training_scripts import TINY_UNET, _image_folder, _metrics, _train_here, count_forwards
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is fastest on a busy machine
+
 SMALL = ["--resolution", "8", "--train_batch_size", "2", *TINY_UNET, "--channel_mult", "1,2", "--attention_resolutions", "4"]
 
 

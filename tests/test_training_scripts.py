@@ -20,6 +20,8 @@ import torch
 from launch import accelerate_cpu_launcher, run_with_watchdog
 from PIL import Image
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is fastest on a busy machine
+
 ROOT = Path(__file__).resolve().parents[1]
 # A launched run longer than this is hung: its processes' stacks are shown and the test fails.
 LAUNCHED_RUN_TIMEOUT = 420
