@@ -37,6 +37,7 @@ __all__ = [
     "LabelledImages",
     "TrainingImageDataset",
     "center_crop_array",
+    "check_global_batch",
     "class_name_from_filename",
     "find_unreadable_images",
     "folder_class_names",
@@ -446,6 +447,23 @@ class TrainingImageDataset(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def check_global_batch(num_examples: int, batch_size: int, num_processes: int = 1) -> None:
+    """Refuse a batch size the data cannot fill: one global batch (``batch_size`` on each of ``num_processes``) needs
+    at least that many examples, since an incomplete last batch is dropped.
+
+    Raises:
+        ValueError: a batch size below 1, or fewer examples than one global batch.
+    """
+    if batch_size < 1:
+        raise ValueError(f"expected a positive batch size, got {batch_size}")
+    global_batch = batch_size * num_processes
+    if num_examples < global_batch:
+        raise ValueError(
+            f"expected at least train_batch_size x processes = {batch_size} x {num_processes} = {global_batch} "
+            f"training images, got {num_examples}"
+        )
+
+
 class EpochShuffledBatchSampler(torch.utils.data.Sampler):
     """An endless stream of this process's batches of ``(epoch, index)`` keys.
 
@@ -475,16 +493,9 @@ class EpochShuffledBatchSampler(torch.utils.data.Sampler):
         start_batch: int = 0,
         shuffle: bool = True,
     ):
-        if batch_size < 1:
-            raise ValueError(f"expected a positive batch size, got {batch_size}")
+        check_global_batch(num_examples, batch_size, num_processes)
         if not 0 <= process_index < num_processes:
             raise ValueError(f"expected process_index in [0, {num_processes}), got {process_index}")
-        global_batch = batch_size * num_processes
-        if num_examples < global_batch:
-            raise ValueError(
-                f"expected at least train_batch_size x processes = {batch_size} x {num_processes} = {global_batch} "
-                f"training images, got {num_examples}"
-            )
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.num_processes = num_processes

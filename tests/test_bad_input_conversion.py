@@ -3,6 +3,7 @@ before any work, and nothing is written; plus the converter's inputs that must w
 as --checkpoint) and its on-disk guarantees (no stale temp folders, atomic --overwrite, normal permissions)."""
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -87,13 +88,30 @@ ADM_CASES = [
 ]
 
 
+# The refusals that need the checkpoint's content: torch.load reads it once (and refuses it, or its keys); every other
+# case is refused before any checkpoint is read.
+READ_ONCE = {"random bytes", "pickled payload", "classifier with unet flags"}
+
+
 @pytest.mark.parametrize("case, argv, expected", ADM_CASES, ids=[c[0] for c in ADM_CASES])
 def test_convert_guided_diffusion_refuses_in_one_line(case, argv, expected, inputs, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     before_inputs, before_work = _listing(inputs), _listing(tmp_path)
+    loads, built = [], []
+    real_load, real_init = torch.load, ADMUNet2DModel.__init__
+
+    @functools.wraps(real_init)  # the same signature, which the config checks read
+    def counting_init(self, *args, **kwargs):
+        built.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: (loads.append(args[0]), real_load(*args, **kwargs))[1])
+    monkeypatch.setattr(ADMUNet2DModel, "__init__", counting_init)
     code, err = _run(adm_cli, argv(inputs, tmp_path), capsys)
     assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert expected in err, err
+    assert len(loads) == (1 if case in READ_ONCE else 0), loads
+    assert built == []  # no model was built, so nothing ran forward
     assert _listing(tmp_path) == before_work and _listing(inputs) == before_inputs  # nothing written, nothing run
     assert not Path("pwned").exists()
 
@@ -240,7 +258,7 @@ def test_a_terminated_conversion_leaves_no_temporary_folder(inputs, tmp_path, mo
     import signal
     import time
 
-    from guided_diffusers.conversion import convert as convert_module
+    from guided_diffusers.conversion import writing as convert_module
 
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` mid-conversion

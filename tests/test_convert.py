@@ -2,7 +2,7 @@
 
 import dataclasses
 import json
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -17,12 +17,14 @@ from safetensors.torch import load_file
 import guided_diffusers  # noqa: F401  (registers the pipelines with diffusers)
 from guided_diffusers import ADMClassifier, ADMUpsamplingPipeline, ClassifierGuidedPipeline, GuidedDDPMScheduler
 from guided_diffusers.conversion import classifier_kwargs_from_flags, unet_kwargs_from_flags
-from guided_diffusers.conversion import convert as convert_module
+from guided_diffusers.conversion import writing as convert_module
 from guided_diffusers.conversion import presets as presets_module
-from guided_diffusers.conversion.convert import convert_adm, convert_ddpm
+from guided_diffusers.conversion.writing import convert_adm, convert_ddpm
 from guided_diffusers.publishing import HubPushError
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _flag_string(flags: dict) -> str:
@@ -35,9 +37,10 @@ def _load(folder):
     return pipe
 
 
-@pytest.mark.parametrize(
-    "name", ["gd_unet_legacy_attention", "gd_unet_new_attention", "gd_unet_eps_fixed", "gd_unet_learned_kl", "gd_unet_xstart", "id_unet", "gd_superres", "ddpm_unet"]
-)
+# Two folder round trips: the ADM converter from constructor kwargs (an upsampler, whose folder carries low_res_size) and
+# the DDPM converter. Every model case's parity is tests/test_model_parity.py's; the ADM flags path through a folder is
+# test_converted_scheduler_reproduces_a_diffusion_case's (a whole guided trajectory).
+@pytest.mark.parametrize("name", ["gd_superres", "ddpm_unet"])
 def test_parity_models_through_pipeline_folders(name, tmp_path):
     case, io = load_case(name)
     checkpoint = parity_dir() / name / "original.pt"
@@ -162,12 +165,46 @@ def test_every_ddpm_preset_converts_its_released_layout(name, tmp_path, monkeypa
         assert pipe.unet(torch.randn(1, 3, 64, 64), torch.tensor([10])).sample.shape == (1, 3, 64, 64)
 
 
-def test_help_lists_the_presets():
+def test_help_lists_the_presets(capsys, monkeypatch):
+    """The checkout's wrappers (convert/*.py), run in this process as ``python convert/<script> --help`` runs them."""
     for script, names in (("convert_guided_diffusion.py", ADM_PRESETS), ("convert_ddpm.py", DDPM_PRESETS)):
-        result = subprocess.run([sys.executable, str(ROOT / "convert" / script), "--help"], capture_output=True, text=True)
-        assert result.returncode == 0
+        monkeypatch.setattr(sys, "argv", [script, "--help"])
+        with pytest.raises(SystemExit) as info:
+            runpy.run_path(str(ROOT / "convert" / script), run_name="__main__")
+        assert info.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: ")
         for name in names:
-            assert name in result.stdout, (script, name)
+            assert name in out, (script, name)
+
+
+def test_one_conversion_reads_the_flags_once(tmp_path, monkeypatch):
+    """The flags are parsed once per model converted: the U-Net's model and diffusion flags together, the classifier's."""
+    from guided_diffusers.conversion import flags as flags_module
+
+    parsed = []
+    real = flags_module.parse_flags
+
+    def counting(flags, source="guided-diffusion"):
+        parsed.append(flags)
+        return real(flags, source)
+
+    monkeypatch.setattr(flags_module, "parse_flags", counting)
+    monkeypatch.setattr(convert_module, "parse_flags", counting)
+    case, _ = load_case("gd_unet_learned_kl")
+    model_flags, diffusion_flags = _flag_string(case["flags"]), "--diffusion_steps 100 --noise_schedule cosine"
+    convert_adm(parity_dir() / "gd_unet_learned_kl" / "original.pt", tmp_path / "unet", model_flags=model_flags,
+                diffusion_flags=diffusion_flags)
+    assert parsed == [f"{model_flags} {diffusion_flags}"]
+    assert _load(tmp_path / "unet").scheduler.config.num_train_timesteps == 100
+
+    clf_flags = ("--image_size 16 --classifier_width 32 --classifier_depth 1 --classifier_channel_mult 1,2 "
+                 "--classifier_attention_resolutions 4 --classifier_pool adaptive")
+    torch.save(adm_classifier_state_dict(classifier_kwargs_from_flags(clf_flags)), tmp_path / "classifier.pt")
+    parsed.clear()
+    convert_adm(parity_dir() / "gd_unet_learned_kl" / "original.pt", tmp_path / "both", model_flags=model_flags,
+                classifier=tmp_path / "classifier.pt", classifier_flags=clf_flags)
+    assert sorted(parsed) == sorted([model_flags, clf_flags])
 
 
 # -- card, dtype, safety, errors, Hub -------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,8 @@ from guided_diffusers import ADMUNet2DModel, ClassifierGuidedPipeline, GuidedDDP
 from guided_diffusers.evaluation.image_data import open_evaluation_images
 from guided_diffusers.evaluation.nll import evaluate_bits_per_dim
 from guided_diffusers.training import calc_bpd_loop
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is fastest on a busy machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "image_nll.py"
@@ -74,11 +75,20 @@ def _direct_bound(setup) -> np.ndarray:
     return np.concatenate(totals)
 
 
-def _run_script(setup, output_dir, launcher=(), **env):
-    command = [*launcher, str(SCRIPT), "--pipeline", str(setup["root"] / "pipe"), "--dataset", str(setup["root"] / "images"),
-               "--batch_size", str(BATCH_SIZE), "--seed", str(SEED), "--output_dir", str(output_dir)]
-    result = subprocess.run(command, cwd=ROOT, env={**_env(), **env}, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+def _run_script(setup, output_dir, launcher=None, **env):
+    """scripts/image_nll.py in this process (on one thread, as the launched processes run), or under ``launcher``."""
+    argv = ["--pipeline", str(setup["root"] / "pipe"), "--dataset", str(setup["root"] / "images"),
+            "--batch_size", str(BATCH_SIZE), "--seed", str(SEED), "--output_dir", str(output_dir)]
+    if launcher is None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            assert _load_script().main(argv) == 0
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        result = subprocess.run([*launcher, str(SCRIPT), *argv], cwd=ROOT, env={**_env(), **env}, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((output_dir / "bpd_summary.json").read_text()), np.load(output_dir / "bpd_terms.npz")
 
 
@@ -86,7 +96,7 @@ def test_script_total_equals_calc_bpd_loop_in_one_and_two_processes(setup):
     expected = _direct_bound(setup)
     assert np.all(np.isfinite(expected))
 
-    one_summary, one = _run_script(setup, setup["root"] / "one", (sys.executable,))
+    one_summary, one = _run_script(setup, setup["root"] / "one")
     np.testing.assert_array_equal(one["indices"], np.arange(NUM_IMAGES))
     np.testing.assert_allclose(one["total_bpd"], expected, rtol=1e-6)
     assert one_summary["total_bpd"] == pytest.approx(expected.mean(), rel=1e-6)

@@ -23,7 +23,7 @@ from guided_diffusers import (
 )
 from guided_diffusers.conversion import classifier_kwargs_from_flags, unet_kwargs_from_flags
 from guided_diffusers.conversion import presets as presets_module
-from guided_diffusers.conversion.convert import convert_adm, convert_ddpm
+from guided_diffusers.conversion.writing import convert_adm, convert_ddpm
 from guided_diffusers.training.model_card import HUB_LICENSES, render_trained_model_card
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from diffusers import UNet2DModel
+from diffusers.models.resnet import ResnetBlock2D
 
 from guided_diffusers import ADMClassifier, ADMSuperResUNet2DModel, ADMUNet2DModel
 from guided_diffusers.conversion import (
@@ -12,6 +13,9 @@ from guided_diffusers.conversion import (
     ddpm_unet_config,
     unet_kwargs_from_flags,
 )
+
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is fastest on a busy machine
 
 
 def _unet_from_flags(flags, source="guided-diffusion"):
@@ -224,14 +228,25 @@ def test_gradient_checkpointing_gives_same_gradients(index):
     model.enable_gradient_checkpointing()
     assert model.is_gradient_checkpointing
     calls = []
-    for module in model.modules():  # count the blocks that really went through checkpointing
+    for module in model.modules():  # count the sub-modules that really went through checkpointing
         checkpoint = getattr(module, "_gradient_checkpointing_func", None)
         if checkpoint is not None and getattr(module, "gradient_checkpointing", False):
-            module._gradient_checkpointing_func = lambda *args, _f=checkpoint, **kwargs: (calls.append(1), _f(*args, **kwargs))[1]
+            module._gradient_checkpointing_func = lambda *args, _f=checkpoint, **kwargs: (calls.append(args[0]), _f(*args, **kwargs))[1]
     checkpointed = grads()
-    assert len(calls) >= 3  # every level's residual blocks at least
+    # Every residual block and attention of each level (and each residual down/upsampler) once, and the middle block's
+    # residual blocks after its first (diffusers' UNetMidBlock2D checkpoints those): N calls, one per such module.
+    expected = [module for block in [*model.down_blocks, *getattr(model, "up_blocks", [])]
+                for i, resnet in enumerate(block.resnets) for module in (resnet, *block.attentions[i:i + 1])]
+    expected += [module for block in [*model.down_blocks, *getattr(model, "up_blocks", [])]
+                 for module in [*getattr(block, "downsamplers", []), *getattr(block, "upsamplers", [])] if isinstance(module, ResnetBlock2D)]
+    expected += list(model.mid_block.resnets[1:])
+    assert len(calls) == len(expected) and {id(m) for m in calls} == {id(m) for m in expected}, (len(calls), len(expected))
     for a, b in zip(plain, checkpointed):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    model.disable_gradient_checkpointing()
+    calls.clear()
+    grads()
+    assert calls == []  # off again: nothing checkpointed
 
 
 def test_super_res_forward_keeps_the_parent_argument_order():

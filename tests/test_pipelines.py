@@ -23,6 +23,8 @@ from guided_diffusers import (
 )
 from guided_diffusers.schedulers import scheduler_config_from_diffusion_flags, to_diffusers_scheduler
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 DIFFUSION_CASES = ["diffusion_learned_range", "diffusion_kl_cosine", "diffusion_fixed_large_rescaled", "diffusion_xstart_rescaled_mse"]
 
 
@@ -178,15 +180,26 @@ def test_classifier_free_guidance():
     assert not torch.allclose(_run(pipe, class_labels=[4, 5], guidance_scale=4.0), conditional, atol=1e-3)
 
 
-def test_classifier_guidance_on_conditional_and_unconditional_unets():
+def _log_p(classifier, images, labels):
+    """log p(y | x_0) of the final images, as the classifier sees them at t = 0."""
+    with torch.no_grad():
+        logits = classifier(images * 2 - 1, torch.zeros(len(labels), dtype=torch.long)).logits
+    return torch.log_softmax(logits, dim=-1)[torch.arange(len(labels)), torch.tensor(labels)]
+
+
+def test_classifier_guidance_raises_log_p_of_the_class_on_conditional_and_unconditional_unets():
+    labels = [3, 7]
     for unet in (_tiny_unet(), _tiny_unet(num_classes=None)):
-        pipe = _pipe(unet=unet, classifier=_tiny_classifier())
-        plain = _run(pipe, class_labels=[3, 7]) if unet.config.num_classes else _run(pipe, batch_size=2)
-        assert torch.equal(_run(pipe, class_labels=[3, 7], classifier_scale=0.0), plain)
-        guided = _run(pipe, class_labels=[3, 7], classifier_scale=10.0)
-        assert not torch.allclose(guided, plain, atol=1e-4)
-        both = _run(pipe, class_labels=[3, 7], classifier_scale=10.0, guidance_scale=2.0) if unet.config.num_classes else guided
-        assert both.shape == (2, 3, 16, 16)
+        classifier = _tiny_classifier()
+        pipe = _pipe(unet=unet, classifier=classifier)
+        plain = _run(pipe, class_labels=labels) if unet.config.num_classes else _run(pipe, batch_size=2)
+        assert torch.equal(_run(pipe, class_labels=labels, classifier_scale=0.0), plain)
+        guided = _run(pipe, class_labels=labels, classifier_scale=100.0)
+        # the direction, per sample: guidance toward the class raises log p(y | x) (a flipped sign lowers it)
+        assert (_log_p(classifier, guided, labels) > _log_p(classifier, plain, labels)).all()
+        if unet.config.num_classes:
+            both = _run(pipe, class_labels=labels, classifier_scale=100.0, guidance_scale=2.0)
+            assert both.shape == (2, 3, 16, 16) and not torch.allclose(both, guided, atol=1e-4)
 
 
 def _tiny_clip():
@@ -208,8 +221,22 @@ def _tiny_clip():
     return CLIPModel(config).eval(), tokenizer
 
 
+def _clip_similarity(clip_model, tokenizer, images, prompt):
+    """The cosine similarity of CLIP's image features to the prompt's, with CLIP's own preprocessing."""
+    from guided_diffusers.pipelines.pipeline_classifier_guided import _CLIP_MEAN, _CLIP_STD
+
+    with torch.no_grad():
+        text = clip_model.get_text_features(**tokenizer([prompt] * len(images), padding="max_length", return_tensors="pt"))
+        size = clip_model.config.vision_config.image_size
+        pixels = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+        pixels = (pixels - torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(_CLIP_STD).view(1, 3, 1, 1)
+        features = clip_model.get_image_features(pixel_values=pixels)
+    text, features = (value if torch.is_tensor(value) else value.pooler_output for value in (text, features))
+    return torch.nn.functional.cosine_similarity(features, text, dim=-1)
+
+
 @pytest.mark.parametrize("scheduler_class", [GuidedDDPMScheduler, GuidedDDIMScheduler])
-def test_clip_guidance_steers_an_unconditional_model(scheduler_class, tmp_path):
+def test_clip_guidance_raises_the_prompts_similarity_on_an_unconditional_model(scheduler_class, tmp_path):
     clip_model, tokenizer = _tiny_clip()
     unet = _tiny_unet(num_classes=None)
     scheduler = scheduler_class(num_train_timesteps=40, variance_type="learned_range", timestep_respacing="4")
@@ -217,7 +244,13 @@ def test_clip_guidance_steers_an_unconditional_model(scheduler_class, tmp_path):
     plain = _run(pipe, batch_size=1)
     cat = _run(pipe, batch_size=1, prompt="a cat", clip_guidance_scale=20.0)
     dog = _run(pipe, batch_size=1, prompt="a dog", clip_guidance_scale=20.0)
-    assert not torch.allclose(cat, plain, atol=1e-4) and not torch.allclose(cat, dog, atol=1e-4)
+
+    def similarity(images, prompt):
+        return _clip_similarity(clip_model, tokenizer, images, prompt).item()
+
+    # each prompt's guidance raises that prompt's similarity over the unguided run and over the other prompt's run
+    assert similarity(cat, "a cat") > similarity(plain, "a cat") and similarity(cat, "a cat") > similarity(dog, "a cat")
+    assert similarity(dog, "a dog") > similarity(plain, "a dog") and similarity(dog, "a dog") > similarity(cat, "a dog")
     assert torch.equal(cat, _run(pipe, batch_size=1, prompt="a cat", clip_guidance_scale=20.0))
     pipe.save_pretrained(tmp_path)
     loaded = ClassifierGuidedPipeline.from_pretrained(tmp_path)

@@ -1,11 +1,12 @@
 """scripts/sample.py: N samples in the originals' .npz layout, the same from one process or two."""
 
-import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from launch import accelerate_cpu_launcher
@@ -23,17 +24,23 @@ def _save_pipeline(folder):
     ClassifierGuidedPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
 
 
-def _run(command, cwd):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+def _run_here(argv, monkeypatch):
+    """``python scripts/sample.py ARGV`` in this process, on one thread (as the launched processes run); its exit code."""
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / "sample.py"), *argv])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(SystemExit) as info:
+            runpy.run_path(str(ROOT / "scripts" / "sample.py"), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    return info.value.code
 
 
-def test_one_and_two_processes_give_the_same_samples(tmp_path):
+def test_one_and_two_processes_give_the_same_samples(tmp_path, monkeypatch):
     _save_pipeline(tmp_path / "pipe")
     common = ["--pipeline", str(tmp_path / "pipe"), "--num_samples", "5", "--batch_size", "2", "--seed", "7"]
-    _run([sys.executable, str(ROOT / "scripts" / "sample.py"), *common, "--output_dir", str(tmp_path / "one")], ROOT)
+    assert _run_here([*common, "--output_dir", str(tmp_path / "one")], monkeypatch) == 0
     launcher, env = accelerate_cpu_launcher(2)
     two = subprocess.run([*launcher, str(ROOT / "scripts" / "sample.py"), *common, "--output_dir", str(tmp_path / "two")],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -48,11 +55,11 @@ def test_one_and_two_processes_give_the_same_samples(tmp_path):
     assert not (tmp_path / "two" / ".shards").exists()
 
 
-def test_fixed_labels_by_name_and_bad_flags(tmp_path):
+def test_fixed_labels_by_name_and_bad_flags(tmp_path, monkeypatch, capsys):
     _save_pipeline(tmp_path / "pipe")
-    _run([sys.executable, str(ROOT / "scripts" / "sample.py"), "--pipeline", str(tmp_path / "pipe"), "--num_samples", "3",
-          "--class_labels", "4,2", "--output_dir", str(tmp_path / "out")], ROOT)
+    assert _run_here(["--pipeline", str(tmp_path / "pipe"), "--num_samples", "3", "--class_labels", "4,2",
+                      "--output_dir", str(tmp_path / "out")], monkeypatch) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "samples_3x8x8x3.npz")["arr_1"], [4, 2, 4])
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "sample.py"), "--pipeline", str(tmp_path / "pipe"),
-                          "--class_labels", "12", "--output_dir", str(tmp_path / "bad")], capture_output=True, text=True)
-    assert bad.returncode != 0 and "expected class labels in [0, 10), got [12]" in bad.stderr
+    capsys.readouterr()
+    code = _run_here(["--pipeline", str(tmp_path / "pipe"), "--class_labels", "12", "--output_dir", str(tmp_path / "bad")], monkeypatch)
+    assert code != 0 and "expected class labels in [0, 10), got [12]" in capsys.readouterr().err

@@ -223,7 +223,7 @@ def test_converted_folder_scheduler_swaps(tmp_path):
     as the same process, and a saved stock config loads back into ours."""
     from parity import load_case, parity_dir
 
-    from guided_diffusers.conversion.convert import convert_adm
+    from guided_diffusers.conversion.writing import convert_adm
 
     case, _ = load_case("id_unet")
     convert_adm(parity_dir() / "id_unet" / "original.pt", tmp_path / "out", source=case["source"],

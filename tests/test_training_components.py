@@ -26,6 +26,8 @@ from guided_diffusers.training.losses import LossType
 from guided_diffusers.training.metrics import summarize_terms, top_k_correct
 from guided_diffusers.training.model_card import render_trained_model_card
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is fastest on a busy machine
+
 BASE = ["--train_data_dir", "data", "--max_train_steps", "3"]
 
 
@@ -180,6 +182,9 @@ def test_diffusion_model_is_the_one_the_originals_flags_describe():
     assert {k: setup.model.config[k] for k in expected} == {k: (list(v) if isinstance(v, tuple) else v) for k, v in expected.items()}
     assert setup.scheduler.config.beta_schedule == "squaredcos_cap_v2" and setup.scheduler.config.variance_type == "learned_range"
     assert setup.loss_type == LossType.RESCALED_KL and setup.resolution == 8
+    assert not setup.model.is_gradient_checkpointing
+    checkpointed = build_diffusion_setup(_args("diffusion", "--resolution", "8", *flags, "--use_checkpoint", "True"), num_classes=3)
+    assert checkpointed.model.is_gradient_checkpointing  # the originals' --use_checkpoint (counted in test_models)
     improved = build_diffusion_setup(_args("diffusion", "--resolution", "32", "--source", "improved-diffusion", "--num_channels", "32"), None)
     assert improved.scheduler.config.rescale_timesteps and improved.loss_type == LossType.RESCALED_MSE
 

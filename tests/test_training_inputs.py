@@ -10,16 +10,21 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_training_scripts import TINY_UNET, _image_folder, _metrics, _train_here
+from test_training_scripts import TINY_UNET, _image_folder, _metrics, _train_here, count_forwards
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is fastest on a busy machine
 
 SMALL = ["--resolution", "8", "--train_batch_size", "2", *TINY_UNET, "--channel_mult", "1,2", "--attention_resolutions", "4"]
 
 
 def _refused(task: str, argv: list[str], output: Path) -> str:
-    with pytest.raises(SystemExit) as raised:
-        _train_here(task, [*argv, "--output_dir", str(output)])
+    with pytest.MonkeyPatch.context() as patch:
+        forwards = count_forwards(patch)
+        with pytest.raises(SystemExit) as raised:
+            _train_here(task, [*argv, "--output_dir", str(output)])
     message = str(raised.value)
     assert message.startswith("error: expected") and "\n" not in message, message
+    assert forwards == []  # refused before the model ran once
     assert not output.exists() or not any(output.glob("checkpoint-*"))
     return message
 

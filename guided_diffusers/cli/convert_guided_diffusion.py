@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, convert, print where the folder went; a refused input exits 2 with one line."""
     args = build_parser().parse_args(argv)
-    from ..conversion.convert import convert_adm
+    from ..conversion.writing import convert_adm
     from ..publishing import HubPushError
 
     with exit_cleanly_on_sigterm():

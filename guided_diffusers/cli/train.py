@@ -38,24 +38,34 @@ original does. The trained ADMUpsamplingPipeline (EMA weights) is saved into --o
 """
 
 
-def run(task: str, description: str, argv: list[str] | None = None) -> None:
-    """Train ``task``; a refused run and a failed Hub upload (the trained folder stays complete) end in one line."""
-    from ..publishing import HubPushError
-    from ..training.trainer import main as train
+def main(task: str, argv: list[str] | None = None, description: str | None = None) -> None:
+    """A training command line: parse ``argv`` (default ``sys.argv[1:]``) and train ``task``; a run refused before
+    training starts, and a failed Hub upload (the trained folder stays complete), end in one line.
 
+    Args:
+        task (`str`): ``"diffusion"``, ``"super_res"`` or ``"classifier"``.
+        argv (list of `str`, *optional*): the command line.
+        description (`str`, *optional*): the help text.
+    """
+    from ..publishing import HubPushError
+    from ..training.args import parse_training_args
+    from ..training.tasks import run_training
+    from ..training.trainer import TrainingSetupError
+
+    args = parse_training_args(task, argv, description)
     try:
-        train(task, argv, description)
-    except HubPushError as error:
+        run_training(args)
+    except (TrainingSetupError, HubPushError) as error:
         sys.exit(f"error: {error}")
 
 
 def train_diffusion(argv: list[str] | None = None) -> None:
-    run("diffusion", DIFFUSION, argv)
+    main("diffusion", argv, DIFFUSION)
 
 
 def train_classifier(argv: list[str] | None = None) -> None:
-    run("classifier", CLASSIFIER, argv)
+    main("classifier", argv, CLASSIFIER)
 
 
 def train_super_res(argv: list[str] | None = None) -> None:
-    run("super_res", SUPER_RES, argv)
+    main("super_res", argv, SUPER_RES)

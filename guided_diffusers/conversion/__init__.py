@@ -1,7 +1,7 @@
-"""From the originals' checkpoints and flags to our models."""
+"""From the originals' checkpoints and flags to our models (originals.py) and to pipeline folders (writing.py)."""
 
 from .flags import classifier_kwargs_from_flags, parse_flags, scheduler_config_from_diffusion_flags, unet_kwargs_from_flags
-from .loading import (
+from .originals import (
     adm_classifier_config,
     adm_unet_config,
     convert_classifier_checkpoint,
@@ -10,12 +10,15 @@ from .loading import (
     ddpm_unet_config,
     load_original_state_dict,
 )
+from .writing import convert_adm, convert_ddpm
 
 __all__ = [
     "adm_classifier_config",
     "adm_unet_config",
     "classifier_kwargs_from_flags",
+    "convert_adm",
     "convert_classifier_checkpoint",
+    "convert_ddpm",
     "convert_ddpm_checkpoint",
     "convert_unet_checkpoint",
     "ddpm_unet_config",

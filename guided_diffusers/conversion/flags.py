@@ -214,9 +214,19 @@ def unet_kwargs_from_flags(flags: str | Mapping[str, Any] | None, source: str = 
 
     A super-resolution model (``large_size``/``small_size`` given) gets ``large_size``/``small_size`` keys too.
     """
-    f = parse_flags(flags, source)
+    return unet_kwargs_from_parsed(parse_flags(flags, source), source, is_super_res(flags))
+
+
+def unet_kwargs_from_parsed(f: Mapping[str, Any], source: str, super_res: bool) -> dict[str, Any]:
+    """[`unet_kwargs_from_flags`] from flags [`parse_flags`] has already read (so a conversion reads them once).
+
+    Args:
+        f (mapping): every flag of ``source``, typed (``parse_flags``' result).
+        source (`str`): ``"guided-diffusion"`` or ``"improved-diffusion"``.
+        super_res (`bool`): a super-resolution model ([`is_super_res`] of the given flags).
+    """
+    _check_source(source)
     guided = source == "guided-diffusion"
-    super_res = is_super_res(flags)
     image_size = f["large_size"] if super_res else f["image_size"]
     if super_res:
         channel_mult = _default_channel_mult(

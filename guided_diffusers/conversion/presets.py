@@ -11,6 +11,9 @@ from typing import Any
 GUIDED = "guided-diffusion"
 IMPROVED = "improved-diffusion"
 DDPM = "ddpm"
+#: The kinds of model, in every part that names one (presets, model cards, training tasks, the training scripts):
+#: a diffusion model, a super-resolution (ADM-U) diffusion model, a noisy classifier.
+KINDS = ("diffusion", "super_res", "classifier")
 
 # Results tables of the original READMEs / papers, for the model cards: (dataset, metrics...)
 _GUIDED_RESULTS_HEADER = ("Dataset", "FID", "Precision", "Recall")
@@ -23,7 +26,7 @@ class Preset:
     Args:
         name: the preset name (``--preset``).
         family: ``guided-diffusion``, ``improved-diffusion`` or ``ddpm``.
-        kind: ``unet``, ``super_res`` or ``classifier``.
+        kind: one of [`KINDS`]: ``diffusion``, ``super_res`` or ``classifier``.
         flags: the original scripts' model and diffusion flags (ADM families), exactly as the READMEs give them.
         constructor_kwargs: the DDPM port's Model kwargs (DDPM family).
         scheduler: scheduler settings beyond the flags (DDPM's betas and variance).
@@ -63,6 +66,10 @@ class Preset:
     recommended_use: str = ""
     usage: str = "sample"
 
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"expected a preset kind in {KINDS}, got {self.kind!r} for {self.name!r}")
+
 
 _ADM_PAPER = "[Diffusion Models Beat GANs on Image Synthesis](https://arxiv.org/abs/2105.05233) (Dhariwal & Nichol, 2021)"
 _IDDPM_PAPER = "[Improved Denoising Diffusion Probabilistic Models](https://arxiv.org/abs/2102.09672) (Nichol & Dhariwal, 2021)"
@@ -92,7 +99,7 @@ def _guided_results(*rows: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
 _PRESETS: list[Preset] = [
     # -- guided-diffusion: ImageNet diffusion models (ADM-G) ---------------------------------------------------------
     Preset(
-        "64x64_diffusion", kind="unet", classifier="64x64_classifier",
+        "64x64_diffusion", kind="diffusion", classifier="64x64_classifier",
         flags="--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --dropout 0.1 --image_size 64 "
         "--learn_sigma True --noise_schedule cosine --num_channels 192 --num_head_channels 64 --num_res_blocks 3 "
         "--resblock_updown True --use_new_attention_order True --use_fp16 True --use_scale_shift_norm True",
@@ -102,7 +109,7 @@ _PRESETS: list[Preset] = [
         file_names=("64x64_diffusion.pt",), **_GUIDED_IMAGENET,
     ),
     Preset(
-        "128x128_diffusion", kind="unet", classifier="128x128_classifier",
+        "128x128_diffusion", kind="diffusion", classifier="128x128_classifier",
         flags="--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --image_size 128 --learn_sigma True "
         "--noise_schedule linear --num_channels 256 --num_heads 4 --num_res_blocks 2 --resblock_updown True --use_fp16 True "
         "--use_scale_shift_norm True",
@@ -112,7 +119,7 @@ _PRESETS: list[Preset] = [
         file_names=("128x128_diffusion.pt",), **_GUIDED_IMAGENET,
     ),
     Preset(
-        "256x256_diffusion", kind="unet", classifier="256x256_classifier", flags=_ADM_256.format(cond="True"),
+        "256x256_diffusion", kind="diffusion", classifier="256x256_classifier", flags=_ADM_256.format(cond="True"),
         sampling=dict(timestep_respacing="250", classifier_scale=1.0),
         description="Class-conditional ImageNet 256x256 ADM diffusion model.",
         results=_guided_results(
@@ -122,14 +129,14 @@ _PRESETS: list[Preset] = [
         file_names=("256x256_diffusion.pt",), **_GUIDED_IMAGENET,
     ),
     Preset(
-        "256x256_diffusion_uncond", kind="unet", classifier="256x256_classifier", flags=_ADM_256.format(cond="False"),
+        "256x256_diffusion_uncond", kind="diffusion", classifier="256x256_classifier", flags=_ADM_256.format(cond="False"),
         sampling=dict(timestep_respacing="250", classifier_scale=10.0),
         description="Class-unconditional ImageNet 256x256 ADM diffusion model; the original samples it guided by the "
         "256x256 classifier at scale 10.",
         file_names=("256x256_diffusion_uncond.pt",), **_GUIDED_IMAGENET,
     ),
     Preset(
-        "512x512_diffusion", kind="unet", classifier="512x512_classifier",
+        "512x512_diffusion", kind="diffusion", classifier="512x512_classifier",
         flags="--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --image_size 512 --learn_sigma True "
         "--noise_schedule linear --num_channels 256 --num_head_channels 64 --num_res_blocks 2 --resblock_updown True "
         "--use_fp16 False --use_scale_shift_norm True",
@@ -176,7 +183,7 @@ _PRESETS: list[Preset] = [
     # -- guided-diffusion: LSUN ----------------------------------------------------------------------------------------
     *[
         Preset(
-            name, family=GUIDED, kind="unet", flags=_LSUN.format(dropout=dropout), dataset=f"lsun-{category}",
+            name, family=GUIDED, kind="diffusion", flags=_LSUN.format(dropout=dropout), dataset=f"lsun-{category}",
             paper=_ADM_PAPER, sampling=dict(timestep_respacing="1000"),
             description=f"Unconditional LSUN {category} 256x256 ADM diffusion model"
             + (" (trained without dropout)." if dropout == "0.0" else ".")
@@ -193,14 +200,14 @@ _PRESETS: list[Preset] = [
     ],
     # -- improved-diffusion ----------------------------------------------------------------------------------------------
     Preset(
-        "imagenet64_uncond_100M_1500K", family=IMPROVED, kind="unet", dataset="imagenet-1k", paper=_IDDPM_PAPER,
+        "imagenet64_uncond_100M_1500K", family=IMPROVED, kind="diffusion", dataset="imagenet-1k", paper=_IDDPM_PAPER,
         flags="--image_size 64 --num_channels 128 --num_res_blocks 3 --learn_sigma True --diffusion_steps 4000 --noise_schedule cosine",
         sampling=dict(timestep_respacing="250"),
         description="Unconditional ImageNet 64x64 IDDPM trained with L_hybrid and the cosine schedule (learned variances).",
         file_names=("imagenet64_uncond_100M_1500K.pt",),
     ),
     Preset(
-        "cifar10_uncond_50M_500K", family=IMPROVED, kind="unet", dataset="cifar10", paper=_IDDPM_PAPER,
+        "cifar10_uncond_50M_500K", family=IMPROVED, kind="diffusion", dataset="cifar10", paper=_IDDPM_PAPER,
         flags="--image_size 32 --num_channels 128 --num_res_blocks 3 --learn_sigma True --dropout 0.3 --diffusion_steps 4000 "
         "--noise_schedule cosine",
         sampling=dict(timestep_respacing="250"),
@@ -208,7 +215,7 @@ _PRESETS: list[Preset] = [
         file_names=("cifar10_uncond_50M_500K.pt",),
     ),
     Preset(
-        "imagenet64_cond_270M_250K", family=IMPROVED, kind="unet", dataset="imagenet-1k", paper=_IDDPM_PAPER,
+        "imagenet64_cond_270M_250K", family=IMPROVED, kind="diffusion", dataset="imagenet-1k", paper=_IDDPM_PAPER,
         flags="--image_size 64 --num_channels 192 --num_res_blocks 3 --learn_sigma True --class_cond True --diffusion_steps 4000 "
         "--noise_schedule cosine --rescale_learned_sigmas False --rescale_timesteps False",
         sampling=dict(timestep_respacing="250"),
@@ -226,7 +233,7 @@ _PRESETS: list[Preset] = [
     ),
     *[
         Preset(
-            name, family=IMPROVED, kind="unet", dataset="lsun-bedroom", paper=_IDDPM_PAPER,
+            name, family=IMPROVED, kind="diffusion", dataset="lsun-bedroom", paper=_IDDPM_PAPER,
             flags="--image_size 256 --num_channels 128 --num_res_blocks 2 --num_heads 1 --learn_sigma True "
             "--use_scale_shift_norm False --attention_resolutions 16 --diffusion_steps 1000 --noise_schedule linear "
             "--rescale_learned_sigmas False --rescale_timesteps False",
@@ -240,7 +247,7 @@ _PRESETS: list[Preset] = [
         )
     ],
     Preset(
-        "imagenet64_uncond_vlb_100M_1500K", family=IMPROVED, kind="unet", dataset="imagenet-1k", paper=_IDDPM_PAPER,
+        "imagenet64_uncond_vlb_100M_1500K", family=IMPROVED, kind="diffusion", dataset="imagenet-1k", paper=_IDDPM_PAPER,
         flags="--image_size 64 --num_channels 128 --num_res_blocks 3 --learn_sigma True --diffusion_steps 4000 "
         "--noise_schedule cosine --use_kl True",
         sampling=dict(timestep_respacing="250"),
@@ -249,7 +256,7 @@ _PRESETS: list[Preset] = [
         file_names=("imagenet64_uncond_vlb_100M_1500K.pt",),
     ),
     Preset(
-        "cifar10_uncond_vlb_50M_500K", family=IMPROVED, kind="unet", dataset="cifar10", paper=_IDDPM_PAPER,
+        "cifar10_uncond_vlb_50M_500K", family=IMPROVED, kind="diffusion", dataset="cifar10", paper=_IDDPM_PAPER,
         flags="--image_size 32 --num_channels 128 --num_res_blocks 3 --learn_sigma True --dropout 0.3 --diffusion_steps 4000 "
         "--noise_schedule cosine --use_kl True",
         sampling=dict(timestep_respacing="250"),
@@ -260,7 +267,7 @@ _PRESETS: list[Preset] = [
     # -- DDPM (the PyTorch port of the original TensorFlow checkpoints) --------------------------------------------------
     *[
         Preset(
-            name + suffix, family=DDPM, kind="unet", dataset=dataset, paper=_DDPM_PAPER,
+            name + suffix, family=DDPM, kind="diffusion", dataset=dataset, paper=_DDPM_PAPER,
             constructor_kwargs=dict(kwargs),
             scheduler=dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02, variance_type=variance),
             sampling=dict(timestep_respacing="1000"),

@@ -10,7 +10,6 @@ The output folder is written aside and moved into place whole, so it holds one r
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..publishing import make_temp_folder, replace_directory
+from ..publishing import write_folder_atomically
 
 
 @dataclass
@@ -158,13 +157,10 @@ def _write_outputs(output_dir: Path, shards: list[dict[str, np.ndarray]]) -> Pat
     name = f"samples_{n}x{h}x{w}x{c}.npz"
     from PIL import Image
 
-    temp = make_temp_folder(output_dir)  # the whole folder is written aside, then replaces output_dir in one step
-    try:
-        np.savez(temp / name, **arrays)
+    def write(folder: Path) -> None:
+        np.savez(folder / name, **arrays)
         for k, image in enumerate(images):
-            Image.fromarray(image).save(temp / f"{k:06d}.png")
-        replace_directory(temp, output_dir)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+            Image.fromarray(image).save(folder / f"{k:06d}.png")
+
+    write_folder_atomically(output_dir, write)  # the whole folder is written aside, then replaces output_dir in one step
     return output_dir / name

@@ -25,7 +25,8 @@ from .timestep_samplers import (
     UniformSampler,
     create_named_schedule_sampler,
 )
-from .trainer import Trainer, TrainingSetupError, TrainingTask, run_training
+from .trainer import Trainer, TrainingSetupError, TrainingTask
+from .tasks import run_training
 
 __all__ = [
     "EpochShuffledBatchSampler",

@@ -17,7 +17,7 @@ from ..conversion.flags import (
     scheduler_config_from_diffusion_flags,
     unet_kwargs_from_flags,
 )
-from ..conversion.loading import adm_classifier_config, adm_unet_config
+from ..conversion.originals import adm_classifier_config, adm_unet_config
 from ..models import ADMClassifier, ADMSuperResUNet2DModel, ADMUNet2DModel
 from ..schedulers import GuidedDDPMScheduler
 from .args import CLASSIFIER_FLAGS, CLASSIFIER_PROCESS_FLAGS, PROCESS_FLAGS, UNET_FLAGS, given_original_flags

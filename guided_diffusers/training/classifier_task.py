@@ -17,7 +17,7 @@ from torch import nn
 from .builders import build_classifier_setup
 from ..data import EpochShuffledBatchSampler, LabelledImages, TrainingImageDataset, images_from_folder, split_held_out
 from .metrics import summarize_terms, top_k_correct
-from .timestep_samplers import LossAwareSampler, create_named_schedule_sampler
+from .timestep_samplers import LossAwareSampler
 from .trainer import MicroBatchResult, TrainingTask, load_training_images
 
 __all__ = ["ClassifierTask"]
@@ -29,13 +29,11 @@ class ClassifierTask(TrainingTask):
     """A noisy classifier ([`ADMClassifier`]); the saved folder holds it (``config.json`` with ``id2label``) and the
     scheduler config of the process whose noise it was trained on."""
 
-    kind = "classifier"
-    loadable_entry = "config.json"
-    loss_key = "train_loss"
-
     def __init__(self, args: argparse.Namespace):
-        super().__init__(args)
+        super().__init__(args, "classifier", loadable_entry="config.json", loss_key="train_loss")
         self.held_out: LabelledImages | None = None
+        self.held_out_dataset: TrainingImageDataset | None = None  # set by build when there are held-out images
+        self.diffusion: Any = None  # the process the classifier learns to see through (set by build)
         self._held_out_batches: Iterator[list[tuple[int, int]]] | None = None
 
     def load_images(self) -> tuple[LabelledImages, LabelledImages | None]:
@@ -55,21 +53,14 @@ class ClassifierTask(TrainingTask):
 
     def build(self, train_images: LabelledImages) -> nn.Module:
         setup = build_classifier_setup(self.args, train_images.num_classes, train_images.id2label, train_images.named)
-        self.setup = setup
-        self.label_map = setup.label_map
         self.diffusion = setup.scheduler.diffusion
-        self.resolution = setup.resolution
-        self.num_timesteps = self.diffusion.num_timesteps
-        self.sampler = create_named_schedule_sampler(self.args.schedule_sampler, self.num_timesteps)
+        self.adopt_setup(setup, self.diffusion.num_timesteps)
         self.id2label = setup.id2label or train_images.id2label
         if self.held_out is not None:
             self.held_out = self.model_images(self.held_out)
             role = "validation" if self.args.validation_data_dir else "held-out"
             self.held_out_dataset = TrainingImageDataset(self.held_out, self.resolution, role=role, channels=self.image_channels)
         return setup.model
-
-    def checkpoint_objects(self) -> dict[str, Any]:
-        return {"timestep_sampler": self.sampler}
 
     # -- loss -------------------------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from ..pipelines import ADMUpsamplingPipeline, ClassifierGuidedPipeline
 from .builders import build_diffusion_setup, original_flag
 from ..data import LabelledImages
 from .losses import training_losses
-from .timestep_samplers import LossAwareSampler, create_named_schedule_sampler
+from .timestep_samplers import LossAwareSampler
 from .trainer import MicroBatchResult, TrainingTask, load_training_images
 
 __all__ = ["DiffusionTask"]
@@ -28,30 +28,23 @@ class DiffusionTask(TrainingTask):
     the data's class names as ``id2label``.
     """
 
-    loadable_entry = "model_index.json"
-    loss_key = "loss"
-
     def __init__(self, args: argparse.Namespace):
-        super().__init__(args)
-        self.kind = args.task
+        if args.task not in ("diffusion", "super_res"):
+            raise ValueError(f"expected a diffusion or super_res task for DiffusionTask, got {args.task!r}")
+        super().__init__(args, args.task, loadable_entry="model_index.json")
+        self.num_classes: int | None = None
+        self.null_class: int | None = None
 
     def load_images(self) -> tuple[LabelledImages, None]:
         return load_training_images(self.args, require_labels=bool(original_flag(self.args, "class_cond"))), None
 
     def build(self, train_images: LabelledImages) -> nn.Module:
         setup = build_diffusion_setup(self.args, train_images.num_classes, train_images.id2label, train_images.named)
-        self.setup = setup
-        self.label_map = setup.label_map
-        self.resolution = setup.resolution
-        self.num_timesteps = setup.scheduler.config.num_train_timesteps
-        self.sampler = create_named_schedule_sampler(self.args.schedule_sampler, self.num_timesteps)
+        self.adopt_setup(setup, setup.scheduler.config.num_train_timesteps)
         self.num_classes = getattr(setup.model.config, "num_classes", None) or None
         self.null_class = self.num_classes if self.num_classes and self.args.class_dropout_prob > 0 else None
         self.id2label = (setup.id2label or train_images.id2label) if self.num_classes else None
         return setup.model
-
-    def checkpoint_objects(self) -> dict[str, Any]:
-        return {"timestep_sampler": self.sampler}
 
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> MicroBatchResult:
         images = batch["pixel_values"]

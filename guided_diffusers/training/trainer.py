@@ -17,26 +17,32 @@ from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from .checkpointing import TrainingProgress, list_checkpoints, load_checkpoint, resolve_resume_checkpoint, save_checkpoint
+from ..conversion.presets import KINDS
 from ..data import (
     EpochShuffledBatchSampler,
     LabelledImages,
     TrainingImageDataset,
+    check_global_batch,
     find_unreadable_images,
     images_from_dataset,
     images_from_folder,
 )
+from .checkpointing import TrainingProgress, list_checkpoints, load_checkpoint, resolve_resume_checkpoint, save_checkpoint
 from .ema import ExponentialMovingAverage, parse_ema_rates
 from .export import publish_folder, push_output_to_hub
-from .model_card import render_trained_model_card
 from .metrics import MetricsWriter, available_trackers, summarize_terms
+from .model_card import render_trained_model_card
+from .timestep_samplers import ScheduleSampler, create_named_schedule_sampler
 
-__all__ = ["MicroBatchResult", "Trainer", "TrainingSetupError", "TrainingTask", "load_training_images", "main", "run_training"]
+if TYPE_CHECKING:
+    from .builders import ClassifierSetup, DiffusionSetup
+
+__all__ = ["MicroBatchResult", "Trainer", "TrainingSetupError", "TrainingTask", "load_training_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,24 +101,43 @@ class TrainingTask(ABC):
     ``checkpoint_objects``, then ``compute_loss`` per micro-batch and ``periodic_evaluation`` per step, then
     ``final_evaluation`` and ``write_output``.
 
-    Attributes:
-        kind (`str`): ``"diffusion"``, ``"super_res"`` or ``"classifier"``.
+    Args:
+        args (`argparse.Namespace`): the parsed arguments.
+        kind (`str`): one of [`~guided_diffusers.conversion.presets.KINDS`]: ``"diffusion"``, ``"super_res"`` or
+            ``"classifier"``.
         loadable_entry (`str`): the output entry that makes the folder loadable, published last.
-        loss_key (`str`): the logged term shown on the progress bar and in the card.
-        resolution (`int`): the image size (set by ``build``).
-        num_timesteps (`int`): T of the process (set by ``build``), for the per-quartile logs.
+        loss_key (`str`, defaults to ``"loss"``): the logged term shown on the progress bar and in the card.
+
+    Attributes set by ``build`` (through [`adopt_setup`]; before it, the values below):
+        setup ([`DiffusionSetup`] or [`ClassifierSetup`]): the model, process and flags (None).
+        resolution (`int`): the image size (0).
+        num_timesteps (`int`): T of the process, for the per-quartile logs (1).
+        sampler ([`ScheduleSampler`]): the timestep sampler, kept in checkpoints (None).
+        id2label (`dict`, *optional*): the trained model's class names (None).
+        label_map (`dict`, *optional*): data id -> model id when a fine-tuned model numbers the classes otherwise (None).
     """
 
-    kind: str
-    loadable_entry: str
-    loss_key: str = "loss"
-    # Set by ``build`` when a fine-tuned model numbers the data's classes otherwise (data id -> model id).
-    label_map: dict[int, int] | None = None
-
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, kind: str, loadable_entry: str, loss_key: str = "loss"):
+        if kind not in KINDS:
+            raise ValueError(f"expected a task kind in {KINDS}, got {kind!r}")
         self.args = args
+        self.kind = kind
+        self.loadable_entry = loadable_entry
+        self.loss_key = loss_key
+        self.setup: DiffusionSetup | ClassifierSetup | None = None
         self.resolution = 0
         self.num_timesteps = 1
+        self.sampler: ScheduleSampler | None = None
+        self.id2label: dict[int, str] | None = None
+        self.label_map: dict[int, int] | None = None
+
+    def adopt_setup(self, setup: DiffusionSetup | ClassifierSetup, num_timesteps: int) -> None:
+        """Take what every task keeps of its built setup, and make the ``--schedule_sampler`` over its T steps."""
+        self.setup = setup
+        self.label_map = setup.label_map
+        self.resolution = setup.resolution
+        self.num_timesteps = num_timesteps
+        self.sampler = create_named_schedule_sampler(self.args.schedule_sampler, num_timesteps)
 
     @abstractmethod
     def load_images(self) -> tuple[LabelledImages, LabelledImages | None]:
@@ -132,9 +157,9 @@ class TrainingTask(ABC):
         return images if self.label_map is None else images.relabelled(self.label_map, self.id2label)
 
     def checkpoint_objects(self) -> dict[str, Any]:
-        """Objects with ``state_dict``/``load_state_dict`` kept in checkpoints, by name (e.g. the timestep sampler);
-        their states hold tensors, numbers, strings, lists and dicts (saved as safetensors and JSON)."""
-        return {}
+        """Objects with ``state_dict``/``load_state_dict`` kept in checkpoints, by name (the timestep sampler); their
+        states hold tensors, numbers, strings, lists and dicts (saved as safetensors and JSON)."""
+        return {"timestep_sampler": self.sampler} if self.sampler is not None else {}
 
     @abstractmethod
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> MicroBatchResult:
@@ -162,10 +187,9 @@ class TrainingTask(ABC):
         """
 
     def write_model_card(self, folder: Path, extra_models: dict[str, nn.Module], facts: dict[str, Any], **card: Any) -> None:
-        """README.md of the output folder, from the facts every task shares plus ``card`` (its own).
-
-        Uses ``self.setup`` (flags) and ``self.id2label``, which every task sets in ``build``.
-        """
+        """README.md of the output folder, from the facts every task shares plus ``card`` (its own)."""
+        if self.setup is None:
+            raise RuntimeError("internal error: the model card is written before the task was built")
         render_trained_model_card(
             kind=self.kind,
             model_name=facts["model_name"],
@@ -315,7 +339,7 @@ class Trainer:
         self._check_images(accelerator, train_images, "training")
         if held_out is not None:
             self._check_images(accelerator, held_out, "validation" if getattr(args, "validation_data_dir", None) else "held-out")
-        EpochShuffledBatchSampler(len(train_images), args.train_batch_size, num_processes=accelerator.num_processes)
+        check_global_batch(len(train_images), args.train_batch_size, accelerator.num_processes)
 
         set_seed(args.seed)  # the same initial weights on every process
         model = task.build(train_images)
@@ -511,41 +535,3 @@ class Trainer:
             if args.push_to_hub:
                 url = push_output_to_hub(output_dir, args.hub_model_id or output_dir.name, token=args.hub_token, private=args.hub_private_repo)
                 logger.info("pushed to %s", url)
-
-
-def run_training(args: argparse.Namespace) -> Path:
-    """Run the training of ``args.task`` (``diffusion``, ``super_res`` or ``classifier``), as the scripts do.
-
-    Returns:
-        `Path`: the output folder.
-    """
-    if args.task == "classifier":
-        from .classifier_task import ClassifierTask
-
-        task: TrainingTask = ClassifierTask(args)
-    else:
-        from .diffusion_task import DiffusionTask
-
-        task = DiffusionTask(args)
-    return Trainer(args, task).train()
-
-
-
-def main(task: str, argv: list[str] | None = None, description: str | None = None) -> None:
-    """A training script's entry point: parse ``argv`` (default ``sys.argv[1:]``), train, exit with a one-line error
-    when the run is refused before training starts.
-
-    Args:
-        task (`str`): ``"diffusion"``, ``"super_res"`` or ``"classifier"``.
-        argv (list of `str`, *optional*): the command line.
-        description (`str`, *optional*): the script's help text.
-    """
-    import sys
-
-    from .args import parse_training_args
-
-    args = parse_training_args(task, argv, description)
-    try:
-        run_training(args)
-    except TrainingSetupError as error:
-        sys.exit(f"error: {error}")

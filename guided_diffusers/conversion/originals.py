@@ -1,4 +1,5 @@
-"""Original checkpoints to our models: build from the original flags or constructor kwargs, then map every weight."""
+"""Reading original checkpoints into our models: ``torch.load(weights_only=True)``, the model built from the original
+flags or constructor kwargs, then every weight mapped and checked (state_dict.py)."""
 
 from __future__ import annotations
 

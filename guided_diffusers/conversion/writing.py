@@ -1,4 +1,5 @@
-"""Original checkpoints to pipeline folders: model, scheduler, card; written atomically; optionally pushed to the Hub."""
+"""Writing pipeline folders from original checkpoints (read by originals.py): model, scheduler, card; written
+atomically; optionally pushed to the Hub."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import torch
 from ..publishing import make_temp_folder, push_folder_to_hub, write_folder_atomically
 from ..pipelines import ADMUpsamplingPipeline, ClassifierGuidedPipeline, imagenet_id2label
 from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler
-from .flags import NUM_CLASSES, given_flags, parse_flags, scheduler_config_from_diffusion_flags
-from .loading import (
+from .flags import NUM_CLASSES, given_flags, is_super_res, parse_flags, scheduler_config_from_diffusion_flags, unet_kwargs_from_parsed
+from .originals import (
     adm_classifier_config,
     adm_unet_config,
     convert_classifier_checkpoint,
@@ -155,17 +156,20 @@ def convert_adm(
 
             return write_classifier
 
-        flag_text = " ".join(x for x in ((unet_preset.flags if unet_preset else model_flags), diffusion_flags) if x)
+        model_only = unet_preset.flags if unet_preset else model_flags
+        flag_text = " ".join(x for x in (model_only, diffusion_flags) if x)
         if model_config is not None:
-            unet = _with_context(None, lambda: convert_unet_checkpoint(_unet_state_dict(checkpoint), source=source, constructor_kwargs=model_config))
             flags = parse_flags(diffusion_flags, source)
+            unet_kwargs = model_config
             flags["learn_sigma"] = model_config.get("out_channels", 3) == 6 or flags["learn_sigma"]
             flag_text = json.dumps(model_config) + (f"\n{diffusion_flags}" if diffusion_flags else "")
-        else:
-            model_only = unet_preset.flags if unet_preset else model_flags
-            unet = _with_context(unet_preset, lambda: convert_unet_checkpoint(_unet_state_dict(checkpoint), source=source, flags=model_only))
-            flags = parse_flags(" ".join(x for x in (model_only, diffusion_flags) if x), source)
-        unet = unet.to(torch_dtype)
+        else:  # the model's and the process's flags, read once (the originals' scripts read them as one command line)
+            flags = parse_flags(flag_text, source)
+            unet_kwargs = _with_context(unet_preset, lambda: unet_kwargs_from_parsed(flags, source, is_super_res(model_only)))
+        unet = _with_context(
+            unet_preset if model_config is None else None,
+            lambda: convert_unet_checkpoint(_unet_state_dict(checkpoint), source=source, constructor_kwargs=unet_kwargs),
+        ).to(torch_dtype)
         # Where the recommended sampling comes from: the preset (the original README), else the user's flags.
         sampling = dict(unet_preset.sampling) if unet_preset else {}
         user_sampling = {}
@@ -175,9 +179,9 @@ def convert_adm(
         scheduler = _scheduler_for(flags, sampling, flags["diffusion_steps"])
         num_classes = unet.config.num_classes or (classifier_model.config.num_classes if classifier_model is not None else None)
         id2label = imagenet_id2label() if num_classes == NUM_CLASSES else None
-        super_res = unet_preset.kind == "super_res" if unet_preset else ("large_size" in given_flags(model_flags) or "small_size" in given_flags(model_flags) or "large_size" in (model_config or {}))
+        super_res = unet_preset.kind == "super_res" if unet_preset else (is_super_res(model_flags) or "large_size" in (model_config or {}))
         if super_res:
-            small = given_flags(unet_preset.flags if unet_preset else model_flags).get("small_size") or (model_config or {}).get("small_size")
+            small = given_flags(model_only).get("small_size") or (model_config or {}).get("small_size")
             pipeline = ADMUpsamplingPipeline(unet=unet, scheduler=scheduler, low_res_size=int(small) if small else None, id2label=id2label)
         else:
             pipeline = ClassifierGuidedPipeline(
@@ -189,7 +193,7 @@ def convert_adm(
 
         def write_pipeline(folder: Path) -> None:
             pipeline.save_pretrained(folder, safe_serialization=True)
-            _card(unet_preset, source, "super_res" if super_res else "unet", card_flags, push_to_hub or str(output), checkpoint,
+            _card(unet_preset, source, "super_res" if super_res else "diffusion", card_flags, push_to_hub or str(output), checkpoint,
                   bool(unet.config.num_classes), classifier_model is not None, preset_sampling, user_sampling, pipeline).save(folder / "README.md")
 
         return write_pipeline
@@ -230,7 +234,7 @@ def convert_ddpm(
 
         def write(folder: Path) -> None:
             pipeline.save_pretrained(folder, safe_serialization=True)
-            _card(chosen, DDPM, "unet", json.dumps(kwargs, default=list), push_to_hub or str(output), checkpoint, False, False, sampling, {}, pipeline).save(folder / "README.md")
+            _card(chosen, DDPM, "diffusion", json.dumps(kwargs, default=list), push_to_hub or str(output), checkpoint, False, False, sampling, {}, pipeline).save(folder / "README.md")
 
         return write
 
