@@ -210,7 +210,7 @@ def test_community_card_names_origin_paper_license_and_use(name):
     from guided_diffusers.conversion.model_card import render_model_card
 
     preset = presets_module.PRESETS["adm"][name]
-    card = render_model_card(preset, family=preset.family, kind="unet", flags=preset.flags, repo_id="someone/model",
+    card = render_model_card(preset, family=preset.family, kind="diffusion", flags=preset.flags, repo_id="someone/model",
                              checkpoint_name=preset.file_names[0], conditional=False, has_classifier=False,
                              sampling=preset.sampling, verification="checked")
     data = check_hub_metadata(card)

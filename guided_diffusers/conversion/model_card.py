@@ -264,7 +264,7 @@ def render_model_card(
         datasets=[HUB_DATASETS[dataset]] if dataset in HUB_DATASETS else None,
     )
     merged = {**sampling, **user_sampling}
-    if community and preset.usage == "inpaint" and kind == "unet":
+    if community and preset.usage == "inpaint" and kind == "diffusion":
         usage = inpaint_usage(repo_id, merged)
     else:
         usage = _usage(kind, repo_id, merged, conditional, has_classifier, num_classes, low_res_size)

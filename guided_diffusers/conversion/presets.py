@@ -325,7 +325,7 @@ _P2_LICENSE = (
     "code; the README links the checkpoints without stating a license for them, so the weights' license is unknown. "
     "Ask the authors before use beyond research."
 )
-_COMMUNITY = dict(family=GUIDED, kind="unet")
+_COMMUNITY = dict(family=GUIDED, kind="diffusion")
 _REPAINT_USE = (
     "Inpainting with RePaint's resampling schedule: `ADMInpaintPipeline` with 250 steps, jump length 10 and 10 "
     "resamplings, as RePaint's configurations run it (about 2,400 U-Net evaluations per image). Also an unconditional "
