@@ -149,10 +149,32 @@ def test_guidance_the_pipeline_cannot_do_is_refused(pipe):
     with pytest.raises(ValueError, match="expected a classifier"):
         no_null.denoise(1, Guidance(class_label=0, classifier_scale=1.0))
     assert no_null.position == 0
-    with pytest.raises(ValueError, match="eta=0 with the DDPM"):
+    with pytest.raises(ValueError, match="eta=0 with the ddpm scheduler"):
         DenoisingChain(pipe, scheduler="ddpm", eta=0.5)
-    with pytest.raises(ValueError, match="'ddpm' or 'ddim'"):
+    with pytest.raises(ValueError, match="'ddpm', 'ddim' or 'fast'"):
         DenoisingChain(pipe, scheduler="euler")
+
+
+def test_fast_recipe_chain_is_the_pipeline_under_the_fast_recipe_and_cannot_diffuse(pipe):
+    from guided_diffusers.pipelines.recipes import FAST_RECIPE
+
+    guidance = Guidance(class_label=1, classifier_scale=2.0, guidance_scale=2.0)
+    chain = DenoisingChain(pipe, scheduler="fast", num_inference_steps=4, seed=3)
+    x0_before = chain.pred_original_sample(guidance)
+    torch.testing.assert_close(chain.pred_original_sample(guidance), x0_before)  # looking does not step the solver
+    chain.denoise(4, guidance)
+    swapped = ClassifierGuidedPipeline(**pipe.components, id2label=pipe.config.id2label)
+    swapped.set_progress_bar_config(disable=True)
+    swapped.scheduler = FAST_RECIPE.scheduler(pipe.scheduler.config)
+    expected = swapped(class_labels=[1], classifier_scale=2.0, guidance_scale=2.0, num_inference_steps=4,
+                       clip_denoised=FAST_RECIPE.call_kwargs()["clip_denoised"], generator=torch.Generator().manual_seed(3),
+                       output_type="pt").images
+    torch.testing.assert_close((chain.sample / 2 + 0.5).clamp(0, 1), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="cannot diffuse with the fast recipe"):
+        chain.diffuse(1)
+    chain.reset()
+    chain.denoise(4, guidance)  # a reset starts the solver's history afresh: the same chain again
+    torch.testing.assert_close((chain.sample / 2 + 0.5).clamp(0, 1), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_unconditional_chain_uses_the_null_class(pipe):
@@ -172,7 +194,7 @@ def test_options_and_loading(pipe, tmp_path):
     from guided_diffusers.pipelines.recipes import FAST_RECIPE
 
     # No recommended respacing in the folder: the fast recipe's sampler and steps (at most T) are the defaults.
-    assert (plain.default_scheduler, plain.default_steps) == (FAST_RECIPE.sampler, min(50, FAST_RECIPE.steps))
+    assert (plain.default_scheduler, plain.default_steps) == ("fast", min(50, FAST_RECIPE.steps))
     assert options.default_scheduler == "ddpm"  # the folder's own respacing is kept, with its ancestral sampler
     assert parse_class_choice("2") == 2 and parse_class_choice(UNCONDITIONAL) is None
     with pytest.raises(FileNotFoundError, match="model_index.json"):

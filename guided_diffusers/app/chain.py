@@ -14,14 +14,17 @@ import torch
 
 from ..pipelines.pipeline_classifier_guided import null_class_id
 from ..pipelines.sampling import classifier_gradient, initial_latents, set_sampling_timesteps
+from ..pipelines.recipes import FAST_RECIPE
 from ..pipelines.stepping import scheduler_driver
 from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler
 from ..schedulers.scheduling_utils import GuidedSchedulerMixin
 
-SchedulerKind = Literal["ddpm", "ddim"]
+SchedulerKind = Literal["ddpm", "ddim", "fast"]
+#: Our schedulers by kind; ``"fast"`` is the fast recipe's scheduler (``FAST_RECIPE``), made from the same config.
 SCHEDULER_CLASSES: dict[str, type] = {"ddpm": GuidedDDPMScheduler, "ddim": GuidedDDIMScheduler}
+SCHEDULER_KINDS = ("ddpm", "ddim", "fast")
 
-__all__ = ["MAX_SEED", "SCHEDULER_CLASSES", "DenoisingChain", "Guidance", "SchedulerKind", "check_seed"]
+__all__ = ["MAX_SEED", "SCHEDULER_CLASSES", "SCHEDULER_KINDS", "DenoisingChain", "Guidance", "SchedulerKind", "check_seed"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ class DenoisingChain:
     Args:
         pipeline: a loaded [`ClassifierGuidedPipeline`] (its U-Net, classifier and scheduler config are used; the
             pipeline's own scheduler is left untouched).
-        scheduler: ``"ddpm"`` (ancestral) or ``"ddim"``.
+        scheduler: ``"ddpm"`` (ancestral), ``"ddim"``, or ``"fast"``: the fast recipe's scheduler (a stock diffusers
+            solver, ``FAST_RECIPE``), which denoises but cannot diffuse back (its multistep history would not match).
         num_inference_steps: the number of sampling steps K (evenly spaced); None: the scheduler config's respacing.
         eta: DDIM's noise scale (must be 0 under DDPM).
         batch_size: how many chains run side by side.
@@ -90,15 +94,15 @@ class DenoisingChain:
         seed: int = 0,
         clip_denoised: bool = True,
     ):
-        if scheduler not in SCHEDULER_CLASSES:
-            raise ValueError(f"expected scheduler 'ddpm' or 'ddim', got {scheduler!r}")
+        if scheduler not in SCHEDULER_KINDS:
+            raise ValueError(f"expected scheduler 'ddpm', 'ddim' or 'fast', got {scheduler!r}")
         if not isinstance(pipeline.scheduler, GuidedSchedulerMixin):
             raise ValueError(
                 "expected a pipeline with a GuidedDDPMScheduler or GuidedDDIMScheduler, "
                 f"got {type(pipeline.scheduler).__name__}"
             )
-        if scheduler == "ddpm" and eta:
-            raise ValueError(f"expected eta=0 with the DDPM scheduler (eta is DDIM's), got {eta}")
+        if scheduler != "ddim" and eta:
+            raise ValueError(f"expected eta=0 with the {scheduler} scheduler (eta is DDIM's), got {eta}")
         if eta < 0:
             raise ValueError(f"expected eta >= 0, got {eta}")
         if batch_size < 1:
@@ -110,7 +114,15 @@ class DenoisingChain:
         self.clip_denoised = clip_denoised
         self.device = pipeline._execution_device
         # A scheduler of our own: each visitor's chain keeps its grid without touching the shared pipeline.
-        self.scheduler = SCHEDULER_CLASSES[scheduler].from_config(pipeline.scheduler.config)
+        if scheduler == "fast":
+            self.scheduler = FAST_RECIPE.scheduler(pipeline.scheduler.config)
+            num_inference_steps = FAST_RECIPE.steps if num_inference_steps is None else num_inference_steps
+        else:
+            self.scheduler = SCHEDULER_CLASSES[scheduler].from_config(pipeline.scheduler.config)
+        self.driver = scheduler_driver(self.scheduler)
+        self.stock = not isinstance(self.scheduler, GuidedSchedulerMixin)
+        if self.stock:  # its own scheduler: clip as the recipe does, for the chain's whole life
+            self.scheduler.register_to_config(**self.driver.clip_settings(FAST_RECIPE.call_kwargs().get("clip_denoised") and clip_denoised))
         self.timesteps = set_sampling_timesteps(self.scheduler, num_inference_steps, None, self.device).cpu()
         self.reset()
 
@@ -123,8 +135,10 @@ class DenoisingChain:
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         config = self.pipeline.unet.config
         shape = (self.batch_size, config.in_channels, config.sample_size, config.sample_size)
-        self.sample = initial_latents(None, shape, self.generator, self.device)
+        self.sample = initial_latents(None, shape, self.generator, self.device) * self.scheduler.init_noise_sigma
         self.position = 0
+        if self.stock:  # a multistep solver starts its history afresh
+            set_sampling_timesteps(self.scheduler, len(self.timesteps), None, self.device)
         self._cached_output: tuple[int, Guidance, torch.Tensor, torch.Tensor | None] | None = None
 
     @property
@@ -184,12 +198,13 @@ class DenoisingChain:
             return cached[2], cached[3]
         labels, unet_labels = self._labels(guidance)
         t = self.timesteps[self.position]
-        t_model = scheduler_driver(self.scheduler).model_timestep(t)
+        t_model = self.driver.model_timestep(t)
+        model_input = self.scheduler.scale_model_input(self.sample, t)
         # The pipeline's own output function, so classifier-free guidance here is exactly the pipeline's.
-        output = self.pipeline.unet_output(self.sample, t_model, unet_labels, guidance.guidance_scale)
+        output = self.pipeline.unet_output(model_input, t_model, unet_labels, guidance.guidance_scale)
         gradient = None
         if guidance.classifier_scale:
-            gradient = classifier_gradient(self.pipeline.classifier, self.sample, t_model, labels, guidance.classifier_scale)
+            gradient = classifier_gradient(self.pipeline.classifier, model_input, t_model, labels, guidance.classifier_scale)
         self._cached_output = (self.position, guidance, output, gradient)
         return output, gradient
 
@@ -219,10 +234,12 @@ class DenoisingChain:
     def _reverse_step(self, guidance: Guidance, variance_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_{t-1}, predicted x_0) from the current x_t; the noise is drawn from the chain's generator unless given."""
         output, gradient = self._model_output(guidance)
-        return scheduler_driver(self.scheduler).step(
+        t = self.timesteps[self.position]
+        return self.driver.step(
             output,
-            self.timesteps[self.position],
+            t,
             self.sample,
+            model_input=self.scheduler.scale_model_input(self.sample, t),
             guidance_gradient=gradient,
             eta=self.eta,
             clip_denoised=self.clip_denoised,
@@ -246,6 +263,9 @@ class DenoisingChain:
             n: how many steps; at most k.
         """
         self._check_count(n, self.position, "diffuse")
+        if self.stock:
+            raise ValueError("cannot diffuse with the fast recipe's multistep solver (its history would not match): "
+                             "use DDPM or DDIM to step back up the chain")
         for _ in range(n):
             noise = torch.randn(self.sample.shape, generator=self.generator, device=self.device, dtype=self.sample.dtype)
             self.sample = self.scheduler.sampling_diffusion.q_step(self.sample, self._forward_step(self.position), noise)
@@ -261,6 +281,12 @@ class DenoisingChain:
         """
         if self.at_end:
             return self.sample
+        if self.stock:  # a solver's step advances its history: predict x_0 without stepping
+            output, gradient = self._model_output(guidance)
+            t = self.timesteps[self.position]
+            model_input = self.scheduler.scale_model_input(self.sample, t)
+            guided = self.driver.guided_output(output, t, model_input, gradient)
+            return self.driver.pred_original_sample(guided, t, model_input).clamp(-1, 1)
         # x_0 does not depend on the step's noise: pass zeros so the generator draws none
         _, pred_x0 = self._reverse_step(guidance, variance_noise=torch.zeros_like(self.sample))
         return pred_x0

@@ -51,8 +51,8 @@ class PipelineOptions:
         has_null_class: classifier-free guidance is possible (the U-Net was trained with label dropout).
         default_classifier_scale: the folder's recommended classifier scale (0 without a classifier).
         num_train_timesteps: T, the most sampling steps.
-        default_scheduler: ``"ddpm"`` or ``"ddim"``: the fast recipe's sampler (``FAST_RECIPE``) where the chain
-            drives it, else ``"ddpm"``.
+        default_scheduler: ``"fast"`` (the fast recipe, ``FAST_RECIPE``) for a folder without its own respacing,
+            else ``"ddpm"`` (the folder's recommended ancestral respacing).
         default_steps: the folder's respacing step count, else the fast recipe's steps (at most T).
         image_size: the samples' side in pixels.
     """
@@ -95,12 +95,11 @@ class PipelineOptions:
         num_train_timesteps = int(scheduler.config.num_train_timesteps)
         respacing = scheduler.config.get("timestep_respacing")
         # The fast recipe by default (the quality benchmark's pick), unless the folder recommends its own respacing.
-        fast_in_chain = FAST_RECIPE.sampler in ("ddpm", "ddim")
-        default_scheduler = FAST_RECIPE.sampler if fast_in_chain and not respacing else "ddpm"
+        default_scheduler = "ddpm" if respacing else "fast"
         if respacing:
             default_steps = scheduler.num_inference_steps
         else:
-            default_steps = min(num_train_timesteps, FAST_RECIPE.steps if fast_in_chain else 100)
+            default_steps = min(num_train_timesteps, FAST_RECIPE.steps)
         classifier_scale = float(pipeline.config.get("classifier_scale") or 1.0) if has_classifier else 0.0
         return cls(
             class_choices=tuple(choices),

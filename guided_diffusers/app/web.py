@@ -28,6 +28,7 @@ from starlette.responses import PlainTextResponse  # noqa: E402
 from .chain import DenoisingChain, Guidance, check_seed  # noqa: E402
 from .images import to_grid_image  # noqa: E402
 from .inpaint import inpaint  # noqa: E402
+from ..pipelines.recipes import FAST_RECIPE, SAMPLERS  # noqa: E402
 from .options import UNCONDITIONAL, PipelineOptions, load_pipeline, parse_class_choice  # noqa: E402
 
 DEFAULT_PIPELINE = "demo_output/pipeline"
@@ -146,7 +147,8 @@ def _render(session: _Session, settings: _Settings, note: str = "") -> tuple[_Se
     path, scheduler, steps, eta, batch_size, seed = session.grid
     eta_text = f", eta {eta:g}" if scheduler == "ddim" else ""
     status = (
-        f"### {chain.describe()}\n{scheduler.upper()}, {chain.num_steps} steps{eta_text}, seed {seed}, "
+        f"### {chain.describe()}\n{SAMPLERS[FAST_RECIPE.sampler] if scheduler == 'fast' else scheduler.upper()}, "
+        f"{chain.num_steps} steps{eta_text}, seed {seed}, "
         f"{batch_size} image{'s' if batch_size > 1 else ''}{note}"
     )
     return session, to_grid_image(chain.sample), to_grid_image(pred_x0), status
@@ -284,7 +286,8 @@ def build_demo(pipeline_path: str = DEFAULT_PIPELINE) -> gr.Blocks:
                     interactive=bool(options and options.has_null_class),
                 )
             with gr.Column():
-                scheduler = gr.Radio([("DDPM", "ddpm"), ("DDIM", "ddim")], value=options.default_scheduler if options else "ddpm",
+                scheduler = gr.Radio([("DDPM", "ddpm"), ("DDIM", "ddim"), (f"Fast recipe: {SAMPLERS[FAST_RECIPE.sampler]}", "fast")],
+                                     value=options.default_scheduler if options else "ddpm",
                                      label="Scheduler (default: the fast recipe)", elem_id="scheduler-choice")
                 steps = gr.Slider(
                     1, options.num_train_timesteps if options else 1000, step=1, label="Steps (respacing)",

@@ -93,7 +93,7 @@ class SamplingRecipe:
 
 #: The fastest recipe that keeps the quality of 250 ancestral steps on the quick start's digits model, measured by
 #: benchmarks/bench_quality.py (docs/benchmarks.md).
-FAST_RECIPE = SamplingRecipe("ddpm", 25)
+FAST_RECIPE = SamplingRecipe("dpmpp2m_sde", 8)
 
 
 def fast_sampling_note() -> str:

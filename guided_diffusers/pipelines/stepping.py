@@ -172,13 +172,24 @@ class StockSchedulerDriver(SchedulerDriver):
 
     @contextmanager
     def clipping(self, clip_denoised: bool | None) -> Iterator[None]:
-        """DDPM and DDIM clip with ``clip_sample``; DPM-Solver, UniPC and DEIS with ``thresholding`` at
+        """Clip with [`clip_settings`] for one run; the config is restored after."""
+        changes = self.clip_settings(clip_denoised)
+        saved = {name: self.scheduler.config.get(name) for name in changes}
+        self.scheduler.register_to_config(**changes)
+        try:
+            yield
+        finally:
+            self.scheduler.register_to_config(**saved)
+
+    def clip_settings(self, clip_denoised: bool | None) -> dict[str, Any]:
+        """The config changes that make the scheduler clip x_0 to [-1, 1] (or not); none for None.
+
+        DDPM and DDIM clip with ``clip_sample``; DPM-Solver, UniPC and DEIS with ``thresholding`` at
         ``sample_max_value`` 1 (their dynamic threshold then never goes below 1: the plain clamp to [-1, 1]).
-        Schedulers with neither cannot clip: asking them to is an error, before any work. The config is restored after.
+        Schedulers with neither cannot clip: asking them to is an error, before any work.
         """
         if clip_denoised is None:
-            yield
-            return
+            return {}
         clip_denoised = bool(clip_denoised)
         scheduler, accepted = self.scheduler, self._init_parameters
         if "clip_sample" in accepted:
@@ -197,12 +208,22 @@ class StockSchedulerDriver(SchedulerDriver):
             raise ValueError(f"expected clip_denoised None or False for {type(scheduler).__name__}, which cannot clip x_0; got True")
         else:
             changes = {}
-        saved = {name: scheduler.config.get(name) for name in changes}
-        scheduler.register_to_config(**changes)
-        try:
-            yield
-        finally:
-            scheduler.register_to_config(**saved)
+        return changes
+
+    def guided_output(
+        self, model_output: torch.Tensor, t: torch.Tensor, model_input: torch.Tensor, guidance_gradient: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The model output with the process's score shift of epsilon by the guidance gradient (unchanged without one)."""
+        if guidance_gradient is None:
+            return model_output
+        if self.scheduler.config.get("prediction_type", "epsilon") != "epsilon":
+            raise ValueError(
+                f"expected an epsilon-predicting model for guidance under {type(self.scheduler).__name__}, "
+                f"got prediction_type {self.scheduler.config.get('prediction_type')!r}"
+            )
+        channels = model_input.shape[1]
+        eps = score_guided_noise(model_output[:, :channels], self.alpha_bar(t, model_input), guidance_gradient)
+        return torch.cat([eps, model_output[:, channels:]], dim=1)
 
     def step(self, model_output, t, sample, *, model_input=None, guidance_gradient=None, eta=0.0, clip_denoised=None,
              generator=None, variance_noise=None):
@@ -210,14 +231,7 @@ class StockSchedulerDriver(SchedulerDriver):
         model_input = sample if model_input is None else model_input
         if model_output.shape[1] != sample.shape[1] and not self.reads_variance_channels:
             model_output = prediction_channels(model_output, sample)
-        if guidance_gradient is not None:
-            if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
-                raise ValueError(
-                    f"expected an epsilon-predicting model for guidance under {type(scheduler).__name__}, "
-                    f"got prediction_type {scheduler.config.get('prediction_type')!r}"
-                )
-            eps = score_guided_noise(prediction_channels(model_output, sample), self.alpha_bar(t, model_input), guidance_gradient)
-            model_output = torch.cat([eps, model_output[:, sample.shape[1] :]], dim=1)
+        model_output = self.guided_output(model_output, t, model_input, guidance_gradient)
         accepted = self._step_parameters
         if eta and "eta" not in accepted:
             raise ValueError(f"expected eta=0 with {type(scheduler).__name__}, got {eta}")
