@@ -44,7 +44,7 @@ if str(BENCHMARKS_DIR) not in sys.path:
 from common import DOCS, append_markdown, machine_description  # noqa: E402  (benchmarks/ is not a package)
 
 DEFAULT_SAMPLERS = ("ddpm:250,ddpm:100,ddpm:50,ddpm:25,ddim:50,ddim:25,ddim:10,dpmpp2m:25,dpmpp2m:15,dpmpp2m:10,"
-                    "dpmpp2m:5,dpmpp3m:10,unipc:25,unipc:15,unipc:10,unipc:5,euler:25,euler:10,heun:13,heun:6")
+                    "dpmpp2m:5,dpmpp3m:10,dpmpp2m_sde:25,dpmpp2m_sde:15,dpmpp2m_sde:10,dpmpp2m_sde:8,dpmpp2m_sde:5,unipc:25,unipc:15,unipc:10,unipc:5,euler:25,euler:10,heun:13,heun:6")
 DEFAULT_GUIDANCE = "none,cg1,cg2,cfg2"
 
 
@@ -146,21 +146,27 @@ def _format(r: Row) -> str:
             f"{r.distance:.1f} ± {r.distance_spread / 2:.1f} | {r.colour_spread:.3f} | {r.diversity:.3f} | {r.seconds:.1f} | {r.images_per_second:.1f} |")
 
 
-def plot(rows: list[Row], path: Path, floor: float) -> None:
+def plot(rows: list[Row], path: Path, floor: float, guidance: str | None = None) -> None:
     """Accuracy (left) and Fréchet distance (right) against U-Net evaluations per image, one colour per sampler family
-    and guidance setting, drawn with PIL (no plotting library needed)."""
+    (and guidance setting, unless ``guidance`` keeps one), drawn with PIL (no plotting library needed)."""
     from PIL import Image, ImageDraw
+
+    if guidance is not None:
+        rows = [r for r in rows if r.guidance == guidance]
 
     width, height, margin = 1100, 460, 60
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     series: dict[str, list[Row]] = {}
     for row in rows:
-        series.setdefault(f"{row.sampler.split(':')[0]} {row.guidance}", []).append(row)
+        series.setdefault(row.sampler.split(":")[0] + ("" if guidance is not None else f" {row.guidance}"), []).append(row)
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
     max_evals = max(r.unet_evals for r in rows)
     max_distance = max(max(r.distance for r in rows), floor) * 1.05
-    panels = [("accuracy", 0.0, 1.0, lambda r: r.accuracy, 0), ("Frechet distance", 0.0, max_distance, lambda r: r.distance, 1)]
+    low_accuracy = min(0.9, np.floor(min(r.accuracy for r in rows) * 20) / 20)
+    title_suffix = f", guidance {guidance}" if guidance is not None else ""
+    panels = [("accuracy" + title_suffix, low_accuracy, 1.0, lambda r: r.accuracy, 0),
+              ("Frechet distance" + title_suffix, 0.0, max_distance, lambda r: r.distance, 1)]
     panel_width = (width - 3 * margin) // 2
     for title, low, high, value, index in panels:
         left = margin + index * (panel_width + margin)
@@ -222,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         *[_format(r) for r in rows],
     ]
     if args.plot:
-        plot(rows, Path(args.plot), floor)
+        guidances = args.guidance.split(",")
+        plot(rows, Path(args.plot), floor, "cg2" if "cg2" in guidances else guidances[0])
         lines += ["", f"![quality against cost]({Path(args.plot).relative_to(DOCS.parent) if Path(args.plot).is_relative_to(DOCS.parent) else args.plot})"]
     text = "\n".join(lines)
     print(text)
