@@ -93,6 +93,7 @@ def test_report_ends_with_the_quickstart_line(tmp_path):
     assert (tmp_path / "results.json").is_file()
 
 
+@pytest.mark.slow  # two accelerate launches and a rerun
 def test_tiny_quickstart_end_to_end(tmp_path):
     """The whole job with the real training scripts, at a size that runs in seconds (the numbers are not the point)."""
     settings = QuickstartSettings(output_dir=tmp_path / "demo", diffusion_train_steps=4, classifier_train_steps=4,

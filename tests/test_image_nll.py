@@ -92,6 +92,7 @@ def _run_script(setup, output_dir, launcher=None, **env):
     return json.loads((output_dir / "bpd_summary.json").read_text()), np.load(output_dir / "bpd_terms.npz")
 
 
+@pytest.mark.slow  # several processes
 def test_script_total_equals_calc_bpd_loop_in_one_and_two_processes(setup):
     expected = _direct_bound(setup)
     assert np.all(np.isfinite(expected))

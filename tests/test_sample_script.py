@@ -37,6 +37,7 @@ def _run_here(argv, monkeypatch):
     return info.value.code
 
 
+@pytest.mark.slow  # several processes
 def test_one_and_two_processes_give_the_same_samples(tmp_path, monkeypatch):
     _save_pipeline(tmp_path / "pipe")
     common = ["--pipeline", str(tmp_path / "pipe"), "--num_samples", "5", "--batch_size", "2", "--seed", "7"]

@@ -104,7 +104,7 @@ def _run_twice(task, argv, launched, tmp_path):
     return output, metrics
 
 
-@pytest.mark.parametrize("launched", [True])
+@pytest.mark.parametrize("launched", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_diffusion_script(tmp_path, launched):
     data = _image_folder(tmp_path / "data", 12, (11, 9))
     argv = [
