@@ -177,7 +177,7 @@ def evaluate(settings: QuickstartSettings) -> tuple[list[Row], DigitsJudge, floa
         diversity = float(np.mean([mean_pairwise_distance(images[targets == c]) for c in range(NUM_CLASSES)]))
         name = f"{recipe.sampler}{recipe.steps}_{mode}_cs{shown_classifier_scale:g}" + (
             f"_w{shown_guidance_scale:g}" if shown_guidance_scale is not None else "")
-        save_grid(images, NUM_CLASSES, settings.output_dir / "grids" / f"{name}.png")
+        save_grid(images, NUM_CLASSES, settings.output_dir / "grids" / f"{name}.png", scale=max(2, 32 // settings.resolution))
         accuracy = None if mode == "unguided" else float((predictions == targets).mean())
         return Row(str(recipe), mode, shown_classifier_scale, shown_guidance_scale, accuracy, reference.distance(images),
                    channel_spread(images), float(shares.min()), float(shares.max()), diversity, seconds)
