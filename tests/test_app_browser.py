@@ -1,5 +1,7 @@
 """The web demo as a person uses it: the app on 127.0.0.1, Debian's chromium clicking through it, a screenshot kept.
 
+The browser tests are slow tests (an app server process and a browser): `pytest -m slow` and CI run them.
+
 Needs /usr/bin/chromium and /usr/bin/chromedriver (``apt-get install chromium chromium-driver``): skipped without
 them, failed without them under CI (``CI=true``). The screenshot goes to ``$TEST_ARTIFACTS_DIR`` (default
 ``tests/artifacts/``).
@@ -146,6 +148,7 @@ def _click_and_wait(driver, button: str, counter_text: str, old_src: str | None)
     return _wait_for(driver, lambda d: (src := _image_src(d, "xt-image")) and src != old_src and src, f"a new x_t image after {button}")
 
 
+@pytest.mark.slow  # an app server process and a browser
 def test_generate_then_step_through_the_chain_in_a_browser(app_url, browser):
     driver = browser
     driver.get(app_url)
@@ -210,6 +213,7 @@ def test_missing_pipeline_is_explained_and_only_loopback_is_served(tmp_path):
             check_loopback(host)
 
 
+@pytest.mark.slow  # an app server process and a browser
 def test_inpaint_tab_fills_what_is_painted_in_a_browser(app_url, browser, tmp_path):
     """Same app process and browser as above: upload an image into the Inpaint tab, paint a stroke, Fill."""
     import numpy as np
@@ -241,6 +245,7 @@ def test_inpaint_tab_fills_what_is_painted_in_a_browser(app_url, browser, tmp_pa
     assert driver.save_screenshot(str(ARTIFACTS / "app_inpaint.png"))
 
 
+@pytest.mark.slow  # an app server process and a browser
 def test_the_digits_pipeline_of_make_demo_generates_with_the_fast_recipe_in_a_browser(app_url, browser):
     """Same app process and browser: when `make demo` has written demo_output/pipeline, load it from the page (as
     `make app` opens it) and Generate with the defaults, which are the fast recipe's sampler and steps."""
