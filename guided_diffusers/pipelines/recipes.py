@@ -60,8 +60,13 @@ class SamplingRecipe:
         return f"{SAMPLERS[self.sampler]}, {self.steps} steps"
 
     def scheduler(self, config: Any) -> Any:
-        """The recipe's scheduler made from a pipeline's scheduler config, the diffusers way."""
+        """The recipe's scheduler made from a pipeline's scheduler config, the diffusers way.
+
+        Our config keys a stock scheduler does not use (``rescale_timesteps``, ``timestep_respacing``) travel on purpose
+        (the pipelines read them), so diffusers' notice that they are ignored is silenced for this call only.
+        """
         from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler
+        from diffusers.utils import logging as diffusers_logging
 
         from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler
 
@@ -75,7 +80,13 @@ class SamplingRecipe:
             "euler": lambda: EulerDiscreteScheduler.from_config(config),
             "heun": lambda: HeunDiscreteScheduler.from_config(config),
         }
-        return makers[self.sampler]()
+        config_logger = diffusers_logging.get_logger("diffusers.configuration_utils")
+        level = config_logger.level
+        config_logger.setLevel(diffusers_logging.ERROR)
+        try:
+            return makers[self.sampler]()
+        finally:
+            config_logger.setLevel(level)
 
     def call_kwargs(self) -> dict[str, Any]:
         """The pipeline call's step arguments: the originals' respacing for ours, a step count (and clipping) otherwise."""
