@@ -169,11 +169,11 @@ def evaluate(settings: QuickstartSettings) -> tuple[list[Row], DigitsJudge, floa
         images = pipe(generator=torch.Generator().manual_seed(settings.seed), output_type="np", **recipe.call_kwargs(),
                       **kwargs).images
         seconds = time.perf_counter() - start
-        shares = class_balance(judge.predict(images))
+        predictions = judge.predict(images)
+        shares = class_balance(predictions)
         if len(images) > len(targets):  # an unguided draw for the shares: the rest is judged on the common count
             seconds *= len(targets) / len(images)
-            images = images[: len(targets)]
-        predictions = judge.predict(images)
+            images, predictions = images[: len(targets)], predictions[: len(targets)]
         diversity = float(np.mean([mean_pairwise_distance(images[targets == c]) for c in range(NUM_CLASSES)]))
         name = f"{recipe.sampler}{recipe.steps}_{mode}_cs{shown_classifier_scale:g}" + (
             f"_w{shown_guidance_scale:g}" if shown_guidance_scale is not None else "")
