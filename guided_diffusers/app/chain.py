@@ -121,8 +121,8 @@ class DenoisingChain:
             self.scheduler = SCHEDULER_CLASSES[scheduler].from_config(pipeline.scheduler.config)
         self.driver = scheduler_driver(self.scheduler)
         self.stock = not isinstance(self.scheduler, GuidedSchedulerMixin)
-        if self.stock:  # its own scheduler: clip as the recipe does, for the chain's whole life
-            self.scheduler.register_to_config(**self.driver.clip_settings(FAST_RECIPE.call_kwargs().get("clip_denoised") and clip_denoised))
+        if self.stock and FAST_RECIPE.call_kwargs().get("clip_denoised"):  # its own scheduler: clipped for the chain's life
+            self.scheduler.register_to_config(**self.driver.clip_settings(clip_denoised))
         self.timesteps = set_sampling_timesteps(self.scheduler, num_inference_steps, None, self.device).cpu()
         self.reset()
 

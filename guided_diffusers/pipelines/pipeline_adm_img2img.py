@@ -16,7 +16,7 @@ from .sampling import (
     check_output_type,
     check_scale,
     denoising_loop,
-    postprocess_images,
+    image_pipeline_output,
     set_sampling_timesteps,
     to_model_input,
 )
@@ -120,8 +120,4 @@ class ADMImg2ImgPipeline(ClassifierGuidedPipeline):
             generator=generator, callback_on_step_end=callback_on_step_end,
             callback_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
-        images = postprocess_images(x, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+        return image_pipeline_output(self, x, output_type, return_dict)

@@ -17,7 +17,7 @@ from .sampling import (
     check_output_type,
     denoising_loop,
     initial_latents,
-    postprocess_images,
+    image_pipeline_output,
     set_sampling_timesteps,
     to_model_input,
 )
@@ -236,8 +236,4 @@ class ADMInpaintPipeline(ClassifierGuidedPipeline):
             callback_on_step_end=merge_and_resample, callback_tensor_inputs=("latents", "pred_original_sample"),
         )
         x = keep * source + (1 - keep) * x  # the known pixels, exactly (also when a callback stopped the run early)
-        images = postprocess_images(x, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+        return image_pipeline_output(self, x, output_type, return_dict)

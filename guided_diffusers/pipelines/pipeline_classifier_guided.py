@@ -22,7 +22,7 @@ from .sampling import (
     classifier_gradient,
     denoising_loop,
     initial_latents,
-    postprocess_images,
+    image_pipeline_output,
     set_sampling_timesteps,
 )
 from .stepping import scheduler_driver
@@ -347,11 +347,7 @@ class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
             self, x, timesteps, predict, eta=eta, clip_denoised=clip_denoised, generator=generator, step_noise=step_noise,
             callback_on_step_end=callback_on_step_end, callback_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
-        images = postprocess_images(x, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+        return image_pipeline_output(self, x, output_type, return_dict)
 
 
 __all__ = ["ClassifierGuidedPipeline", "null_class_id"]

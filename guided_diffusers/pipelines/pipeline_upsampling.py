@@ -16,7 +16,7 @@ from .sampling import (
     check_step_noise,
     denoising_loop,
     initial_latents,
-    postprocess_images,
+    image_pipeline_output,
     set_sampling_timesteps,
     to_model_input,
 )
@@ -116,8 +116,4 @@ class ADMUpsamplingPipeline(CallStateMixin, DiffusionPipeline):
             self, x, timesteps, predict, eta=eta, clip_denoised=clip_denoised, generator=generator, step_noise=step_noise,
             callback_on_step_end=callback_on_step_end,
         )
-        images = postprocess_images(x, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+        return image_pipeline_output(self, x, output_type, return_dict)

@@ -1,5 +1,5 @@
 """What the ADM pipelines share: setting the timesteps, the sampling loop, guidance gradients, inputs and outputs
-(how each kind of scheduler is driven is [`~guided_diffusers.pipelines.stepping`]'s)."""
+(how each kind of scheduler is driven, its timesteps included, is [`~guided_diffusers.pipelines.stepping`]'s)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..schedulers.scheduling_utils import GuidedSchedulerMixin
-from .stepping import scheduler_driver
+from .stepping import check_step_count, scheduler_driver
 
 def set_sampling_timesteps(
     scheduler: Any, num_inference_steps: int | None, timestep_respacing: str | None, device: torch.device
@@ -28,26 +27,10 @@ def set_sampling_timesteps(
             f"expected num_inference_steps or timestep_respacing, got both ({num_inference_steps}, {timestep_respacing!r})"
         )
     if num_inference_steps is not None:
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-            raise ValueError(f"expected num_inference_steps as a whole number, got {num_inference_steps!r}")
-        num_train_timesteps = scheduler.config.num_train_timesteps
-        if not 1 <= num_inference_steps <= num_train_timesteps:
-            raise ValueError(
-                f"expected num_inference_steps in [1, {num_train_timesteps}] (the trained steps), got {num_inference_steps}"
-            )
+        check_step_count(scheduler, num_inference_steps)
     if timestep_respacing is not None and not isinstance(timestep_respacing, str):
         raise ValueError(f"expected timestep_respacing as a spec string such as '250' or 'ddim25', got {timestep_respacing!r}")
-    if isinstance(scheduler, GuidedSchedulerMixin):
-        scheduler.set_timesteps(timestep_respacing if timestep_respacing is not None else num_inference_steps, device=device)
-    else:
-        if timestep_respacing is not None:
-            if not timestep_respacing.strip().isdigit():
-                raise ValueError(
-                    f"expected a step count for {type(scheduler).__name__}, got respacing spec {timestep_respacing!r} "
-                    "(section counts and 'ddimN' need GuidedDDPMScheduler or GuidedDDIMScheduler)"
-                )
-            return set_sampling_timesteps(scheduler, int(timestep_respacing), None, device)
-        scheduler.set_timesteps(50 if num_inference_steps is None else int(num_inference_steps), device=device)
+    scheduler_driver(scheduler).set_timesteps(num_inference_steps, timestep_respacing, device)
     return scheduler.timesteps
 
 
@@ -211,6 +194,14 @@ def postprocess_images(images: torch.Tensor, output_type: str) -> Any:
     if output_type == "np":
         return array
     return DiffusionPipeline.numpy_to_pil(array)
+
+
+def image_pipeline_output(pipeline: DiffusionPipeline, samples: torch.Tensor, output_type: str, return_dict: bool) -> Any:
+    """A sampling call's end, as diffusers' pipelines end one: the samples in ``output_type``, the model hooks freed,
+    an [`~diffusers.ImagePipelineOutput`] (or a one-element tuple)."""
+    images = postprocess_images(samples, output_type)
+    pipeline.maybe_free_model_hooks()
+    return ImagePipelineOutput(images=images) if return_dict else (images,)
 
 
 def check_output_type(output_type: str) -> None:

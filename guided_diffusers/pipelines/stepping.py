@@ -20,12 +20,30 @@ import torch
 from ..schedulers.gaussian import score_guided_noise, start_from_noise, start_from_velocity
 from ..schedulers.scheduling_utils import GuidedSchedulerMixin
 
-__all__ = ["GuidedSchedulerDriver", "SchedulerDriver", "StockSchedulerDriver", "prediction_channels", "scheduler_driver"]
+__all__ = [
+    "GuidedSchedulerDriver",
+    "SchedulerDriver",
+    "StockSchedulerDriver",
+    "check_step_count",
+    "prediction_channels",
+    "scheduler_driver",
+]
 
 
 def prediction_channels(model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
     """The prediction channels of a model output (learned-sigma models append as many variance channels)."""
     return model_output[:, : sample.shape[1]]
+
+
+def check_step_count(scheduler: Any, num_inference_steps: Any) -> None:
+    """A whole number of sampling steps in [1, T], or a one-line error."""
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+        raise ValueError(f"expected num_inference_steps as a whole number, got {num_inference_steps!r}")
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    if not 1 <= num_inference_steps <= num_train_timesteps:
+        raise ValueError(
+            f"expected num_inference_steps in [1, {num_train_timesteps}] (the trained steps), got {num_inference_steps}"
+        )
 
 
 class SchedulerDriver:
@@ -40,6 +58,10 @@ class SchedulerDriver:
 
     def __init__(self, scheduler: Any):
         self.scheduler = scheduler
+
+    def set_timesteps(self, num_inference_steps: int | None, timestep_respacing: str | None, device: torch.device) -> None:
+        """Lay out the sampling grid from checked arguments (at most one of them given)."""
+        raise NotImplementedError
 
     def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
         """What the network (and a noisy classifier) is given at ``t``."""
@@ -98,6 +120,14 @@ class GuidedSchedulerDriver(SchedulerDriver):
     """Our schedulers: they know the model timestep, read the variance channels and apply guidance in ``step``
     (DDPM shifts the mean, DDIM shifts epsilon), with ``clip_sample`` per step."""
 
+    def __init__(self, scheduler: Any):
+        super().__init__(scheduler)
+        self._takes_eta = "eta" in inspect.signature(scheduler.step).parameters  # read once, not every step
+
+    def set_timesteps(self, num_inference_steps, timestep_respacing, device):
+        """A step count on diffusers' grid, or the originals' respacing spec; neither: the config's respacing."""
+        self.scheduler.set_timesteps(timestep_respacing if timestep_respacing is not None else num_inference_steps, device=device)
+
     def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
         return self.scheduler.model_timestep(t)
 
@@ -112,7 +142,7 @@ class GuidedSchedulerDriver(SchedulerDriver):
         kwargs: dict[str, Any] = dict(
             generator=generator, variance_noise=variance_noise, guidance_gradient=guidance_gradient, clip_sample=clip_denoised
         )
-        if "eta" in inspect.signature(self.scheduler.step).parameters:
+        if self._takes_eta:
             kwargs["eta"] = eta
         elif eta:
             raise ValueError(f"expected eta=0 with {type(self.scheduler).__name__} (eta is DDIM's), got {eta}")
@@ -142,6 +172,18 @@ class StockSchedulerDriver(SchedulerDriver):
         self.reads_variance_channels = "variance_type" in parameters and scheduler.config.get("variance_type") in (
             "learned", "learned_range"
         )
+
+    def set_timesteps(self, num_inference_steps, timestep_respacing, device):
+        """A step count (a plain-number spec counts as one), 50 when none is given, as diffusers' pipelines."""
+        if timestep_respacing is not None:
+            if not timestep_respacing.strip().isdigit():
+                raise ValueError(
+                    f"expected a step count for {type(self.scheduler).__name__}, got respacing spec {timestep_respacing!r} "
+                    "(section counts and 'ddimN' need GuidedDDPMScheduler or GuidedDDIMScheduler)"
+                )
+            num_inference_steps = int(timestep_respacing)
+            check_step_count(self.scheduler, num_inference_steps)
+        self.scheduler.set_timesteps(50 if num_inference_steps is None else int(num_inference_steps), device=device)
 
     def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
         if self.scheduler.config.get("rescale_timesteps"):
