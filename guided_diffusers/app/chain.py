@@ -22,7 +22,7 @@ from ..schedulers.scheduling_utils import GuidedSchedulerMixin
 SchedulerKind = Literal["ddpm", "ddim", "fast"]
 #: Our schedulers by kind; ``"fast"`` is the fast recipe's scheduler (``FAST_RECIPE``), made from the same config.
 SCHEDULER_CLASSES: dict[str, type] = {"ddpm": GuidedDDPMScheduler, "ddim": GuidedDDIMScheduler}
-SCHEDULER_KINDS = ("ddpm", "ddim", "fast")
+SCHEDULER_KINDS = (*SCHEDULER_CLASSES, "fast")
 
 __all__ = ["MAX_SEED", "SCHEDULER_CLASSES", "SCHEDULER_KINDS", "DenoisingChain", "Guidance", "SchedulerKind", "check_seed"]
 

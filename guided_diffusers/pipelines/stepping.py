@@ -10,6 +10,7 @@ scheduler's kind. The stock adapter takes its diffusion math from the process
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -46,7 +47,7 @@ def check_step_count(scheduler: Any, num_inference_steps: Any) -> None:
         )
 
 
-class SchedulerDriver:
+class SchedulerDriver(ABC):
     """What a sampling pipeline needs from a scheduler, whatever its kind.
 
     Args:
@@ -59,35 +60,36 @@ class SchedulerDriver:
     def __init__(self, scheduler: Any):
         self.scheduler = scheduler
 
+    @abstractmethod
     def set_timesteps(self, num_inference_steps: int | None, timestep_respacing: str | None, device: torch.device) -> None:
         """Lay out the sampling grid from checked arguments (at most one of them given)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
         """What the network (and a noisy classifier) is given at ``t``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """alpha_bar of the noise level the scheduler is at for its timestep ``t``, as a 0-d tensor like ``like``."""
-        raise NotImplementedError
 
     def noise_level(self, t: torch.Tensor) -> float:
         """sigma = sqrt((1 - alpha_bar) / alpha_bar) at timestep ``t``."""
         alpha_bar = float(self.alpha_bar(t, torch.empty((), dtype=torch.float64)))
         return float(np.sqrt((1 - alpha_bar) / alpha_bar)) if alpha_bar > 0 else float("inf")
 
+    @abstractmethod
     def pred_original_sample(self, model_output: torch.Tensor, t: torch.Tensor, model_input: torch.Tensor) -> torch.Tensor:
         """x_0 from the model output at ``t``, unclipped and differentiable (for guidance through x_0, e.g. CLIP).
 
         ``model_input`` is what the model was given (x_t in VP terms: ``scale_model_input`` of a sigma-space sample).
         """
-        raise NotImplementedError
 
     @contextmanager
     def clipping(self, clip_denoised: bool | None) -> Iterator[None]:
         """Clip x_0 to [-1, 1] (or not) for one sampling run; None keeps the scheduler's own setting."""
         yield
 
+    @abstractmethod
     def step(
         self,
         model_output: torch.Tensor,
@@ -113,7 +115,6 @@ class SchedulerDriver:
             clip_denoised (`bool`, *optional*): clip x_0; None keeps the config's setting.
             generator, variance_noise: the step's noise, drawn or given.
         """
-        raise NotImplementedError
 
 
 class GuidedSchedulerDriver(SchedulerDriver):
