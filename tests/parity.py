@@ -7,6 +7,7 @@ beside the checkout. Where it is absent the parity tests skip, except under CI
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -64,6 +65,21 @@ def load_case_model(name: str) -> torch.nn.Module:
             constructor_kwargs=kwargs,
         )
     return model.eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _scaled_case_model(name: str, timestep_scale: float) -> torch.nn.Module:
+    model = load_case_model(name)
+    model.register_to_config(timestep_scale=timestep_scale)
+    return model
+
+
+def process_model(case: dict[str, Any], key: str = "model_case") -> torch.nn.Module:
+    """A diffusion case's network (``model_case`` or ``classifier_case``) as its process drives it: with the timestep
+    scale its diffusion flags give (the originals' ``rescale_timesteps``, which the networks own)."""
+    from guided_diffusers.conversion import timestep_scale_from_flags
+
+    return _scaled_case_model(case[key], timestep_scale_from_flags(case["diffusion_flags"]))
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: dict[str, float], what: str = "") -> None:

@@ -3,7 +3,7 @@
 Tensors of the full process (q_*, pmv*, loss_*, bpd_*) use the scheduler's ``diffusion``; p_* trajectories use
 GuidedDDPMScheduler on ``sample_respacing`` and ddim_* / inv_* GuidedDDIMScheduler on ``ddim_respacing``, fed the
 recorded noise through ``variance_noise``. Guidance is classifier_scale * d/dx sum log_softmax(classifier)[guide_y],
-evaluated at ``scheduler.model_timestep(t)`` and passed as ``guidance_gradient``.
+evaluated at the timestep ``t`` (the networks own their timestep scale) and passed as ``guidance_gradient``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import torch
 from guided_diffusers.schedulers import (
     GuidedDDIMScheduler,
     GuidedDDPMScheduler,
-    scheduler_config_from_diffusion_flags,
 )
-from guided_diffusers.training import calc_bpd_loop, loss_type_from_flags, training_losses
-from parity import assert_close, load_case, load_case_model
+from guided_diffusers.conversion import scheduler_config_from_diffusion_flags
+from guided_diffusers.evaluation import calc_bpd_loop
+from guided_diffusers.training import loss_type_from_flags, training_losses
+from parity import assert_close, load_case, load_case_model, process_model
 
 CASES = [
     "diffusion_fixed_large_rescaled",
@@ -49,7 +50,7 @@ def _config(case) -> dict:
 
 
 def _unet(case, labels):
-    model = _model(case["model_case"])
+    model = process_model(case)
 
     def call(x, t):
         with torch.no_grad():
@@ -59,7 +60,7 @@ def _unet(case, labels):
 
 
 def _guidance(case, labels):
-    classifier = _model(case["classifier_case"])
+    classifier = process_model(case, "classifier_case")
     scale = case["classifier_scale"]
 
     def gradient(x, t):
@@ -77,7 +78,7 @@ def _trajectory_tolerance(case) -> dict:
 
 
 def _batch_timestep(scheduler, t, batch_size):
-    return scheduler.model_timestep(t).expand(batch_size)
+    return torch.as_tensor(t).expand(batch_size)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

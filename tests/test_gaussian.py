@@ -15,9 +15,9 @@ from guided_diffusers.schedulers import (
     get_named_beta_schedule,
     linear_schedule_bounds,
     respace_betas,
-    scheduler_config_from_diffusion_flags,
     space_timesteps,
 )
+from guided_diffusers.conversion import scheduler_config_from_diffusion_flags
 from parity import load_case
 
 # ---------------------------------------------------------------------------------------------------------------------

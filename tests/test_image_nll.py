@@ -18,7 +18,7 @@ from launch import accelerate_cpu_launcher
 from guided_diffusers import ADMUNet2DModel, ClassifierGuidedPipeline, GuidedDDPMScheduler
 from guided_diffusers.evaluation.image_data import open_evaluation_images
 from guided_diffusers.evaluation.nll import evaluate_bits_per_dim
-from guided_diffusers.training import calc_bpd_loop
+from guided_diffusers.evaluation import calc_bpd_loop
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is fastest on a busy machine
 

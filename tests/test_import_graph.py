@@ -13,10 +13,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "guided_diffusers"
 # Links resolved on first use through a module's __getattr__, kept as old public names (see docs/ARCHITECTURE.md).
-LAZY_NAMES = {
-    ("guided_diffusers.training", "guided_diffusers.evaluation.bpd"),
-    ("guided_diffusers.schedulers", "guided_diffusers.conversion.flags"),
-}
+LAZY_NAMES: set[tuple[str, str]] = set()
 
 
 def _module_name(path: Path) -> str:

@@ -20,6 +20,7 @@ from diffusers import (
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from PIL import Image
 
+from guided_diffusers.pipelines.sampling import stock_clip_settings
 from guided_diffusers import (
     ADMClassifier,
     ADMUNet2DModel,
@@ -47,29 +48,31 @@ def _randomize_zeros(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def _unet(class_dropout_prob: float = 0.0) -> ADMUNet2DModel:
+def _unet(class_dropout_prob: float = 0.0, in_channels: int = 3) -> ADMUNet2DModel:
+    # improved-diffusion's network: learned range, embeds t * 1000 / T (its timestep_scale)
     torch.manual_seed(0)
-    unet = ADMUNet2DModel(sample_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                          attention_downsample_factors=(2,), num_classes=10, out_channels=6,
-                          class_dropout_prob=class_dropout_prob)
+    unet = ADMUNet2DModel(sample_size=8, in_channels=in_channels, model_channels=32, channel_mult=(1, 2),
+                          num_res_blocks=1, attention_downsample_factors=(2,), num_classes=10,
+                          out_channels=2 * in_channels, class_dropout_prob=class_dropout_prob,
+                          timestep_scale=1000 / T)
     return _randomize_zeros(unet, 1)
 
 
 def _classifier() -> ADMClassifier:
     torch.manual_seed(2)
     classifier = ADMClassifier(sample_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                               attention_downsample_factors=(2,), num_classes=10, num_head_channels=16)
+                               attention_downsample_factors=(2,), num_classes=10, num_head_channels=16,
+                               timestep_scale=1000 / T)
     return _randomize_zeros(classifier, 3)
 
 
-def _guided_scheduler(rescale: bool = True) -> GuidedDDPMScheduler:
-    # improved-diffusion's process: cosine, learned range, t * 1000 / T given to the model
-    return GuidedDDPMScheduler(num_train_timesteps=T, beta_schedule="cosine", variance_type="learned_range",
-                               rescale_timesteps=rescale)
+def _guided_scheduler() -> GuidedDDPMScheduler:
+    # improved-diffusion's process: cosine, learned range
+    return GuidedDDPMScheduler(num_train_timesteps=T, beta_schedule="cosine", variance_type="learned_range")
 
 
-def _pipeline(stock=None, rescale: bool = True, **kwargs) -> ClassifierGuidedPipeline:
-    scheduler = _guided_scheduler(rescale)
+def _pipeline(stock=None, **kwargs) -> ClassifierGuidedPipeline:
+    scheduler = _guided_scheduler()
     if stock is not None:
         scheduler = stock.from_config(scheduler.config)  # the diffusers way to swap
     pipe = ClassifierGuidedPipeline(unet=_unet(**kwargs), scheduler=scheduler, classifier=_classifier())
@@ -86,13 +89,12 @@ def _textbook_loop(pipe, labels: torch.Tensor, steps: int, seed: int, scale: flo
     keeps_variance = isinstance(scheduler, DDPMScheduler)
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(latents, t)
-        t_model = t.float() * 1000 / T if scheduler.config.get("rescale_timesteps") else t
-        output = unet(model_input, t_model, class_labels=labels).sample
+        output = unet(model_input, t, class_labels=labels).sample  # the network scales t itself
         eps = output[:, :3]
         if scale:
             with torch.enable_grad():
                 x = model_input.detach().requires_grad_(True)
-                log_probs = torch.log_softmax(classifier(x, t_model).logits, dim=-1)
+                log_probs = torch.log_softmax(classifier(x, t).logits, dim=-1)
                 gradient = torch.autograd.grad(log_probs[torch.arange(len(labels)), labels].sum(), x)[0] * scale
             if scheduler.init_noise_sigma != 1:  # sigma space: the scheduler's own sigma at this step
                 alpha_bar = 1 / (1 + scheduler.sigmas[scheduler.step_index] ** 2)
@@ -146,13 +148,14 @@ def test_guidance_moves_samples_toward_the_class(stock):
     pipe = _pipeline(stock)
     # "leading" starts at t = 36 (sigma 6) rather than the cosine schedule's last step (sigma 800), where one Euler
     # step of a strong, stiff guidance overshoots whatever its sign
-    pipe.scheduler = stock.from_config(pipe.scheduler.config, timestep_spacing="leading")
+    pipe.scheduler = stock.from_config(pipe.scheduler.config, timestep_spacing="leading",
+                                       **stock_clip_settings(stock, False))  # unclipped, as made
     pipe.classifier.forward = _GaussianClassifier(means).forward  # the pipeline's classifier, with known log-probs
     table = _guided_scheduler().alphas_cumprod
 
     def exact_unet(sample, timestep, class_labels=None, **kwargs):
-        """The exact model of N(0, 0.5^2) data: eps = sqrt(1 - ab) x_t / (ab / 4 + 1 - ab), t given as t * 1000 / T."""
-        position = float(torch.as_tensor(timestep).reshape(-1)[0]) * T / 1000
+        """The exact model of N(0, 0.5^2) data: eps = sqrt(1 - ab) x_t / (ab / 4 + 1 - ab), at the scheduler's t."""
+        position = float(torch.as_tensor(timestep).reshape(-1)[0])
         low = int(position)
         weight = position - low
         alpha_bar = float(table[low] * (1 - weight) + table[min(low + 1, T - 1)] * weight)
@@ -163,7 +166,7 @@ def test_guidance_moves_samples_toward_the_class(stock):
 
     def sample(scale, label=1):
         return pipe(class_labels=[label, label], num_inference_steps=10, classifier_scale=scale, output_type="latent",
-                    generator=torch.Generator().manual_seed(0), clip_denoised=False).images
+                    generator=torch.Generator().manual_seed(0)).images
 
     unguided, guided = sample(0.0), sample(10.0)
     assert 0.3 < unguided.std().item() < 0.8  # the exact model samples its data, N(0, 0.5^2), in 10 steps
@@ -173,62 +176,116 @@ def test_guidance_moves_samples_toward_the_class(stock):
 
 
 def test_variance_channels_kept_only_where_the_scheduler_reads_them():
-    from guided_diffusers.pipelines.stepping import scheduler_driver
+    from guided_diffusers.pipelines.sampling import reads_variance_channels
 
     config = _guided_scheduler().config
-    assert scheduler_driver(DDPMScheduler.from_config(config)).reads_variance_channels
-    assert scheduler_driver(DPMSolverMultistepScheduler.from_config(config)).reads_variance_channels
-    for stock in (DDIMScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler):
+    assert reads_variance_channels(_guided_scheduler())
+    assert reads_variance_channels(DDPMScheduler.from_config(config))  # its step splits them by the sample's channels
+    for stock in (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler,
+                  UniPCMultistepScheduler):
         swapped = stock.from_config(config)
-        assert swapped.config.variance_type == "learned_range"  # diffusers keeps the key it does not use
-        assert not scheduler_driver(swapped).reads_variance_channels
+        assert not reads_variance_channels(swapped), stock.__name__
 
 
-def test_fractional_timesteps_reach_the_model_rescaled():
+def _every_scheduler():
+    from diffusers.utils.import_utils import is_scipy_available
+
+    from guided_diffusers.pipelines.recipes import FAST_RECIPE
+
+    config = _guided_scheduler().config
+    schedulers = {"GuidedDDPMScheduler": GuidedDDPMScheduler.from_config(config),
+                  "GuidedDDIMScheduler": GuidedDDIMScheduler.from_config(config), "FAST_RECIPE": FAST_RECIPE.scheduler(config)}
+    for cls in GuidedDDPMScheduler._get_compatibles():
+        if cls.__name__ == "LMSDiscreteScheduler" and not is_scipy_available():
+            continue  # LMS needs scipy
+        schedulers[cls.__name__] = cls.from_config(config)
+    return schedulers
+
+
+@pytest.mark.parametrize("channels", [1, 3], ids=["grey", "rgb"])
+def test_learned_sigma_models_sample_under_every_scheduler(channels):
+    """A learned-sigma model (2C output channels) under every scheduler our configs swap with: each step gets the
+    channels it reads, so grey models sample where a scheduler slicing [:, :3] would see variance channels."""
+    from guided_diffusers.pipelines.recipes import FAST_RECIPE
+
+    unet = _unet(in_channels=channels)
+    names = []
+    for name, scheduler in _every_scheduler().items():
+        pipe = ClassifierGuidedPipeline(unet=unet, scheduler=scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        steps = FAST_RECIPE.steps if name == "FAST_RECIPE" else 4
+        images = pipe(class_labels=[1, 2], num_inference_steps=steps, output_type="pt",
+                      generator=torch.Generator().manual_seed(0)).images
+        assert images.shape == (2, channels, 8, 8), name
+        assert torch.isfinite(images).all() and images.std() > 0.01, name
+        names.append(name)
+    assert len(names) >= 14  # ours, the fast recipe and the stock schedulers of _compatibles
+
+
+def test_step_noise_is_refused_by_a_scheduler_that_cannot_take_it():
     pipe = _pipeline(EulerDiscreteScheduler)
-    seen = []
-    forward = pipe.unet.forward
+    calls = []
+    pipe.unet.register_forward_hook(lambda *args: calls.append(1))
+    noise = torch.zeros(4, *SHAPE)
+    with pytest.raises(ValueError, match="expected no step_noise with EulerDiscreteScheduler"):
+        pipe(class_labels=[1, 2], num_inference_steps=4, step_noise=noise)
+    assert calls == []
 
-    def spy(sample, timestep, *args, **kwargs):
-        seen.append(torch.as_tensor(timestep).float().reshape(-1)[0].item())
-        return forward(sample, timestep, *args, **kwargs)
 
-    pipe.unet.forward = spy
+def test_fractional_timesteps_reach_the_embedding_rescaled():
+    """Euler's fractional timesteps reach the network as they are, and the network embeds them times its own
+    timestep_scale (1000 / T here), continuous, not truncated."""
+    pipe = _pipeline(EulerDiscreteScheduler)
+    given, embedded = [], []
+    pipe.unet.register_forward_pre_hook(lambda module, args: given.append(float(torch.as_tensor(args[1]).reshape(-1)[0])))
+    pipe.unet.time_proj.register_forward_pre_hook(lambda module, args: embedded.append(float(args[0].reshape(-1)[0])))
     pipe(class_labels=[1, 2], num_inference_steps=5, output_type="latent", generator=torch.Generator().manual_seed(0))
-    expected = (pipe.scheduler.timesteps.float() * 1000 / T).tolist()
-    assert seen == pytest.approx(expected, rel=1e-6)
-    assert any(value != int(value) for value in seen)  # continuous, not truncated
+    assert given == pytest.approx(pipe.scheduler.timesteps.float().tolist(), rel=1e-6)
+    assert embedded == pytest.approx([t * 1000 / T for t in given], rel=1e-6)
+    assert any(value != int(value) for value in embedded)
 
 
 def test_clip_denoised_is_honoured_or_refused():
-    pipe = _pipeline(DDIMScheduler)
+    """Our schedulers clip per call; a stock scheduler clips as it was made, and a call asking otherwise is refused
+    before any work (no config is changed during a call)."""
+    pipe = _pipeline(GuidedDDIMScheduler)
     run = dict(class_labels=[1, 2], num_inference_steps=4, output_type="latent")
     clipped = pipe(**run, clip_denoised=True, generator=torch.Generator().manual_seed(0)).images
     unclipped = pipe(**run, clip_denoised=False, generator=torch.Generator().manual_seed(0)).images
     assert (clipped - unclipped).abs().max() > 1e-4
-    assert pipe.scheduler.config.clip_sample is True  # restored after the call
-    reference = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
-    manual = ClassifierGuidedPipeline(unet=pipe.unet, scheduler=reference)
-    manual.set_progress_bar_config(disable=True)
-    torch.testing.assert_close(manual(**run, generator=torch.Generator().manual_seed(0)).images, unclipped)
-    # DPM-Solver clips by thresholding at 1, and its config comes back unchanged
+    assert pipe.scheduler.config.clip_sample is True
+    for stock, made in ((DDIMScheduler, {"clip_sample": True}), (DPMSolverMultistepScheduler, {})):
+        stock_pipe = _pipeline(stock)
+        stock_pipe.scheduler = stock.from_config(stock_pipe.scheduler.config, **made)
+        before = dict(stock_pipe.scheduler.config)
+        calls = []
+        stock_pipe.unet.register_forward_hook(lambda *args: calls.append(1))
+        asked = not made.get("clip_sample", False)
+        with pytest.raises(ValueError, match=f"expected clip_denoised None for this {stock.__name__}"):
+            stock_pipe(**run, clip_denoised=asked)
+        assert calls == [] and dict(stock_pipe.scheduler.config) == before
+        stock_pipe(**run, clip_denoised=not asked)  # as it was made: accepted
+    # made with clipping (as the recipes make it), DDIM's stock clipping is what clip_sample=True gives
+    from guided_diffusers.pipelines.sampling import stock_clip_settings
+
     dpm = _pipeline(DPMSolverMultistepScheduler)
-    dpm(**run, clip_denoised=True, generator=torch.Generator().manual_seed(0))
-    assert dpm.scheduler.config.thresholding is False
-    # Euler cannot clip: refused before any model call
+    dpm.scheduler = DPMSolverMultistepScheduler.from_config(
+        dpm.scheduler.config, **stock_clip_settings(DPMSolverMultistepScheduler, True))
+    clipped_dpm = dpm(**run, clip_denoised=True, generator=torch.Generator().manual_seed(0)).images
+    plain_dpm = _pipeline(DPMSolverMultistepScheduler)(**run, generator=torch.Generator().manual_seed(0)).images
+    assert (clipped_dpm - plain_dpm).abs().max() > 1e-4
+    # Euler cannot clip: True refused, False accepted
     euler = _pipeline(EulerDiscreteScheduler)
-    calls = []
-    euler.unet.register_forward_hook(lambda *args: calls.append(1))
-    with pytest.raises(ValueError, match="expected clip_denoised None or False for EulerDiscreteScheduler"):
+    with pytest.raises(ValueError, match="EulerDiscreteScheduler, which cannot clip"):
         euler(**run, clip_denoised=True)
-    assert calls == []
+    euler(**run, clip_denoised=False)
 
 
 def test_stock_step_counts_are_checked_before_work():
     pipe = _pipeline(DPMSolverMultistepScheduler)
-    with pytest.raises(ValueError, match=r"expected num_inference_steps in \[1, 40\].*got 41"):
+    with pytest.raises(ValueError, match=r"expected num_inference_steps as a whole number in \[1, 40\].*got 41"):
         pipe(class_labels=[1], num_inference_steps=41)
-    with pytest.raises(ValueError, match=r"expected num_inference_steps in \[1, 40\].*got 0"):
+    with pytest.raises(ValueError, match=r"expected num_inference_steps as a whole number in \[1, 40\].*got 0"):
         pipe(class_labels=[1], num_inference_steps=0)
 
 
@@ -366,11 +423,11 @@ def test_interval_covering_every_step_is_plain_guidance(stock):
 
 
 def test_interval_guides_only_inside_and_saves_evaluations():
-    from guided_diffusers.pipelines.stepping import scheduler_driver
+    from guided_diffusers.pipelines.sampling import noise_level
 
     pipe = _pipeline(class_dropout_prob=0.1)
     pipe.scheduler.set_timesteps(6)
-    levels = [scheduler_driver(pipe.scheduler).noise_level(t) for t in pipe.scheduler.timesteps]
+    levels = [noise_level(pipe.scheduler, t) for t in pipe.scheduler.timesteps]
     low, high = sorted(levels)[1], sorted(levels)[3]  # inside: the 3rd and 4th lowest noise levels
     unet_batches, classifier_calls = [], []
     pipe.unet.register_forward_hook(lambda module, args, output: unet_batches.append(args[0].shape[0]))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
 from diffusers.models.unets.unet_2d import UNet2DOutput
-from parity import assert_close, load_case, load_case_model
+from parity import assert_close, load_case, load_case_model, process_model
 from PIL import Image
 
 from guided_diffusers import (
@@ -21,7 +21,7 @@ from guided_diffusers import (
     GuidedDDIMScheduler,
     GuidedDDPMScheduler,
 )
-from guided_diffusers.schedulers import scheduler_config_from_diffusion_flags, to_diffusers_scheduler
+from guided_diffusers.conversion import scheduler_config_from_diffusion_flags
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -38,7 +38,7 @@ def _parity_pipeline(name, scheduler_class):
     config = scheduler_config_from_diffusion_flags(case["diffusion_flags"])
     config["clip_sample"] = case["clip_denoised"]
     pipe = ClassifierGuidedPipeline(
-        unet=_model(case["model_case"]), scheduler=scheduler_class(**config), classifier=_model(case["classifier_case"])
+        unet=process_model(case), scheduler=scheduler_class(**config), classifier=process_model(case, "classifier_case")
     )
     pipe.set_progress_bar_config(disable=True)
     return case, io, pipe
@@ -91,7 +91,7 @@ def test_ddim_pipeline_reproduces_original_trajectory(name, kind):
 def test_inversion_pipeline_reproduces_original_reconstruction():
     case, io = load_case("diffusion_learned_range")
     config = scheduler_config_from_diffusion_flags(case["diffusion_flags"])
-    pipe = DDIMInversionPipeline(unet=_model(case["model_case"]), scheduler=GuidedDDIMScheduler(**config))
+    pipe = DDIMInversionPipeline(unet=process_model(case), scheduler=GuidedDDIMScheduler(**config))
     pipe.set_progress_bar_config(disable=True)
     out = pipe(io["x_start"], class_labels=io["guide_y"], timestep_respacing=case["ddim_respacing"], output_type="pt")
     tolerance = {"atol": case["tolerance"]["trajectory_atol"], "rtol": case["tolerance"]["rtol"]}
@@ -223,7 +223,7 @@ def _tiny_clip():
 
 def _clip_similarity(clip_model, tokenizer, images, prompt):
     """The cosine similarity of CLIP's image features to the prompt's, with CLIP's own preprocessing."""
-    from guided_diffusers.pipelines.pipeline_classifier_guided import _CLIP_MEAN, _CLIP_STD
+    from guided_diffusers.pipelines.sampling import _CLIP_MEAN, _CLIP_STD
 
     with torch.no_grad():
         text = clip_model.get_text_features(**tokenizer([prompt] * len(images), padding="max_length", return_tensors="pt"))
@@ -263,29 +263,65 @@ def test_clip_guidance_raises_the_prompts_similarity_on_an_unconditional_model(s
 def test_stock_dpm_solver_runs_a_learned_sigma_unet():
     unet = _tiny_unet()
     guided = GuidedDDPMScheduler(num_train_timesteps=40, variance_type="learned_range")
-    pipe = _pipe(unet=unet, scheduler=to_diffusers_scheduler(guided, DPMSolverMultistepScheduler), classifier=_tiny_classifier())
+    pipe = _pipe(unet=unet, scheduler=DPMSolverMultistepScheduler.from_config(guided.config), classifier=_tiny_classifier())
     images = _run(pipe, class_labels=[1, 2], num_inference_steps=5)
     assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
     guided_images = _run(pipe, class_labels=[1, 2], num_inference_steps=5, classifier_scale=5.0)
     assert not torch.allclose(images, guided_images, atol=1e-4)
 
 
-def test_stock_scheduler_gives_a_rescaled_model_rescaled_timesteps():
-    """improved-diffusion models see t * 1000 / T; a stock solver built from their config must feed them the same."""
+def _embedded_timesteps(unet) -> list[float]:
+    """The timesteps the network's embedding receives (after its timestep_scale), recorded on every forward."""
     seen = []
+    unet.time_proj.register_forward_pre_hook(lambda module, args: seen.append(float(args[0].reshape(-1)[0])))
+    return seen
+
+
+def test_stock_pipeline_gives_a_rescaled_network_its_own_timesteps():
+    """improved-diffusion's networks embed t * 1000 / T: the network owns that scale, so stock diffusers pipelines and
+    solvers hand it their own timesteps and it sees what it was trained on (at most 1000), with no foreign key in
+    the stock scheduler's config."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
     unet = _tiny_unet(num_classes=None)
-    original_forward = unet.forward
-
-    def recording_forward(sample, timestep, *args, **kwargs):
-        seen.append(torch.as_tensor(timestep).float().flatten()[0].item())
-        return original_forward(sample, timestep, *args, **kwargs)
-
-    unet.forward = recording_forward
-    guided = GuidedDDPMScheduler(num_train_timesteps=4000, beta_schedule="cosine", variance_type="learned_range", rescale_timesteps=True)
-    stock = to_diffusers_scheduler(guided, DPMSolverMultistepScheduler)
+    unet.register_to_config(timestep_scale=1000 / 4000)
+    seen = _embedded_timesteps(unet)
+    guided = GuidedDDPMScheduler(num_train_timesteps=4000, beta_schedule="cosine", variance_type="learned_range")
+    stock = DPMSolverMultistepScheduler.from_config(guided.config)
+    assert "rescale_timesteps" not in stock.config and "timestep_respacing" not in stock.config
     _run(_pipe(unet=unet, scheduler=stock), batch_size=1, num_inference_steps=3)
-    expected = [t * 1000.0 / 4000 for t in stock.timesteps.tolist()]
-    assert seen == pytest.approx(expected) and max(seen) <= 1000
+    assert seen == pytest.approx([t * 1000.0 / 4000 for t in stock.timesteps.tolist()]) and max(seen) <= 1000
+    seen.clear()
+    ddpm = DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(guided.config))
+    ddpm.set_progress_bar_config(disable=True)
+    ddpm(batch_size=1, num_inference_steps=3, output_type="np")
+    assert seen == pytest.approx([t * 1000.0 / 4000 for t in ddpm.scheduler.timesteps.tolist()]) and max(seen) <= 1000
+
+
+def test_an_old_folder_with_the_scheduler_key_moves_it_to_the_networks_once(tmp_path, caplog):
+    """Folders written before the networks owned their timestep scale keep ``rescale_timesteps`` in the scheduler
+    config: loading moves it to the U-Net's and the classifier's ``timestep_scale`` with one notice."""
+    import json
+    import logging
+
+    unet, classifier = _tiny_unet(), _tiny_classifier()
+    scheduler = GuidedDDPMScheduler(num_train_timesteps=40, variance_type="learned_range")
+    ClassifierGuidedPipeline(unet=unet, scheduler=scheduler, classifier=classifier).save_pretrained(tmp_path)
+    config_path = tmp_path / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config["rescale_timesteps"] = True  # as the converters wrote it before
+    config_path.write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING):
+        pipe = ClassifierGuidedPipeline.from_pretrained(tmp_path)
+    notices = [r for r in caplog.records if "rescale_timesteps" in r.getMessage()]
+    assert len(notices) == 1
+    assert pipe.unet.config.timestep_scale == pipe.classifier.config.timestep_scale == 1000 / 40
+    assert not pipe.scheduler.config.get("rescale_timesteps")
+    pipe.save_pretrained(tmp_path / "again")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = ClassifierGuidedPipeline.from_pretrained(tmp_path / "again")
+    assert again.unet.config.timestep_scale == 1000 / 40 and not [r for r in caplog.records if "rescale" in r.getMessage()]
 
 
 def test_callback_sees_every_step():

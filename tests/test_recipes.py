@@ -28,8 +28,13 @@ def test_every_sampler_builds_its_scheduler_with_the_same_process():
 def test_call_arguments_and_names():
     assert SamplingRecipe.parse("ddpm:25").call_kwargs() == {"timestep_respacing": "25"}
     assert SamplingRecipe.parse("ddim:10").call_kwargs() == {"timestep_respacing": "ddim10"}
-    assert SamplingRecipe.parse("dpmpp2m:10").call_kwargs() == {"num_inference_steps": 10, "clip_denoised": True}
-    assert SamplingRecipe.parse("euler:10").call_kwargs() == {"num_inference_steps": 10, "clip_denoised": None}  # cannot clip
+    assert SamplingRecipe.parse("dpmpp2m:10").call_kwargs() == {"num_inference_steps": 10}
+    assert SamplingRecipe.parse("euler:10").call_kwargs() == {"num_inference_steps": 10}
+    # clipping is chosen when the recipe makes its scheduler, not per call
+    config = GuidedDDPMScheduler(num_train_timesteps=40).config
+    dpm = SamplingRecipe.parse("dpmpp2m:10").scheduler(config)
+    assert dpm.config.thresholding is True and dpm.config.sample_max_value == 1.0
+    assert not hasattr(SamplingRecipe.parse("euler:10").scheduler(config).config, "thresholding")  # cannot clip
     assert str(SamplingRecipe.parse(" unipc:5")) == "unipc:5" and SamplingRecipe("heun", 6).describe() == "Heun, 6 steps"
     assert str(FAST_RECIPE) in fast_sampling_note()
 

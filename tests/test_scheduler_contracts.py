@@ -21,8 +21,8 @@ from guided_diffusers import GuidedDDIMScheduler, GuidedDDPMScheduler
 from guided_diffusers.schedulers import (
     get_ddpm_beta_schedule,
     get_named_beta_schedule,
-    scheduler_config_from_diffusion_flags,
 )
+from guided_diffusers.conversion import scheduler_config_from_diffusion_flags
 from guided_diffusers.schedulers.scheduling_utils import COMPATIBLE_SCHEDULERS
 
 STOCK = [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler, EulerDiscreteScheduler,

@@ -11,11 +11,9 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 from guided_diffusers.schedulers import (
     GuidedDDIMScheduler,
     GuidedDDPMScheduler,
-    diffusers_scheduler_kwargs,
-    scheduler_config_from_diffusion_flags,
     space_timesteps,
-    to_diffusers_scheduler,
 )
+from guided_diffusers.conversion import scheduler_config_from_diffusion_flags
 from parity import load_case, load_case_model
 
 SCHEDULERS = [GuidedDDPMScheduler, GuidedDDIMScheduler]

@@ -2,7 +2,8 @@
 
 Pure Python and torch, no UI: the web page keeps one :class:`DenoisingChain` per visitor and only renders what it
 holds. Denoising the whole chain from a fresh seed gives exactly what ``ClassifierGuidedPipeline`` gives for the same
-generator (the tests check this), because every reverse step goes through the pipelines' shared sampling helpers.
+generator (the tests check this), because every reverse step is the pipelines' own: ``guided_model_output`` then
+``guided_step`` of [`~guided_diffusers.pipelines.sampling`].
 """
 
 from __future__ import annotations
@@ -12,14 +13,23 @@ from typing import Any, Literal
 
 import torch
 
-from ..pipelines.pipeline_classifier_guided import null_class_id
-from ..pipelines.sampling import classifier_gradient, initial_latents, set_sampling_timesteps
+from ..pipelines import sampling
 from ..pipelines.recipes import FAST_RECIPE
-from ..pipelines.stepping import scheduler_driver
+from ..pipelines.sampling import initial_latents, null_class_id, set_sampling_timesteps
 from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler
 from ..schedulers.scheduling_utils import GuidedSchedulerMixin
 
 SchedulerKind = Literal["ddpm", "ddim", "fast"]
+
+
+@dataclass(frozen=True)
+class _Components:
+    """What ``guided_model_output`` reads of a pipeline: its networks and the scheduler of the step."""
+
+    unet: Any
+    scheduler: Any
+    classifier: Any
+    clip_model: Any
 #: Our schedulers by kind; ``"fast"`` is the fast recipe's scheduler (``FAST_RECIPE``), made from the same config.
 SCHEDULER_CLASSES: dict[str, type] = {"ddpm": GuidedDDPMScheduler, "ddim": GuidedDDIMScheduler}
 SCHEDULER_KINDS = (*SCHEDULER_CLASSES, "fast")
@@ -117,12 +127,12 @@ class DenoisingChain:
         if scheduler == "fast":
             self.scheduler = FAST_RECIPE.scheduler(pipeline.scheduler.config)
             num_inference_steps = FAST_RECIPE.steps if num_inference_steps is None else num_inference_steps
+            if sampling.stock_clips(self.scheduler) != bool(clip_denoised):  # made once, clipping as asked
+                settings = sampling.stock_clip_settings(type(self.scheduler), bool(clip_denoised), self.scheduler.config)
+                self.scheduler = type(self.scheduler).from_config(self.scheduler.config, **settings)
         else:
             self.scheduler = SCHEDULER_CLASSES[scheduler].from_config(pipeline.scheduler.config)
-        self.driver = scheduler_driver(self.scheduler)
         self.stock = not isinstance(self.scheduler, GuidedSchedulerMixin)
-        if self.stock and FAST_RECIPE.call_kwargs().get("clip_denoised"):  # its own scheduler: clipped for the chain's life
-            self.scheduler.register_to_config(**self.driver.clip_settings(clip_denoised))
         self.timesteps = set_sampling_timesteps(self.scheduler, num_inference_steps, None, self.device).cpu()
         self.reset()
 
@@ -150,10 +160,6 @@ class DenoisingChain:
     def timestep(self) -> int | None:
         """The original timestep of the current x_t, or None once the chain has reached x_0."""
         return None if self.position >= self.num_steps else int(self.timesteps[self.position])
-
-    @property
-    def at_start(self) -> bool:
-        return self.position == 0
 
     @property
     def at_end(self) -> bool:
@@ -198,15 +204,18 @@ class DenoisingChain:
             return cached[2], cached[3]
         labels, unet_labels = self._labels(guidance)
         t = self.timesteps[self.position]
-        t_model = self.driver.model_timestep(t)
         model_input = self.scheduler.scale_model_input(self.sample, t)
-        # The pipeline's own output function, so classifier-free guidance here is exactly the pipeline's.
-        output = self.pipeline.unet_output(model_input, t_model, unet_labels, guidance.guidance_scale)
-        gradient = None
-        if guidance.classifier_scale:
-            gradient = classifier_gradient(self.pipeline.classifier, model_input, t_model, labels, guidance.classifier_scale)
+        # The pipelines' own step terms, so guidance here is exactly the pipeline's.
+        call = sampling.Guidance(labels, unet_labels, self.batch_size, guidance.classifier_scale, guidance.guidance_scale)
+        output, gradient = sampling.guided_model_output(self._pipeline_view, model_input, t, call)
         self._cached_output = (self.position, guidance, output, gradient)
         return output, gradient
+
+    @property
+    def _pipeline_view(self) -> Any:
+        """The pipeline's networks with the chain's own scheduler, as ``guided_model_output`` reads them."""
+        pipe = self.pipeline
+        return _Components(pipe.unet, self.scheduler, pipe.classifier, None)
 
     # -- moving -----------------------------------------------------------------------------------------------------
 
@@ -235,17 +244,9 @@ class DenoisingChain:
         """(x_{t-1}, predicted x_0) from the current x_t; the noise is drawn from the chain's generator unless given."""
         output, gradient = self._model_output(guidance)
         t = self.timesteps[self.position]
-        return self.driver.step(
-            output,
-            t,
-            self.sample,
-            model_input=self.scheduler.scale_model_input(self.sample, t),
-            guidance_gradient=gradient,
-            eta=self.eta,
-            clip_denoised=self.clip_denoised,
-            generator=self.generator,
-            variance_noise=variance_noise,
-        )
+        step_kwargs = sampling.step_arguments(self.scheduler, self.eta, self.clip_denoised if not self.stock else None, self.generator)
+        model_input = self.scheduler.scale_model_input(self.sample, t)
+        return sampling.guided_step(self.scheduler, output, t, self.sample, model_input, gradient, step_kwargs, variance_noise, True)
 
     def _forward_step(self, position: int) -> int:
         """The respaced process's step reached by the forward step from ``position`` to ``position - 1``.
@@ -285,8 +286,7 @@ class DenoisingChain:
             output, gradient = self._model_output(guidance)
             t = self.timesteps[self.position]
             model_input = self.scheduler.scale_model_input(self.sample, t)
-            guided = self.driver.guided_output(output, t, model_input, gradient)
-            return self.driver.pred_original_sample(guided, t, model_input).clamp(-1, 1)
+            return sampling.pred_original_sample(self.scheduler, output, t, model_input, gradient).clamp(-1, 1)
         # x_0 does not depend on the step's noise: pass zeros so the generator draws none
         _, pred_x0 = self._reverse_step(guidance, variance_noise=torch.zeros_like(self.sample))
         return pred_x0

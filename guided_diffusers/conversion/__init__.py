@@ -1,6 +1,6 @@
 """From the originals' checkpoints and flags to our models (originals.py) and to pipeline folders (writing.py)."""
 
-from .flags import classifier_kwargs_from_flags, parse_flags, scheduler_config_from_diffusion_flags, unet_kwargs_from_flags
+from .flags import classifier_kwargs_from_flags, parse_flags, scheduler_config_from_diffusion_flags, timestep_scale_from_flags, unet_kwargs_from_flags
 from .originals import (
     adm_classifier_config,
     adm_unet_config,

@@ -304,7 +304,8 @@ def scheduler_config_from_diffusion_flags(flags: Mapping[str, Any]) -> dict[str,
     Returns:
         `dict`: ``num_train_timesteps``, ``beta_schedule`` in diffusers' terms (the originals' ``linear`` as diffusers'
         ``linear`` with ``beta_start``/``beta_end`` scaled by 1000 / T, ``cosine`` as ``squaredcos_cap_v2``),
-        ``prediction_type``, ``variance_type``, ``rescale_timesteps``, ``timestep_respacing``.
+        ``prediction_type``, ``variance_type``, ``timestep_respacing``. ``rescale_timesteps`` describes the networks:
+        see [`timestep_scale_from_flags`].
     """
     flags = dict(flags)
     if "steps" in flags:  # create_gaussian_diffusion's own name for the scripts' diffusion_steps
@@ -330,6 +331,17 @@ def scheduler_config_from_diffusion_flags(flags: Mapping[str, Any]) -> dict[str,
         **schedule,
         "prediction_type": "sample" if values["predict_xstart"] else "epsilon",
         "variance_type": variance_type,
-        "rescale_timesteps": bool(values["rescale_timesteps"]),
         "timestep_respacing": values["timestep_respacing"] or None,
     }
+
+
+def timestep_scale_from_flags(flags: Mapping[str, Any]) -> float:
+    """The networks' ``timestep_scale`` for the originals' diffusion flags: 1000 / T with ``rescale_timesteps``
+    (the originals feed such models t * 1000 / T), else 1.
+
+    Args:
+        flags (mapping): ``diffusion_steps`` (or ``steps``) and ``rescale_timesteps``; missing ones take
+            ``create_gaussian_diffusion``'s defaults.
+    """
+    values = {**_GUIDED_DIFFUSION, **{("diffusion_steps" if k == "steps" else k): v for k, v in flags.items()}}
+    return 1000.0 / int(values["diffusion_steps"]) if values["rescale_timesteps"] else 1.0

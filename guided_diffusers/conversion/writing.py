@@ -14,7 +14,7 @@ import torch
 from ..publishing import make_temp_folder, push_folder_to_hub, write_folder_atomically
 from ..pipelines import ADMUpsamplingPipeline, ClassifierGuidedPipeline, imagenet_id2label
 from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler
-from .flags import NUM_CLASSES, given_flags, is_super_res, parse_flags, scheduler_config_from_diffusion_flags, unet_kwargs_from_parsed
+from .flags import NUM_CLASSES, given_flags, is_super_res, parse_flags, scheduler_config_from_diffusion_flags, timestep_scale_from_flags, unet_kwargs_from_parsed
 from .originals import (
     adm_classifier_config,
     adm_unet_config,
@@ -28,7 +28,7 @@ from .model_card import render_model_card
 from .presets import DDPM, GUIDED, Preset, get_preset, preset_from_path
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_SCHEDULER_FLAGS = ("learn_sigma", "sigma_small", "noise_schedule", "predict_xstart", "rescale_timesteps", "timestep_respacing")
+_SCHEDULER_FLAGS = ("learn_sigma", "sigma_small", "noise_schedule", "predict_xstart", "timestep_respacing")
 
 
 def check_output(output: str | os.PathLike, overwrite: bool, inputs: tuple[Any, ...] = ()) -> Path:
@@ -170,6 +170,11 @@ def convert_adm(
             unet_preset if model_config is None else None,
             lambda: convert_unet_checkpoint(_unet_state_dict(checkpoint), source=source, constructor_kwargs=unet_kwargs),
         ).to(torch_dtype)
+        # The networks own their timestep scale (the originals' --rescale_timesteps): the U-Net and its classifier alike.
+        timestep_scale = timestep_scale_from_flags(flags)
+        for network in (unet, classifier_model):
+            if network is not None:
+                network.register_to_config(timestep_scale=timestep_scale)
         # Where the recommended sampling comes from: the preset (the original README), else the user's flags.
         sampling = dict(unet_preset.sampling) if unet_preset else {}
         user_sampling = {}

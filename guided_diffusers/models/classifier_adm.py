@@ -14,7 +14,7 @@ from torch import nn
 
 from .folders import CheckedFolderMixin, check_config_types
 from .blocks import ADMBlockSettings, attention_heads, build_encoder, timestep_embedding_layers
-from .unet_adm import broadcast_timesteps
+from .unet_adm import broadcast_timesteps, check_timestep_scale
 
 POOLING_HEADS = ("attention", "adaptive", "spatial", "spatial_v2")
 
@@ -101,6 +101,8 @@ class ADMClassifier(CheckedFolderMixin, ModelMixin, ConfigMixin):
         norm_num_groups (`int`, defaults to 32): Groups of every GroupNorm.
         norm_eps (`float`, defaults to 1e-5): Epsilon of every GroupNorm.
         id2label (`dict`, *optional*): class names by id (kept in the config only).
+        timestep_scale (`float`, defaults to 1.0): The network embeds ``timestep * timestep_scale`` (1000 / T for
+            classifiers of rescaled-timestep processes), as [`ADMUNet2DModel`].
     """
 
     _supports_gradient_checkpointing = True
@@ -125,8 +127,10 @@ class ADMClassifier(CheckedFolderMixin, ModelMixin, ConfigMixin):
         norm_num_groups: int = 32,
         norm_eps: float = 1e-5,
         id2label: dict[str, str] | None = None,
+        timestep_scale: float = 1.0,
     ):
         check_config_types(type(self), ADMClassifier.__init__, locals())
+        check_timestep_scale(timestep_scale)
         super().__init__()
         if pool not in POOLING_HEADS:
             raise ValueError(f"expected pool in {POOLING_HEADS}, got {pool!r}")
@@ -175,8 +179,8 @@ class ADMClassifier(CheckedFolderMixin, ModelMixin, ConfigMixin):
         r"""
         Args:
             sample (`torch.Tensor`): Noisy images ``(batch, in_channels, height, width)``.
-            timestep (`torch.Tensor` or `float` or `int`): The diffusion timestep of each sample (the original,
-                unspaced index).
+            timestep (`torch.Tensor` or `float` or `int`): The diffusion timestep of each sample (the scheduler's,
+                unspaced); embedded times ``timestep_scale``.
             return_dict (`bool`, defaults to True): Return an [`ADMClassifierOutput`].
 
         Returns:
@@ -186,7 +190,7 @@ class ADMClassifier(CheckedFolderMixin, ModelMixin, ConfigMixin):
             raise ValueError(
                 f"expected sample of shape (batch, {self.config.in_channels}, height, width), got {tuple(sample.shape)}"
             )
-        timesteps = broadcast_timesteps(timestep, sample.shape[0], sample.device)
+        timesteps = broadcast_timesteps(timestep, sample.shape[0], sample.device, self.config.timestep_scale)
         emb = self.time_embedding(self.time_proj(timesteps).to(self.dtype))
         hidden_states = self.conv_in(sample.to(self.dtype))
         features = (hidden_states,)

@@ -14,8 +14,11 @@ from .folders import CheckedFolderMixin, check_config_types
 from .blocks import ADMBlockSettings, ADMUpBlock2D, attention_heads, build_encoder, timestep_embedding_layers
 
 
-def broadcast_timesteps(timestep: torch.Tensor | float | int, batch_size: int, device: torch.device) -> torch.Tensor:
-    """A (batch,) tensor of timesteps; integer or float (rescaled models see t * 1000 / T)."""
+def broadcast_timesteps(
+    timestep: torch.Tensor | float | int, batch_size: int, device: torch.device, scale: float = 1.0
+) -> torch.Tensor:
+    """A (batch,) tensor of the timesteps the network embeds: integer or float, times the network's ``timestep_scale``
+    (float32, as the originals rescale them: improved-diffusion's models see t * 1000 / T)."""
     if not torch.is_tensor(timestep):
         timestep = torch.tensor([timestep], device=device)
     timestep = timestep.to(device)
@@ -23,7 +26,14 @@ def broadcast_timesteps(timestep: torch.Tensor | float | int, batch_size: int, d
         timestep = timestep[None]
     if timestep.ndim != 1 or timestep.shape[0] not in (1, batch_size):
         raise ValueError(f"expected a scalar timestep or one per sample ({batch_size}), got shape {tuple(timestep.shape)}")
+    if scale != 1.0:
+        timestep = timestep.float() * scale
     return timestep.expand(batch_size)
+
+
+def check_timestep_scale(timestep_scale: float) -> None:
+    if not (timestep_scale > 0 and timestep_scale != float("inf")):
+        raise ValueError(f"expected timestep_scale as a finite number > 0 (1000 / T for rescaled models), got {timestep_scale}")
 
 
 class ADMUNet2DModel(CheckedFolderMixin, UNet2DModel):
@@ -62,6 +72,9 @@ class ADMUNet2DModel(CheckedFolderMixin, UNet2DModel):
         conv_resample (`bool`, defaults to True): Convolutions in the plain up/downsamplers.
         norm_num_groups (`int`, defaults to 32): Groups of every GroupNorm.
         norm_eps (`float`, defaults to 1e-5): Epsilon of every GroupNorm.
+        timestep_scale (`float`, defaults to 1.0): The network embeds ``timestep * timestep_scale``: 1000 / T for
+            models trained on rescaled timesteps (improved-diffusion's default, ``--rescale_timesteps``), so that any
+            scheduler (ours or diffusers') hands it its own timesteps.
     """
 
     # How many image-sized tensors conv_in sees (the super-resolution model concatenates two).
@@ -88,8 +101,10 @@ class ADMUNet2DModel(CheckedFolderMixin, UNet2DModel):
         conv_resample: bool = True,
         norm_num_groups: int = 32,
         norm_eps: float = 1e-5,
+        timestep_scale: float = 1.0,
     ):
         check_config_types(type(self), ADMUNet2DModel.__init__, locals())
+        check_timestep_scale(timestep_scale)
         # UNet2DModel's own __init__ builds diffusers' block types; ADM's are built here.
         super(UNet2DModel, self).__init__()
         if num_head_channels is not None and num_head_channels <= 0:
@@ -151,7 +166,7 @@ class ADMUNet2DModel(CheckedFolderMixin, UNet2DModel):
         self.conv_out = nn.Conv2d(channels, out_channels, kernel_size=3, padding=1)
 
     def _embed(self, sample: torch.Tensor, timestep, class_labels: torch.Tensor | None) -> torch.Tensor:
-        timesteps = broadcast_timesteps(timestep, sample.shape[0], sample.device)
+        timesteps = broadcast_timesteps(timestep, sample.shape[0], sample.device, self.config.timestep_scale)
         emb = self.time_embedding(self.time_proj(timesteps).to(self.dtype))
         if self.class_embedding is None:
             if class_labels is not None:
@@ -189,8 +204,8 @@ class ADMUNet2DModel(CheckedFolderMixin, UNet2DModel):
         r"""
         Args:
             sample (`torch.Tensor`): Noisy images ``(batch, in_channels, height, width)``.
-            timestep (`torch.Tensor` or `float` or `int`): The model-facing timestep, one per sample or shared;
-                integer indices, or floats for rescaled-timestep models (``t * 1000 / T``).
+            timestep (`torch.Tensor` or `float` or `int`): The scheduler's timestep, one per sample or shared (integer
+                or fractional); the network embeds it times ``timestep_scale``.
             class_labels (`torch.Tensor`, *optional*): ``(batch,)`` class ids for class-conditional models.
             return_dict (`bool`, defaults to True): Return a [`~diffusers.models.unets.unet_2d.UNet2DOutput`].
 

@@ -5,9 +5,13 @@ from .pipeline_classifier_guided import ClassifierGuidedPipeline
 from .pipeline_ddim_inversion import DDIMInversionPipeline, DDIMInversionPipelineOutput
 from .pipeline_upsampling import ADMUpsamplingPipeline
 from .registry import register_with_diffusers
+from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler
 
+# Our schedulers are named in diffusers' namespace too, so that ``X.from_config(ours.config)`` drops our own keys
+# silently, as diffusers does for its own classes' keys.
 register_with_diffusers(
-    ClassifierGuidedPipeline, ADMUpsamplingPipeline, DDIMInversionPipeline, ADMInpaintPipeline, ADMImg2ImgPipeline
+    ClassifierGuidedPipeline, ADMUpsamplingPipeline, DDIMInversionPipeline, ADMInpaintPipeline, ADMImg2ImgPipeline,
+    GuidedDDPMScheduler, GuidedDDIMScheduler,
 )
 
 __all__ = [

@@ -7,17 +7,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import ImagePipelineOutput
+from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .labels import ClassLabels
-from .pipeline_classifier_guided import ClassifierGuidedPipeline
+from .pipeline_classifier_guided import GuidedComponentsMixin
 from .sampling import (
+    check_callback_inputs,
     check_output_type,
     check_scale,
-    denoising_loop,
+    guided_model_output,
+    guided_step,
     image_pipeline_output,
+    replaced_latents,
+    resolve_guidance,
     set_sampling_timesteps,
+    step_arguments,
     to_model_input,
 )
 
@@ -33,7 +38,7 @@ def check_strength(strength: Any) -> float:
     return float(strength)
 
 
-class ADMImg2ImgPipeline(ClassifierGuidedPipeline):
+class ADMImg2ImgPipeline(GuidedComponentsMixin, DiffusionPipeline):
     r"""
     Image-to-image with SDEdit (Meng et al., "SDEdit: Guided Image Synthesis and Editing with Stochastic Differential
     Equations", ICLR 2022): the image is diffused to an intermediate noise level with q(x_t | x_0), then denoised by
@@ -41,7 +46,8 @@ class ADMImg2ImgPipeline(ClassifierGuidedPipeline):
     Guiding toward another class than the image's edits it toward that class; ``strength`` sets how far from the
     input the result may go. The deterministic edit through DDIM inversion is [`DDIMInversionPipeline`].
 
-    The components are [`ClassifierGuidedPipeline`]'s; ``ADMImg2ImgPipeline.from_pipe(pipe)`` reuses a loaded one.
+    The components are [`ClassifierGuidedPipeline`]'s ([`GuidedComponentsMixin`]); ``ADMImg2ImgPipeline.from_pipe(pipe)``
+    reuses a loaded one.
     """
 
     @torch.no_grad()
@@ -90,14 +96,15 @@ class ADMImg2ImgPipeline(ClassifierGuidedPipeline):
             [`~diffusers.ImagePipelineOutput`] or `tuple`: the edited images.
         """
         check_output_type(output_type)
+        check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
+        check_scale("eta", eta, minimum=0)
         self._start_call(guidance_scale)
-        self._check_callback_inputs(callback_on_step_end_tensor_inputs)
         strength = check_strength(strength)
         source = to_model_input(image, self.unet.config.sample_size, channels=self.unet.config.in_channels)
-        labels, batch, classifier_scale, interval = self._check_guidance(
-            class_labels, source.shape[0], classifier_scale, guidance_scale, prompt, clip_guidance_scale, guidance_interval
+        guidance = resolve_guidance(
+            self, class_labels, source.shape[0], classifier_scale, guidance_scale, prompt, clip_guidance_scale, guidance_interval
         )
-        check_scale("eta", eta, minimum=0)
+        step_kwargs = step_arguments(self.scheduler, eta, clip_denoised, generator)
         device = self._execution_device
         scheduler = self.scheduler
         timesteps = set_sampling_timesteps(scheduler, num_inference_steps, timestep_respacing, device)
@@ -112,12 +119,22 @@ class ADMImg2ImgPipeline(ClassifierGuidedPipeline):
             scheduler.set_begin_index(start)
         source = source.to(device)
         noise = randn_tensor(source.shape, generator=generator, device=device, dtype=torch.float32)
-        x = scheduler.add_noise(source, noise, timesteps[:1].repeat(batch))
-        predict = self._guided_predictor(labels, batch, classifier_scale, guidance_scale, prompt, clip_guidance_scale, interval)
-        # The loop scales x_T by init_noise_sigma (pure noise); x_t from add_noise is already at the scheduler's scale.
-        x = denoising_loop(
-            self, x / scheduler.init_noise_sigma, timesteps, predict, eta=eta, clip_denoised=clip_denoised,
-            generator=generator, callback_on_step_end=callback_on_step_end,
-            callback_tensor_inputs=callback_on_step_end_tensor_inputs,
-        )
-        return image_pipeline_output(self, x, output_type, return_dict)
+        latents = scheduler.add_noise(source, noise, timesteps[:1].repeat(guidance.batch))  # x_t at the scheduler's scale
+
+        self._num_timesteps = len(timesteps)
+        want_x0 = callback_on_step_end is not None and "pred_original_sample" in callback_on_step_end_tensor_inputs
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            if self.interrupt:
+                continue
+            model_input = scheduler.scale_model_input(latents, t)
+            model_output, gradient = guided_model_output(self, model_input, t, guidance)
+            latents, pred_original_sample = guided_step(
+                scheduler, model_output, t, latents, model_input, gradient, step_kwargs, None, want_x0
+            )
+            if callback_on_step_end is not None:
+                callback_kwargs = {}
+                for name in callback_on_step_end_tensor_inputs:
+                    callback_kwargs[name] = locals()[name]
+                latents = replaced_latents(callback_on_step_end(self, i, t, callback_kwargs), latents)
+
+        return image_pipeline_output(self, latents, output_type, return_dict)

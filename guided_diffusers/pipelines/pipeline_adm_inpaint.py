@@ -7,28 +7,32 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import ImagePipelineOutput
+from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..schedulers import GuidedDDPMScheduler
 from .labels import ClassLabels
-from .pipeline_classifier_guided import ClassifierGuidedPipeline
+from .pipeline_classifier_guided import GuidedComponentsMixin
 from .sampling import (
+    check_callback_inputs,
     check_output_type,
-    denoising_loop,
-    initial_latents,
+    check_whole_number,
+    guided_model_output,
+    guided_step,
     image_pipeline_output,
+    initial_latents,
+    replaced_latents,
+    resolve_guidance,
     set_sampling_timesteps,
+    step_arguments,
     to_model_input,
 )
 
-__all__ = ["ADMInpaintPipeline", "repaint_schedule", "to_mask"]
+__all__ = ["ADMInpaintPipeline", "MAX_JUMP_N_SAMPLE", "repaint_schedule", "to_mask"]
 
-
-def _whole_number(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"expected {name} as a whole number >= {minimum}, got {value!r}")
-    return int(value)
+#: The most resamplings of a stretch RePaint is asked for: its papers use 10; the schedule's length (and the U-Net
+#: evaluations) grow with it, so a mistyped count is refused before the schedule is built.
+MAX_JUMP_N_SAMPLE = 1000
 
 
 def repaint_schedule(num_steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> list[int]:
@@ -44,9 +48,9 @@ def repaint_schedule(num_steps: int, jump_length: int = 10, jump_n_sample: int =
         jump_length: j, how far each jump goes back up (RePaint: 10).
         jump_n_sample: r, how many times each stretch is sampled (RePaint: 10).
     """
-    num_steps = _whole_number("num_steps", num_steps, 1)
-    jump_length = _whole_number("jump_length", jump_length, 1)
-    jump_n_sample = _whole_number("jump_n_sample", jump_n_sample, 1)
+    num_steps = check_whole_number("num_steps", num_steps, 1)
+    jump_length = check_whole_number("jump_length", jump_length, 1)
+    jump_n_sample = check_whole_number("jump_n_sample", jump_n_sample, 1, MAX_JUMP_N_SAMPLE)
     jumps_left = {step: jump_n_sample - 1 for step in range(0, num_steps - jump_length, jump_length)}
     visited = [num_steps - 1]
     step = num_steps - 1
@@ -82,6 +86,11 @@ def to_mask(mask_image: Any, size: tuple[int, int], batch: int) -> torch.Tensor:
         mask_image = np.asarray(mask_image.convert("L"))
     if isinstance(mask_image, np.ndarray):
         array = mask_image
+        if array.ndim in (3, 4) and array.shape[-1] in (3, 4) and tuple(array.shape[-3:-1]) == tuple(size):
+            raise ValueError(
+                f"expected a one-channel mask_image array, got shape {array.shape} (colour channels last); pass one "
+                "channel (mask[..., 0]) or a PIL image"
+            )
         if array.ndim == 4 and array.shape[-1] == 1 or array.ndim == 3 and array.shape[-1] == 1:
             array = array[..., 0]
         if array.dtype == np.uint8:
@@ -107,7 +116,7 @@ def to_mask(mask_image: Any, size: tuple[int, int], batch: int) -> torch.Tensor:
     return (mask >= 0.5).float()
 
 
-class ADMInpaintPipeline(ClassifierGuidedPipeline):
+class ADMInpaintPipeline(GuidedComponentsMixin, DiffusionPipeline):
     r"""
     Inpainting with RePaint (Lugmayr et al., "RePaint: Inpainting using Denoising Diffusion Probabilistic Models",
     CVPR 2022) on any ADM / IDDPM / DDPM U-Net, learned-range variances included, with classifier, classifier-free or
@@ -118,7 +127,8 @@ class ADMInpaintPipeline(ClassifierGuidedPipeline):
     and denoises it again, ``jump_n_sample`` times per stretch, so the two regions agree. The known pixels of the
     output are the input's, exactly.
 
-    The components are [`ClassifierGuidedPipeline`]'s (``ADMInpaintPipeline.from_pipe(pipe)`` reuses a loaded one);
+    The components are [`ClassifierGuidedPipeline`]'s ([`GuidedComponentsMixin`]; ``ADMInpaintPipeline.from_pipe(pipe)``
+    reuses a loaded one);
     the scheduler must be a [`GuidedDDPMScheduler`] (RePaint is ancestral sampling):
     ``pipe.scheduler = GuidedDDPMScheduler.from_config(pipe.scheduler.config)`` swaps one in.
     """
@@ -177,63 +187,60 @@ class ADMInpaintPipeline(ClassifierGuidedPipeline):
             [`~diffusers.ImagePipelineOutput`] or `tuple`: the images, known pixels as given.
         """
         check_output_type(output_type)
+        check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
         self._start_call(guidance_scale)
-        self._check_callback_inputs(callback_on_step_end_tensor_inputs)
-        if not isinstance(self.scheduler, GuidedDDPMScheduler):
+        scheduler = self.scheduler
+        if not isinstance(scheduler, GuidedDDPMScheduler):
             raise ValueError(
-                f"expected a GuidedDDPMScheduler for RePaint (ancestral steps), got {type(self.scheduler).__name__}; "
+                f"expected a GuidedDDPMScheduler for RePaint (ancestral steps), got {type(scheduler).__name__}; "
                 "set pipe.scheduler = GuidedDDPMScheduler.from_config(pipe.scheduler.config)"
             )
         config = self.unet.config
         source = to_model_input(image, config.sample_size, channels=config.in_channels)
-        batch = source.shape[0]
-        keep = 1 - to_mask(mask_image, tuple(source.shape[-2:]), batch)
-        labels, batch, classifier_scale, interval = self._check_guidance(
-            class_labels, batch, classifier_scale, guidance_scale, prompt, clip_guidance_scale, guidance_interval
+        keep = 1 - to_mask(mask_image, tuple(source.shape[-2:]), source.shape[0])
+        guidance = resolve_guidance(
+            self, class_labels, source.shape[0], classifier_scale, guidance_scale, prompt, clip_guidance_scale, guidance_interval
         )
+        step_kwargs = step_arguments(scheduler, 0.0, clip_denoised, generator)
         device = self._execution_device
-        timesteps = set_sampling_timesteps(self.scheduler, num_inference_steps, timestep_respacing, device)
+        timesteps = set_sampling_timesteps(scheduler, num_inference_steps, timestep_respacing, device)
         visited = repaint_schedule(len(timesteps), jump_length, jump_n_sample)
         source, keep = source.to(device), keep.to(device)
-        process = self.scheduler.sampling_diffusion  # the respaced process: step s is timesteps[-1 - s]
+        process = scheduler.sampling_diffusion  # the respaced process: its step s is timesteps[-1 - s]
+        shape = (guidance.batch, config.in_channels, config.sample_size, config.sample_size)
+        latents = initial_latents(None, shape, generator, device)
 
-        # The reverse steps in order (the step each starts from), and where the resampling jump after each ends.
-        starts: list[int] = []
-        jump_to: list[int | None] = []
-        for here, there in zip(visited, visited[1:]):
-            if there < here:
-                starts.append(here)
-                jump_to.append(None)
-            else:
-                jump_to[-1] = there
-        reverse_timesteps = timesteps[[len(timesteps) - 1 - s for s in starts]]
+        # RePaint's walk over the process steps: down one step (a reverse step, then the known region merged in), or
+        # up one step (forward noising of the merged sample); every step down counts as a step of the call.
+        self._num_timesteps = sum(there < here for here, there in zip(visited, visited[1:]))
+        want_x0 = callback_on_step_end is not None and "pred_original_sample" in callback_on_step_end_tensor_inputs
+        i = 0
+        with self.progress_bar(total=self._num_timesteps) as progress_bar:
+            for here, there in zip(visited, visited[1:]):
+                if self.interrupt:
+                    break
+                if there > here:  # resampling: noise the merged sample one step back up
+                    noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=torch.float32)
+                    latents = process.q_step(latents, there, noise)
+                    continue
+                t = timesteps[len(timesteps) - 1 - here]
+                model_output, gradient = guided_model_output(self, latents, t, guidance)
+                latents, pred_original_sample = guided_step(
+                    scheduler, model_output, t, latents, latents, gradient, step_kwargs, None, want_x0
+                )
+                if there >= 0:  # the known region at the level just reached, from the forward process
+                    noise = randn_tensor(source.shape, generator=generator, device=device, dtype=torch.float32)
+                    known = scheduler.add_noise(source, noise, timesteps[len(timesteps) - 1 - there])
+                else:
+                    known = source
+                latents = keep * known + (1 - keep) * latents
+                if callback_on_step_end is not None:
+                    callback_kwargs = {}
+                    for name in callback_on_step_end_tensor_inputs:
+                        callback_kwargs[name] = locals()[name]
+                    latents = replaced_latents(callback_on_step_end(self, i, t, callback_kwargs), latents)
+                i += 1
+                progress_bar.update()
 
-        def known_at(step: int) -> torch.Tensor:
-            """The known region's sample at process step ``step`` (x_0 itself below step 0)."""
-            if step < 0:
-                return source
-            noise = randn_tensor(source.shape, generator=generator, device=device, dtype=torch.float32)
-            return self.scheduler.add_noise(source, noise, timesteps[len(timesteps) - 1 - step])
-
-        def merge_and_resample(pipe: Any, i: int, t: torch.Tensor, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            step = starts[i] - 1
-            x = keep * known_at(step) + (1 - keep) * tensors["latents"]
-            if callback_on_step_end is not None:
-                shown = {"latents": x, "pred_original_sample": tensors["pred_original_sample"]}
-                result = callback_on_step_end(pipe, i, t, {k: shown[k] for k in callback_on_step_end_tensor_inputs}) or {}
-                x = result.get("latents", x)
-            if jump_to[i] is not None:
-                for up in range(step + 1, jump_to[i] + 1):
-                    noise = randn_tensor(x.shape, generator=generator, device=device, dtype=torch.float32)
-                    x = process.q_step(x, up, noise)
-            return {"latents": x}
-
-        shape = (batch, config.in_channels, config.sample_size, config.sample_size)
-        x = initial_latents(None, shape, generator, device)
-        predict = self._guided_predictor(labels, batch, classifier_scale, guidance_scale, prompt, clip_guidance_scale, interval)
-        x = denoising_loop(
-            self, x, reverse_timesteps, predict, clip_denoised=clip_denoised, generator=generator,
-            callback_on_step_end=merge_and_resample, callback_tensor_inputs=("latents", "pred_original_sample"),
-        )
-        x = keep * source + (1 - keep) * x  # the known pixels, exactly (also when a callback stopped the run early)
-        return image_pipeline_output(self, x, output_type, return_dict)
+        latents = keep * source + (1 - keep) * latents  # the known pixels, exactly (also when a run was interrupted)
+        return image_pipeline_output(self, latents, output_type, return_dict)

@@ -13,12 +13,14 @@ from ..schedulers import GuidedDDIMScheduler
 from .labels import ClassLabels, normalize_id2label, resolve_class_labels
 from .sampling import (
     CallStateMixin,
+    adopt_timestep_rescaling,
     check_output_type,
     check_scale,
     classifier_gradient,
-    denoising_loop,
+    guided_step,
     postprocess_images,
     set_sampling_timesteps,
+    step_arguments,
     to_model_input,
 )
 
@@ -56,7 +58,13 @@ class DDIMInversionPipeline(CallStateMixin, DiffusionPipeline):
     def __init__(self, unet: Any, scheduler: GuidedDDIMScheduler, classifier: Any = None, id2label: dict[str, str] | None = None):
         super().__init__()
         if not isinstance(scheduler, GuidedDDIMScheduler):
-            raise ValueError(f"expected a GuidedDDIMScheduler for DDIM inversion, got {type(scheduler).__name__}")
+            # diffusers' DDIMScheduler / DDIMInverseScheduler step differently at the ends of the chain (set_alpha_to_one,
+            # their own clipping): inversion here is guided-diffusion's exact reverse ODE, so ours is required.
+            raise ValueError(
+                f"expected a GuidedDDIMScheduler for DDIM inversion, got {type(scheduler).__name__}; pass "
+                "scheduler=GuidedDDIMScheduler.from_config(scheduler.config)"
+            )
+        adopt_timestep_rescaling(scheduler, unet, classifier)
         self.register_modules(unet=unet, scheduler=scheduler, classifier=classifier)
         self.register_to_config(id2label=normalize_id2label(id2label))
 
@@ -77,7 +85,7 @@ class DDIMInversionPipeline(CallStateMixin, DiffusionPipeline):
         kwargs = {"class_labels": labels} if getattr(self.unet.config, "num_classes", None) else {}
         if kwargs and labels is None:
             raise ValueError(f"expected class_labels for a class-conditional U-Net ({self.unet.config.num_classes} classes), got None")
-        return self.unet(x.to(self.unet.dtype), self.scheduler.model_timestep(t), **kwargs).sample.float()
+        return self.unet(x.to(self.unet.dtype), t, **kwargs).sample.float()
 
     @torch.no_grad()
     def invert(self, images: Any, class_labels: ClassLabels | None = None, clip_denoised: bool = True) -> torch.Tensor:
@@ -118,13 +126,12 @@ class DDIMInversionPipeline(CallStateMixin, DiffusionPipeline):
         if classifier_scale and (self.classifier is None or labels is None):
             raise ValueError("expected a classifier and class_labels for classifier_scale, got " + ("no classifier" if self.classifier is None else "no labels"))
 
-        def predict(x: torch.Tensor, t: torch.Tensor, t_model: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-            gradient = classifier_gradient(self.classifier, x, t_model, labels, classifier_scale) if classifier_scale else None
-            return self._model_output(x, t, labels), gradient
-
-        return denoising_loop(
-            self, latents.float(), self.scheduler.timesteps, predict, eta=eta, clip_denoised=clip_denoised, generator=generator
-        )
+        step_kwargs = step_arguments(self.scheduler, eta, clip_denoised, generator)
+        latents = latents.float()
+        for t in self.progress_bar(self.scheduler.timesteps):
+            gradient = classifier_gradient(self.classifier, latents, t, labels, classifier_scale) if classifier_scale else None
+            latents, _ = guided_step(self.scheduler, self._model_output(latents, t, labels), t, latents, latents, gradient, step_kwargs)
+        return latents
 
     @torch.no_grad()
     def __call__(

@@ -11,13 +11,17 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from .labels import ClassLabels, normalize_id2label, resolve_class_labels
 from .sampling import (
     CallStateMixin,
+    adopt_timestep_rescaling,
+    check_callback_inputs,
     check_output_type,
     check_scale,
     check_step_noise,
-    denoising_loop,
-    initial_latents,
+    guided_step,
     image_pipeline_output,
+    initial_latents,
+    replaced_latents,
     set_sampling_timesteps,
+    step_arguments,
     to_model_input,
 )
 
@@ -40,6 +44,7 @@ class ADMUpsamplingPipeline(CallStateMixin, DiffusionPipeline):
 
     def __init__(self, unet: Any, scheduler: Any, low_res_size: int | None = None, id2label: dict[str, str] | None = None):
         super().__init__()
+        adopt_timestep_rescaling(scheduler, unet)
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(low_res_size=low_res_size, id2label=normalize_id2label(id2label))
 
@@ -58,6 +63,7 @@ class ADMUpsamplingPipeline(CallStateMixin, DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> ImagePipelineOutput | tuple:
         r"""
         Upsample images.
@@ -76,8 +82,11 @@ class ADMUpsamplingPipeline(CallStateMixin, DiffusionPipeline):
             output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict (`bool`, defaults to True): return an [`~diffusers.ImagePipelineOutput`].
             callback_on_step_end (`Callable`, *optional*): as in [`ClassifierGuidedPipeline`].
+            callback_on_step_end_tensor_inputs (list of `str`): which of ``latents`` and ``pred_original_sample``
+                the callback gets.
         """
         check_output_type(output_type)
+        check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
         check_scale("eta", eta, minimum=0)
         self._start_call()
         config = self.unet.config
@@ -100,20 +109,30 @@ class ADMUpsamplingPipeline(CallStateMixin, DiffusionPipeline):
         elif class_labels is not None:
             raise ValueError("expected no class_labels for an unconditional upsampler, got some")
 
+        step_kwargs = step_arguments(self.scheduler, eta, clip_denoised, generator, step_noise)
         device = self._execution_device
         timesteps = set_sampling_timesteps(self.scheduler, num_inference_steps, timestep_respacing, device)
         shape = (batch, config.in_channels, size, size)
         check_step_noise(step_noise, len(timesteps), shape)
-        x = initial_latents(latents, shape, generator, device)
-        low_res = low_res.to(device)
+        latents = initial_latents(latents, shape, generator, device) * self.scheduler.init_noise_sigma
+        low_res = low_res.to(device=device, dtype=self.unet.dtype)
         kwargs = {"class_labels": labels.to(device)} if labels is not None else {}
-        low_res = low_res.to(self.unet.dtype)
 
-        def predict(x: torch.Tensor, t: torch.Tensor, t_model: torch.Tensor) -> tuple[torch.Tensor, None]:
-            return self.unet(x.to(self.unet.dtype), t_model, low_res=low_res, **kwargs).sample.float(), None
+        self._num_timesteps = len(timesteps)
+        want_x0 = callback_on_step_end is not None and "pred_original_sample" in callback_on_step_end_tensor_inputs
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            if self.interrupt:
+                continue
+            model_input = self.scheduler.scale_model_input(latents, t)
+            model_output = self.unet(model_input.to(self.unet.dtype), t, low_res=low_res, **kwargs).sample.float()
+            latents, pred_original_sample = guided_step(
+                self.scheduler, model_output, t, latents, model_input, None, step_kwargs,
+                None if step_noise is None else step_noise[i], want_x0,
+            )
+            if callback_on_step_end is not None:
+                callback_kwargs = {}
+                for name in callback_on_step_end_tensor_inputs:
+                    callback_kwargs[name] = locals()[name]
+                latents = replaced_latents(callback_on_step_end(self, i, t, callback_kwargs), latents)
 
-        x = denoising_loop(
-            self, x, timesteps, predict, eta=eta, clip_denoised=clip_denoised, generator=generator, step_noise=step_noise,
-            callback_on_step_end=callback_on_step_end,
-        )
-        return image_pipeline_output(self, x, output_type, return_dict)
+        return image_pipeline_output(self, latents, output_type, return_dict)

@@ -48,7 +48,7 @@ class SamplingRecipe:
     def parse(cls, text: str) -> SamplingRecipe:
         """``"NAME:STEPS"``, e.g. ``"dpmpp2m:10"``."""
         name, sep, steps = str(text).partition(":")
-        if not sep or not steps.strip().isdigit():
+        if not sep or not (steps.strip().isascii() and steps.strip().isdigit()):
             raise ValueError(f"expected a sampling recipe as NAME:STEPS (e.g. dpmpp2m:10), got {text!r}")
         return cls(name.strip(), int(steps))
 
@@ -60,41 +60,38 @@ class SamplingRecipe:
         return f"{SAMPLERS[self.sampler]}, {self.steps} steps"
 
     def scheduler(self, config: Any) -> Any:
-        """The recipe's scheduler made from a pipeline's scheduler config, the diffusers way.
+        """The recipe's scheduler made from a pipeline's scheduler config, the diffusers way, clipping as it should.
 
-        Our config keys a stock scheduler does not use (``rescale_timesteps``, ``timestep_respacing``) travel on purpose
-        (the pipelines read them), so diffusers' notice that they are ignored is silenced for this call only.
+        Stock solvers that can clip x_0 are made to clip to [-1, 1] (as the originals' samplers do); Euler and Heun
+        cannot and run unclipped.
         """
         from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler
-        from diffusers.utils import logging as diffusers_logging
 
         from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler
+        from .sampling import stock_clip_settings
 
         makers = {
-            "ddpm": lambda: GuidedDDPMScheduler.from_config(config),
-            "ddim": lambda: GuidedDDIMScheduler.from_config(config),
-            "dpmpp2m": lambda: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2),
-            "dpmpp3m": lambda: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=3),
-            "dpmpp2m_sde": lambda: DPMSolverMultistepScheduler.from_config(config, algorithm_type="sde-dpmsolver++", solver_order=2),
-            "unipc": lambda: UniPCMultistepScheduler.from_config(config),
-            "euler": lambda: EulerDiscreteScheduler.from_config(config),
-            "heun": lambda: HeunDiscreteScheduler.from_config(config),
+            "ddpm": (GuidedDDPMScheduler, {}),
+            "ddim": (GuidedDDIMScheduler, {}),
+            "dpmpp2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+            "dpmpp3m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 3}),
+            "dpmpp2m_sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+            "unipc": (UniPCMultistepScheduler, {}),
+            "euler": (EulerDiscreteScheduler, {}),
+            "heun": (HeunDiscreteScheduler, {}),
         }
-        config_logger = diffusers_logging.get_logger("diffusers.configuration_utils")
-        level = config_logger.level
-        config_logger.setLevel(diffusers_logging.ERROR)
-        try:
-            return makers[self.sampler]()
-        finally:
-            config_logger.setLevel(level)
+        scheduler_class, settings = makers[self.sampler]
+        if self.sampler not in ("ddpm", "ddim"):
+            settings = {**settings, **stock_clip_settings(scheduler_class, self.sampler not in _UNCLIPPED, config)}
+        return scheduler_class.from_config(config, **settings)
 
     def call_kwargs(self) -> dict[str, Any]:
-        """The pipeline call's step arguments: the originals' respacing for ours, a step count (and clipping) otherwise."""
+        """The pipeline call's step arguments: the originals' respacing for ours, a step count otherwise."""
         if self.sampler == "ddpm":
             return {"timestep_respacing": str(self.steps)}
         if self.sampler == "ddim":
             return {"timestep_respacing": f"ddim{self.steps}"}
-        return {"num_inference_steps": self.steps, "clip_denoised": None if self.sampler in _UNCLIPPED else True}
+        return {"num_inference_steps": self.steps}
 
     def apply(self, pipeline: Any) -> dict[str, Any]:
         """Swap the recipe's scheduler into ``pipeline`` (from its current config); returns the call arguments."""

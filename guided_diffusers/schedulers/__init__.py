@@ -22,7 +22,6 @@ from .schedules import (
 )
 from .scheduling_guided_ddim import GuidedDDIMInverseOutput, GuidedDDIMScheduler, GuidedDDIMSchedulerOutput
 from .scheduling_guided_ddpm import GuidedDDPMScheduler, GuidedDDPMSchedulerOutput
-from .scheduling_utils import diffusers_scheduler_kwargs, to_diffusers_scheduler
 
 __all__ = [
     "BETA_SCHEDULES",
@@ -39,23 +38,11 @@ __all__ = [
     "ReverseStepPrediction",
     "betas_for_alpha_bar",
     "diffusers_schedule",
-    "diffusers_scheduler_kwargs",
     "get_beta_schedule",
     "get_ddpm_beta_schedule",
     "get_named_beta_schedule",
     "linear_schedule_bounds",
     "respace_betas",
-    "scheduler_config_from_diffusion_flags",
     "space_timesteps",
-    "to_diffusers_scheduler",
 ]
 
-
-def __getattr__(name: str):
-    # Reading the originals' flags is conversion's job (conversion/flags.py, one defaults table); the name stays
-    # reachable here, resolved on use, so that schedulers import nothing of conversion.
-    if name == "scheduler_config_from_diffusion_flags":
-        from ..conversion.flags import scheduler_config_from_diffusion_flags
-
-        return scheduler_config_from_diffusion_flags
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -151,8 +151,8 @@ class GaussianDiffusion(DDIMSteps):
     """A Gaussian diffusion process, full or respaced, with float64 tables.
 
     Timestep arguments ``t`` of the methods index *this* process (0 .. num_timesteps - 1). For a respaced process,
-    [`model_timesteps`] gives what the model sees: the original timestep (``timestep_map[t]``), rescaled to
-    t * 1000 / original_num_timesteps when ``rescale_timesteps``. ``t`` may be an int, a 0-d tensor or a (batch,)
+    [`model_timesteps`] gives what the model sees: the original timestep ``timestep_map[t]`` (a network trained on
+    rescaled timesteps scales it itself: its ``timestep_scale``). ``t`` may be an int, a 0-d tensor or a (batch,)
     tensor.
 
     Args:
@@ -163,7 +163,6 @@ class GaussianDiffusion(DDIMSteps):
             t = 0), ``"fixed_large"`` (betas, first entry from the posterior variance), ``"learned"`` (the model gives
             the log variance) or ``"learned_range"`` (the model gives v in [-1, 1] interpolating log beta_t and the
             clipped posterior log variance).
-        rescale_timesteps (`bool`, defaults to False): the model sees t * 1000 / original_num_timesteps (floats).
         timestep_map (sequence of `int`, *optional*): the original timestep of each step of this process (respacing);
             the identity when absent.
         original_num_timesteps (`int`, *optional*): T of the original process; ``len(betas)`` when absent.
@@ -175,7 +174,6 @@ class GaussianDiffusion(DDIMSteps):
         *,
         mean_type: str = "epsilon",
         variance_type: str = "fixed_small",
-        rescale_timesteps: bool = False,
         timestep_map: Sequence[int] | None = None,
         original_num_timesteps: int | None = None,
     ):
@@ -192,7 +190,6 @@ class GaussianDiffusion(DDIMSteps):
             raise ValueError(f"betas must lie in (0, 1], got min {betas.min()} and max {betas.max()}")
         self.mean_type = mean_type
         self.variance_type = variance_type
-        self.rescale_timesteps = bool(rescale_timesteps)
         self.num_timesteps = len(betas)
         self.original_num_timesteps = int(original_num_timesteps or self.num_timesteps)
         if timestep_map is None:
@@ -218,7 +215,7 @@ class GaussianDiffusion(DDIMSteps):
         Args:
             config (mapping): a [`GuidedDDPMScheduler`] / [`GuidedDDIMScheduler`] config (``num_train_timesteps``,
                 ``beta_schedule``, ``beta_start``, ``beta_end``, ``trained_betas``, ``prediction_type``,
-                ``variance_type``, ``rescale_timesteps``).
+                ``variance_type``).
             use_timesteps (iterable of `int`, *optional*): original timesteps to keep; all when absent.
         """
         num_train_timesteps = config.get("num_train_timesteps", 1000)
@@ -237,7 +234,6 @@ class GaussianDiffusion(DDIMSteps):
             betas,
             mean_type=config.get("prediction_type", "epsilon"),
             variance_type=config.get("variance_type", "fixed_small"),
-            rescale_timesteps=config.get("rescale_timesteps", False),
             timestep_map=timestep_map,
             original_num_timesteps=num_train_timesteps,
         )
@@ -298,10 +294,8 @@ class GaussianDiffusion(DDIMSteps):
         return values.reshape(-1, *([1] * (like.ndim - 1))).expand(like.shape)
 
     def model_timesteps(self, t: int | torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-        """What the model (and a noise-aware classifier) sees at steps ``t`` of this process.
-
-        The original timestep ``timestep_map[t]`` (int64), or ``timestep_map[t] * 1000 / original_num_timesteps``
-        (float32) when ``rescale_timesteps``.
+        """What the model (and a noise-aware classifier) sees at steps ``t`` of this process: the original timestep
+        ``timestep_map[t]`` (int64).
 
         Args:
             t (`int` or `torch.Tensor`): steps of this process.
@@ -311,10 +305,7 @@ class GaussianDiffusion(DDIMSteps):
         if batch_size is None:
             batch_size = t.shape[0] if isinstance(t, torch.Tensor) and t.ndim == 1 else 1
         t = self.timestep_batch(t, batch_size, device=device)
-        original = self.timestep_map.to(t.device)[t]
-        if self.rescale_timesteps:
-            return original.float() * (1000.0 / self.original_num_timesteps)
-        return original
+        return self.timestep_map.to(t.device)[t]
 
     # -- forward process and posterior ----------------------------------------------------------------------------
 
@@ -571,18 +562,6 @@ class GaussianDiffusion(DDIMSteps):
     def condition_mean(self, prediction: ReverseStepPrediction, gradient: torch.Tensor) -> ReverseStepPrediction:
         """The reverse step with its mean shifted by ``variance * gradient`` (DDPM classifier guidance)."""
         return replace(prediction, mean=self.guided_mean(prediction.mean, prediction.variance, gradient))
-
-    def condition_score(
-        self, prediction: ReverseStepPrediction, x_t: torch.Tensor, t: int | torch.Tensor, gradient: torch.Tensor
-    ) -> ReverseStepPrediction:
-        """The reverse step as if the model's epsilon were shifted by -sqrt(1 - alpha_bar) * gradient (DDIM guidance).
-
-        epsilon is re-derived from the (clipped) x_0 prediction, shifted, and x_0 and the posterior mean are
-        recomputed from it; the new x_0 is not clipped again (as in guided-diffusion).
-        """
-        pred_start = self.guided_pred_original_sample(prediction.pred_original_sample, x_t, t, gradient)
-        mean, _, _ = self.q_posterior_mean_variance(pred_start, x_t, t)
-        return replace(prediction, mean=mean, pred_original_sample=pred_start)
 
     def guided_pred_original_sample(
         self, pred_original_sample: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor, gradient: torch.Tensor

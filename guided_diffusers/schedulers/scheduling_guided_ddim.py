@@ -51,20 +51,20 @@ class GuidedDDIMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
     reverse ODE step.
 
     ``timesteps`` holds the original timesteps kept by the respacing, descending; give the model
-    ``scheduler.model_timestep(t)`` and pass its raw output (3 channels, or 6 for learned-sigma models, whose variance
+    ``t`` and pass its raw output (3 channels, or 6 for learned-sigma models, whose variance
     channels DDIM does not use) with the same ``t``.
 
     Classifier guidance: pass ``guidance_gradient``, the (scaled) gradient of log p(y | x_t) at the current sample and
-    ``scheduler.model_timestep(t)``; epsilon becomes eps - sqrt(1 - alpha_bar_t) * gradient (Song et al.;
+    ``t``; epsilon becomes eps - sqrt(1 - alpha_bar_t) * gradient (Song et al.;
     guided-diffusion's ``condition_score``). Any gradient function works.
 
     Inversion (x_0 -> x_T), then reconstruction:
         ```py
         scheduler.set_timesteps("ddim50")
         for t in scheduler.timesteps.flip(0):
-            x = scheduler.inverse_step(unet(x, scheduler.model_timestep(t)).sample, t, x).next_sample
+            x = scheduler.inverse_step(unet(x, t).sample, t, x).next_sample
         for t in scheduler.timesteps:
-            x = scheduler.step(unet(x, scheduler.model_timestep(t)).sample, t, x).prev_sample
+            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
         ```
 
     Args: the same as [`GuidedDDPMScheduler`]:
@@ -79,7 +79,7 @@ class GuidedDDIMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
             ``"learned_range"`` mean 2C output channels (DDIM does not use them); None means ``"fixed_small"``.
         clip_sample (`bool`, defaults to True): clamp the x_0 prediction to [-clip_sample_range, clip_sample_range].
         clip_sample_range (`float`, defaults to 1.0): the clipping bound.
-        rescale_timesteps (`bool`, defaults to False): the model was trained on t * 1000 / T.
+        rescale_timesteps (`bool`, *optional*): an old folder's key, moved to the networks by the pipelines.
         timestep_respacing (`str`, *optional*): the respacing after construction and for ``set_timesteps()`` without
             arguments (e.g. ``"ddim25"``); every step when absent.
         timestep_spacing (`str`, defaults to ``"leading"``, as diffusers' DDPM and DDIM schedulers): how
@@ -102,7 +102,7 @@ class GuidedDDIMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
         variance_type: str | None = "fixed_small",
         clip_sample: bool = True,
         clip_sample_range: float = 1.0,
-        rescale_timesteps: bool = False,
+        rescale_timesteps: bool | None = None,
         timestep_respacing: str | None = None,
         timestep_spacing: str = "leading",
         steps_offset: int = 0,
@@ -205,9 +205,3 @@ class GuidedDDIMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
         if not return_dict:
             return next_sample, pred_original_sample
         return GuidedDDIMInverseOutput(next_sample=next_sample, pred_original_sample=pred_original_sample)
-
-    def next_timestep(self, timestep: int | torch.Tensor) -> int:
-        """The original timestep after ``timestep`` going up ``timesteps`` (num_train_timesteps after the last)."""
-        step = int(self._to_process_steps(torch.as_tensor(timestep).reshape(1), torch.empty(1))[0])
-        timestep_map = self.sampling_diffusion.timestep_map
-        return int(timestep_map[step + 1]) if step + 1 < len(timestep_map) else self.config.num_train_timesteps

@@ -34,11 +34,11 @@ class GuidedDDPMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
     """Ancestral sampling of improved-diffusion / guided-diffusion / DDPM models, with respacing and guidance.
 
     ``timesteps`` holds the original timesteps kept by the respacing, descending. For each ``t`` in it, give the model
-    ``scheduler.model_timestep(t)`` (``t``, or ``t * 1000 / T`` when ``rescale_timesteps``) and pass its raw output
+    ``t`` (the network scales it by its own ``timestep_scale``) and pass its raw output
     (3 or, for learned variances, 6 channels) to [`step`] with the same ``t``.
 
     Classifier guidance: pass ``guidance_gradient``, the (scaled) gradient of log p(y | x_t) with respect to the
-    current sample, evaluated at ``scheduler.model_timestep(t)``; the mean becomes mean + variance * gradient
+    current sample, evaluated at ``t``; the mean becomes mean + variance * gradient
     (Sohl-Dickstein et al.; guided-diffusion's ``condition_mean``). Any gradient works: a noisy classifier, CLIP, a
     user function.
 
@@ -46,12 +46,12 @@ class GuidedDDPMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
         ```py
         scheduler.set_timesteps("250")
         for t in scheduler.timesteps:
-            model_output = unet(x, scheduler.model_timestep(t), class_labels=y).sample
+            model_output = unet(x, t, class_labels=y).sample
             gradient = None
             if classifier is not None:
                 with torch.enable_grad():
                     x_in = x.detach().requires_grad_(True)
-                    log_probs = classifier(x_in, scheduler.model_timestep(t)).logits.log_softmax(-1)
+                    log_probs = classifier(x_in, t).logits.log_softmax(-1)
                     selected = log_probs[torch.arange(len(y)), y].sum()
                     gradient = torch.autograd.grad(selected, x_in)[0] * scale
             x = scheduler.step(model_output, t, x, generator=generator, guidance_gradient=gradient).prev_sample
@@ -74,7 +74,8 @@ class GuidedDDPMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
             channels for the last two); None (a stock solver's "not learned") means ``"fixed_small"``.
         clip_sample (`bool`, defaults to True): clamp the x_0 prediction to [-clip_sample_range, clip_sample_range].
         clip_sample_range (`float`, defaults to 1.0): the clipping bound.
-        rescale_timesteps (`bool`, defaults to False): the model was trained on t * 1000 / T (see [`model_timestep`]).
+        rescale_timesteps (`bool`, *optional*): read from folders written before the networks owned their timestep
+            scale; the pipelines move it to the networks' ``timestep_scale`` once. Not used by the scheduler.
         timestep_respacing (`str`, *optional*): the respacing in effect after construction and for
             ``set_timesteps()`` without arguments; every step when absent.
         timestep_spacing (`str`, defaults to ``"leading"``, as diffusers' DDPM and DDIM schedulers): how
@@ -97,7 +98,7 @@ class GuidedDDPMScheduler(GuidedSchedulerMixin, SchedulerMixin, ConfigMixin):
         variance_type: str | None = "fixed_small",
         clip_sample: bool = True,
         clip_sample_range: float = 1.0,
-        rescale_timesteps: bool = False,
+        rescale_timesteps: bool | None = None,
         timestep_respacing: str | None = None,
         timestep_spacing: str = "leading",
         steps_offset: int = 0,

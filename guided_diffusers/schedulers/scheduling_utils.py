@@ -1,5 +1,5 @@
-"""What GuidedDDPMScheduler and GuidedDDIMScheduler share: config checks, respacing, timestep mapping, add_noise;
-and the mapping that builds stock diffusers schedulers from their config."""
+"""What GuidedDDPMScheduler and GuidedDDIMScheduler share: config checks, respacing, timestep mapping, add_noise, and
+the list of stock diffusers schedulers their configs swap with (``X.from_config(scheduler.config)``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from .gaussian import MEAN_TYPES, VARIANCE_TYPES, GaussianDiffusion
 from .schedules import BETA_SCHEDULES, diffusers_schedule, space_timesteps
 
-__all__ = ["COMPATIBLE_SCHEDULERS", "TIMESTEP_SPACINGS", "GuidedSchedulerMixin", "diffusers_scheduler_kwargs", "to_diffusers_scheduler"]
+__all__ = ["COMPATIBLE_SCHEDULERS", "TIMESTEP_SPACINGS", "GuidedSchedulerMixin"]
 
 #: The stock diffusers schedulers that ``X.from_config(guided.config)`` turns our configs into (and back), and that the
 #: pipelines drive; each is tested for the same alphas_cumprod both ways.
@@ -41,8 +41,8 @@ class GuidedSchedulerMixin:
     """Timesteps, respacing and the forward process for the guided schedulers (used with SchedulerMixin, ConfigMixin).
 
     ``timesteps`` holds the ORIGINAL (unspaced) timesteps kept by the current respacing, descending: what the model and
-    a classifier are given (through [`model_timestep`], which rescales them when ``rescale_timesteps``) and what
-    ``step`` takes. ``step`` maps them to the respaced process internally.
+    a classifier are given (each network scales them by its own ``timestep_scale``) and what ``step`` takes. ``step``
+    maps them to the respaced process internally.
 
     Attributes:
         diffusion ([`GaussianDiffusion`]): the full (training) process of the config; training losses use it.
@@ -196,21 +196,6 @@ class GuidedSchedulerMixin:
             )
         return steps.to(sample.device)
 
-    def model_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
-        """What the model and a noise-aware classifier are given at an original timestep.
-
-        The timestep itself (int64), or ``timestep * 1000 / num_train_timesteps`` (float32) when the config sets
-        ``rescale_timesteps``. A pipeline calls ``unet(x, scheduler.model_timestep(t))`` for each ``t`` in
-        ``scheduler.timesteps``, and evaluates its guidance gradient at the same value.
-
-        Args:
-            timestep (`int` or `torch.Tensor`): original timestep(s), e.g. an element of ``timesteps``.
-        """
-        if isinstance(timestep, torch.Tensor):
-            flat = timestep.reshape(-1)
-            return self.diffusion.model_timesteps(flat, batch_size=flat.shape[0]).reshape(timestep.shape)
-        return self.diffusion.model_timesteps(timestep)[0]
-
     def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
         """The original timestep that follows ``timestep`` in ``timesteps`` (-1 after the last), as a tensor like diffusers'."""
         step = int(self._to_process_steps(torch.as_tensor(timestep).reshape(1), torch.empty(1))[0])
@@ -283,78 +268,3 @@ class GuidedSchedulerMixin:
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
-
-
-def _config_dict(config_or_scheduler: Any) -> dict[str, Any]:
-    config = getattr(config_or_scheduler, "config", config_or_scheduler)
-    if not isinstance(config, Mapping):
-        raise ValueError(
-            f"expected a guided scheduler or its config mapping, got {type(config_or_scheduler).__name__}"
-        )
-    return dict(config)
-
-
-def diffusers_scheduler_kwargs(
-    config_or_scheduler: Any, scheduler_class: type[SchedulerMixin]
-) -> dict[str, Any]:
-    """The constructor kwargs of a stock diffusers scheduler that runs the same process as a guided scheduler config.
-
-    Our configs are stored in diffusers' terms (see [`GuidedSchedulerMixin`]), so these are simply the config's keys
-    that ``scheduler_class.__init__`` accepts, as ``scheduler_class.from_config`` would take them; a config given as a
-    mapping is first normalised by building our scheduler from it.
-
-    Args:
-        config_or_scheduler: a [`GuidedDDPMScheduler`], [`GuidedDDIMScheduler`] or one of their configs.
-        scheduler_class (`type`): a diffusers scheduler class, e.g. ``DPMSolverMultistepScheduler``.
-    """
-    return _stock_kwargs(_guided_config(config_or_scheduler), scheduler_class)
-
-
-def _stock_kwargs(config: Mapping[str, Any], scheduler_class: type[SchedulerMixin]) -> dict[str, Any]:
-    """The keys of a normalised guided config that ``scheduler_class.__init__`` takes (see diffusers_scheduler_kwargs)."""
-    prediction_type = config.get("prediction_type", "epsilon")
-    if prediction_type not in ("epsilon", "sample"):
-        raise ValueError(
-            f"stock diffusers schedulers take prediction_type 'epsilon' or 'sample', got {prediction_type!r}"
-        )
-    accepted = inspect.signature(scheduler_class.__init__).parameters
-    kwargs = {name: value for name, value in config.items() if name in accepted and not name.startswith("_")}
-    if "variance_type" in kwargs and kwargs["variance_type"] not in ("learned", "learned_range"):
-        if not scheduler_class.__name__.startswith("DDPM"):
-            kwargs.pop("variance_type")  # only DDPMScheduler reads fixed variances; the solvers read "learned" only
-    return kwargs
-
-
-def _guided_config(config_or_scheduler: Any) -> dict[str, Any]:
-    """The config of a guided scheduler, or a config mapping normalised to diffusers' terms."""
-    if isinstance(config_or_scheduler, GuidedSchedulerMixin):
-        return dict(config_or_scheduler.config)
-    config = _config_dict(config_or_scheduler)
-    from .scheduling_guided_ddpm import GuidedDDPMScheduler
-
-    return dict(GuidedDDPMScheduler.from_config(config).config)
-
-
-def to_diffusers_scheduler(
-    config_or_scheduler: Any, scheduler_class: type[SchedulerMixin], **overrides: Any
-) -> SchedulerMixin:
-    """A stock diffusers scheduler (DDIM, DPM-Solver, Euler, UniPC, ...) for the process of a guided scheduler config.
-
-    The same as ``scheduler_class.from_config(scheduler.config, **overrides)``, the diffusers way, which works as it
-    is: our configs are stored in diffusers' terms. ``rescale_timesteps`` (not a stock setting) stays in the stock
-    config, so the pipelines give rescaled-timestep models ``t * 1000 / T``; a learned-sigma model's variance channels
-    are dropped by the pipelines unless the stock scheduler reads them.
-
-    Args:
-        config_or_scheduler: a [`GuidedDDPMScheduler`], [`GuidedDDIMScheduler`] or one of their configs.
-        scheduler_class (`type`): the diffusers scheduler class.
-        overrides: further constructor kwargs (e.g. ``algorithm_type="dpmsolver++"``), taking precedence.
-    """
-    config = _guided_config(config_or_scheduler)  # built once: a mapping is normalised through our scheduler
-    kwargs = _stock_kwargs(config, scheduler_class)
-    kwargs.update(overrides)
-    scheduler = scheduler_class(**kwargs)
-    if config.get("rescale_timesteps"):
-        # Not a stock setting: kept in the stock config (diffusers keeps unknown keys, also through save and load).
-        scheduler.register_to_config(rescale_timesteps=True)
-    return scheduler

@@ -42,7 +42,6 @@ __all__ = [
     "TrainingTask",
     "UniformSampler",
     "approx_standard_normal_cdf",
-    "calc_bpd_loop",
     "create_named_schedule_sampler",
     "discretized_gaussian_log_likelihood",
     "images_from_dataset",
@@ -57,11 +56,3 @@ __all__ = [
     "vb_terms_bpd",
 ]
 
-
-def __getattr__(name: str):
-    # calc_bpd_loop lives in evaluation now; still reachable here, resolved on use so that training imports no evaluation.
-    if name == "calc_bpd_loop":
-        from ..evaluation.bpd import calc_bpd_loop
-
-        return calc_bpd_loop
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

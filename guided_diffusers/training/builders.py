@@ -15,6 +15,7 @@ from ..conversion.flags import (
     classifier_kwargs_from_flags,
     parse_flags,
     scheduler_config_from_diffusion_flags,
+    timestep_scale_from_flags,
     unet_kwargs_from_flags,
 )
 from ..conversion.originals import adm_classifier_config, adm_unet_config
@@ -228,10 +229,11 @@ def build_diffusion_setup(
     _set_image_channels(kwargs, args, "out_channels", 2 if values["learn_sigma"] else 1)
     config = adm_unet_config(kwargs)
     config["class_dropout_prob"] = args.class_dropout_prob
+    config["timestep_scale"] = timestep_scale_from_flags(values)
     model = (ADMSuperResUNet2DModel if super_res else ADMUNet2DModel)(**config)
     if values["use_checkpoint"]:
         model.enable_gradient_checkpointing()
-    process = {name: values[name] for name in ("learn_sigma", "sigma_small", "noise_schedule", "predict_xstart", "rescale_timesteps")}
+    process = {name: values[name] for name in ("learn_sigma", "sigma_small", "noise_schedule", "predict_xstart")}
     scheduler = GuidedDDPMScheduler(**scheduler_config_from_diffusion_flags({"steps": values["diffusion_steps"], **process}))
     loss_type = loss_type_from_flags(values["use_kl"], values["rescale_learned_sigmas"])
     _check_vb_defined(scheduler, loss_type, values)
@@ -334,8 +336,8 @@ def build_classifier_setup(
     check_resolution(resolution, len(kwargs["channel_mult"]), values["classifier_attention_resolutions"], "classifier_attention_resolutions")
     kwargs["out_channels"] = num_classes
     _set_image_channels(kwargs, args)
-    model = ADMClassifier(**adm_classifier_config(kwargs))
-    process = {"steps": values["diffusion_steps"], "noise_schedule": values["noise_schedule"], "rescale_timesteps": values["rescale_timesteps"]}
+    model = ADMClassifier(**adm_classifier_config(kwargs), timestep_scale=timestep_scale_from_flags(values))
+    process = {"steps": values["diffusion_steps"], "noise_schedule": values["noise_schedule"]}
     scheduler = GuidedDDPMScheduler(**scheduler_config_from_diffusion_flags(process))
     return ClassifierSetup(model, scheduler, resolution, None, flags)
 
