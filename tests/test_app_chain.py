@@ -13,18 +13,20 @@ from guided_diffusers.app.options import UNCONDITIONAL, parse_class_choice
 NUM_CLASSES = 3
 
 
-def tiny_pipeline(class_dropout_prob: float = 0.1, classifier: bool = True, respacing: str = "5") -> ClassifierGuidedPipeline:
+def tiny_pipeline(
+    class_dropout_prob: float = 0.1, classifier: bool = True, respacing: str = "5", channels: int = 3
+) -> ClassifierGuidedPipeline:
     """A randomly initialised 8 px class-conditional pipeline (learned sigma, T = 50) with a noisy classifier."""
     torch.manual_seed(0)
-    unet = ADMUNet2DModel(sample_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+    unet = ADMUNet2DModel(sample_size=8, in_channels=channels, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                           attention_downsample_factors=(2,), num_head_channels=16, num_classes=NUM_CLASSES,
-                          class_dropout_prob=class_dropout_prob, out_channels=6)
+                          class_dropout_prob=class_dropout_prob, out_channels=2 * channels)
     with torch.no_grad():  # the zero-initialised output conv would make every prediction trivial
         for parameter in unet.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.02)
     noisy_classifier = None
     if classifier:
-        noisy_classifier = ADMClassifier(sample_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+        noisy_classifier = ADMClassifier(sample_size=8, in_channels=channels, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                                          attention_downsample_factors=(2,), num_head_channels=16, num_classes=NUM_CLASSES)
     scheduler = GuidedDDPMScheduler(num_train_timesteps=50, variance_type="learned_range", timestep_respacing=respacing)
     pipeline = ClassifierGuidedPipeline(unet=unet.eval(), scheduler=scheduler,
@@ -175,6 +177,18 @@ def test_fast_recipe_chain_is_the_pipeline_under_the_fast_recipe_and_cannot_diff
     chain.reset()
     chain.denoise(4, guidance)  # a reset starts the solver's history afresh: the same chain again
     torch.testing.assert_close((chain.sample / 2 + 0.5).clamp(0, 1), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "fast"])
+def test_a_grey_learned_sigma_folder_steps_under_every_sampler_of_the_page(scheduler):
+    """The page's samplers on a 1-channel learned-sigma model (2 output channels), the quick start's kind: the fast
+    recipe's solver gets the prediction channel alone, and the chain reaches a grey x_0."""
+    grey = tiny_pipeline(channels=1)
+    chain = DenoisingChain(grey, scheduler=scheduler, num_inference_steps=4, batch_size=2, seed=1)
+    guidance = Guidance(class_label=2, classifier_scale=1.0, guidance_scale=2.0)
+    assert chain.pred_original_sample(guidance).shape == (2, 1, 8, 8)
+    chain.denoise(4, guidance)
+    assert chain.position == 4 and chain.sample.shape == (2, 1, 8, 8) and torch.isfinite(chain.sample).all()
 
 
 def test_unconditional_chain_uses_the_null_class(pipe):

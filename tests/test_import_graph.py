@@ -105,8 +105,9 @@ def test_the_training_loop_and_its_tasks_do_not_import_each_other():
 def test_the_package_follows_the_architecture_direction():
     areas = area_imports()
     assert not any({"cli", "demo"} & targets for area, targets in areas.items() if area not in ("cli", "demo")), dict(areas)
-    for core in ("models", "schedulers"):  # the diffusers-level core imports nothing else of ours
-        assert areas.get(core, set()) <= {"(root)"}, (core, areas.get(core))
+    for core in ("models", "schedulers"):  # the diffusers-level core imports nothing else of ours but the checks
+        assert areas.get(core, set()) <= {"(root)", "checks"}, (core, areas.get(core))
+    assert not areas.get("checks"), areas.get("checks")  # the number checks are a leaf
     assert "training" not in areas["conversion"] and "training" not in areas["pipelines"]
     assert "training" not in areas["evaluation"] and "conversion" not in areas["evaluation"]
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from guided_diffusers.schedulers import GaussianDiffusion, GuidedDDPMScheduler, get_named_beta_schedule
+from guided_diffusers.evaluation import calc_bpd_loop
 from guided_diffusers.training import (
     LossType,
-    calc_bpd_loop,
     discretized_gaussian_log_likelihood,
     loss_type_from_flags,
     mean_flat,

@@ -442,3 +442,66 @@ def test_interval_guides_only_inside_and_saves_evaluations():
     assert (inside - conditional).abs().max() > 1e-4
     with pytest.raises(ValueError, match=r"expected guidance_interval \(low, high\) with 0 <= low < high"):
         pipe(**run, guidance_interval=(2.0, 1.0))
+
+
+def test_automodel_loads_our_model_folders_saved_alone(tmp_path):
+    """diffusers' AutoModel finds our classes by a model folder's own config (not only through model_index.json)."""
+    unet, classifier = _unet(), _classifier()
+    unet.save_pretrained(tmp_path / "unet")
+    classifier.save_pretrained(tmp_path / "classifier")
+    loaded_unet = AutoModel.from_pretrained(str(tmp_path / "unet"))
+    loaded_classifier = AutoModel.from_pretrained(str(tmp_path / "classifier"))
+    assert type(loaded_unet) is ADMUNet2DModel and type(loaded_classifier) is ADMClassifier
+    for name, parameter in unet.state_dict().items():
+        assert torch.equal(loaded_unet.state_dict()[name], parameter), name
+
+
+def test_a_variant_folder_loaded_without_its_variant_fails_in_diffusers_words(tmp_path):
+    unet = _unet()
+    unet.save_pretrained(tmp_path, variant="fp16")
+    with pytest.raises(OSError, match=r"^Error no file named diffusion_pytorch_model\.safetensors found in directory") as error:
+        ADMUNet2DModel.from_pretrained(tmp_path)
+    assert "pass variant='fp16'" in str(error.value) and "\n" not in str(error.value)
+    assert torch.equal(ADMUNet2DModel.from_pretrained(tmp_path, variant="fp16").conv_in.weight, unet.conv_in.weight)
+
+
+@pytest.mark.parametrize("stock", ["DDIMScheduler", "DDIMInverseScheduler"])
+def test_inversion_refuses_diffusers_ddim_schedulers_naming_ours(stock):
+    import diffusers
+
+    scheduler = getattr(diffusers, stock).from_config(_guided_scheduler().config)
+    with pytest.raises(ValueError, match=r"expected a GuidedDDIMScheduler.*GuidedDDIMScheduler\.from_config"):
+        DDIMInversionPipeline(unet=_unet(), scheduler=scheduler)
+
+
+def test_num_images_per_prompt_repeats_each_label_as_diffusers_repeats_each_prompt():
+    pipe = _pipeline()
+    run = dict(num_inference_steps=3, output_type="pt")
+    repeated = pipe(class_labels=[1, 7], num_images_per_prompt=3, generator=torch.Generator().manual_seed(0), **run).images
+    spelled = pipe(class_labels=[1, 1, 1, 7, 7, 7], generator=torch.Generator().manual_seed(0), **run).images
+    assert repeated.shape[0] == 6
+    torch.testing.assert_close(repeated, spelled, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="expected num_images_per_prompt as a whole number >= 1, got 0"):
+        pipe(class_labels=[1], num_images_per_prompt=0)
+
+
+def test_bad_inputs_of_the_sampling_pipelines_are_one_line_before_any_work():
+    """The issue-23 rows the pipelines own: each refused in one line, before a network runs."""
+    from guided_diffusers.pipelines.pipeline_adm_inpaint import MAX_JUMP_N_SAMPLE, repaint_schedule, to_mask
+    from guided_diffusers.pipelines.recipes import SamplingRecipe
+
+    pipe = _pipeline(DPMSolverMultistepScheduler)
+    calls = []
+    pipe.unet.register_forward_hook(lambda *args: calls.append(1))
+    # as many DPM-Solver steps as trained ones: diffusers lays them as one repeated timestep
+    with pytest.raises(ValueError, match="expected fewer steps: DPMSolverMultistepScheduler lays 40 steps"):
+        pipe(class_labels=[1], num_inference_steps=T)
+    assert calls == []
+    with pytest.raises(ValueError, match=f"expected jump_n_sample as a whole number in \\[1, {MAX_JUMP_N_SAMPLE}\\], got 100000000"):
+        repaint_schedule(250, 10, 10**8)
+    with pytest.raises(ValueError, match=r"expected a one-channel mask_image array, got shape \(8, 8, 3\)"):
+        to_mask(np.zeros((8, 8, 3), dtype=np.uint8), (8, 8), 1)
+    with pytest.raises(ValueError, match="expected a sampling recipe as NAME:STEPS"):
+        SamplingRecipe.parse("ddpm:\u00b2")
+    with pytest.raises(ValueError, match="expected id2label keys as whole-number class ids, got 'cat'"):
+        ClassifierGuidedPipeline(unet=_unet(), scheduler=_guided_scheduler(), id2label={"cat": "a cat"})

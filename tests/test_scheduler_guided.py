@@ -14,7 +14,7 @@ from guided_diffusers.schedulers import (
     space_timesteps,
 )
 from guided_diffusers.conversion import scheduler_config_from_diffusion_flags
-from parity import load_case, load_case_model
+from parity import load_case, load_case_model, process_model
 
 SCHEDULERS = [GuidedDDPMScheduler, GuidedDDIMScheduler]
 
@@ -148,15 +148,18 @@ def test_bad_set_timesteps_is_an_error(kwargs, message):
         _learned_range().set_timesteps(**kwargs)
 
 
-def test_model_timestep_and_neighbours():
+def test_previous_timestep_walks_the_grid():
     scheduler = _learned_range(GuidedDDIMScheduler, timestep_respacing="ddim10")
-    assert scheduler.model_timestep(30).item() == 30
-    assert scheduler.model_timestep(torch.tensor([30, 40])).tolist() == [30, 40]
     assert scheduler.previous_timestep(30) == 20 and scheduler.previous_timestep(0) == -1
-    assert scheduler.next_timestep(30) == 40 and scheduler.next_timestep(90) == 100
-    rescaled = _learned_range(rescale_timesteps=True)
-    assert rescaled.model_timestep(30).item() == pytest.approx(300.0)
-    assert rescaled.model_timestep(torch.tensor(30)).dtype == torch.float32
+
+
+def test_an_old_configs_rescale_key_is_kept_for_the_pipelines_and_unused_by_the_scheduler():
+    """Folders from before the networks owned their timestep scale say ``rescale_timesteps`` in the scheduler config:
+    the scheduler still reads such a config (the pipelines move the key to the networks), and its process is the same."""
+    old, new = _learned_range(rescale_timesteps=True), _learned_range()
+    assert old.config.rescale_timesteps is True
+    torch.testing.assert_close(old.alphas_cumprod, new.alphas_cumprod, rtol=0, atol=0)
+    assert old.timesteps.tolist() == new.timesteps.tolist()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -293,20 +296,18 @@ def test_inverse_step_then_step_returns_along_an_exact_prediction():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_diffusers_scheduler_kwargs():
+def test_stock_schedulers_from_our_config_run_the_same_process():
+    """``X.from_config(ours.config)``, the diffusers way: our config is in diffusers' terms (the cosine schedule by
+    diffusers' name), and our own keys are dropped silently (our classes are known to diffusers by name)."""
     config = GuidedDDPMScheduler(num_train_timesteps=50, beta_schedule="cosine", variance_type="learned_range").config
-    kwargs = diffusers_scheduler_kwargs(config, DPMSolverMultistepScheduler)
-    # The config is already in diffusers' terms: the cosine schedule by diffusers' name, no explicit betas needed.
-    assert kwargs["num_train_timesteps"] == 50 and kwargs["beta_schedule"] == "squaredcos_cap_v2"
-    assert kwargs["trained_betas"] is None
-    assert kwargs["variance_type"] == "learned_range" and kwargs["prediction_type"] == "epsilon"
-    assert "clip_sample" not in diffusers_scheduler_kwargs(config, EulerDiscreteScheduler)
-    assert diffusers_scheduler_kwargs(config, DDIMScheduler)["clip_sample"] is True
-    fixed = GuidedDDPMScheduler(variance_type="fixed_large")
-    assert "variance_type" not in diffusers_scheduler_kwargs(fixed, DPMSolverMultistepScheduler)
-    assert diffusers_scheduler_kwargs(fixed, DDPMScheduler)["variance_type"] == "fixed_large"
-    with pytest.raises(ValueError, match="'epsilon' or 'sample', got 'previous_sample'"):
-        to_diffusers_scheduler(GuidedDDPMScheduler(prediction_type="previous_sample"), DDIMScheduler)
+    stock = DPMSolverMultistepScheduler.from_config(config)
+    assert stock.config.num_train_timesteps == 50 and stock.config.beta_schedule == "squaredcos_cap_v2"
+    assert stock.config.trained_betas is None and stock.config.prediction_type == "epsilon"
+    assert "timestep_respacing" not in stock.config and "rescale_timesteps" not in stock.config
+    torch.testing.assert_close(stock.alphas_cumprod.double(), GuidedDDPMScheduler.from_config(config).alphas_cumprod.double(),
+                               atol=1e-6, rtol=0)
+    assert DDIMScheduler.from_config(config).config.clip_sample is True
+    assert DDPMScheduler.from_config(GuidedDDPMScheduler(variance_type="fixed_large").config).config.variance_type == "fixed_large"
 
 
 def _point_mass_model(scheduler, target):
@@ -324,14 +325,14 @@ def _point_mass_model(scheduler, target):
 @pytest.mark.parametrize(
     ("solver", "overrides", "slice_output"),
     [
-        (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}, False),
+        (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}, True),
         (UniPCMultistepScheduler, {}, True),
         (EulerDiscreteScheduler, {}, True),
     ],
 )
 def test_fast_solvers_drive_a_learned_sigma_model(solver, overrides, slice_output):
     ours = GuidedDDPMScheduler(num_train_timesteps=1000, beta_schedule="cosine", variance_type="learned_range")
-    stock = to_diffusers_scheduler(ours, solver, **overrides)
+    stock = solver.from_config(ours.config, **overrides)
     target = torch.linspace(-0.8, 0.8, 3 * 8 * 8).reshape(1, 3, 8, 8)
     model = _point_mass_model(ours, target)
     stock.set_timesteps(20)
@@ -345,18 +346,18 @@ def test_fast_solvers_drive_a_learned_sigma_model(solver, overrides, slice_outpu
 def test_stock_ddim_with_clipped_model_output_reproduces_ours_on_a_converted_model():
     case, _ = load_case("diffusion_learned_range")
     model_case, model_io = load_case(case["model_case"])
-    model = load_case_model(case["model_case"])
+    model = process_model(case)
     config = scheduler_config_from_diffusion_flags(case["diffusion_flags"])
     ours = GuidedDDIMScheduler(**config)
     ours.set_timesteps("ddim10")
-    stock = to_diffusers_scheduler(ours, DDIMScheduler)
+    stock = DDIMScheduler.from_config(ours.config)
     stock.set_timesteps(10)
     assert stock.timesteps.tolist() == ours.timesteps.tolist()
     labels = model_io["y"]
     x_ours = x_stock = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for t in ours.timesteps:
-            output = model(x_ours, ours.model_timestep(t).expand(2), class_labels=labels).sample
+            output = model(x_ours, t.expand(2), class_labels=labels).sample
             assert output.shape[1] == 6
             x_ours = ours.step(output, t, x_ours).prev_sample
             output = model(x_stock, t.expand(2), class_labels=labels).sample

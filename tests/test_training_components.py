@@ -186,7 +186,9 @@ def test_diffusion_model_is_the_one_the_originals_flags_describe():
     checkpointed = build_diffusion_setup(_args("diffusion", "--resolution", "8", *flags, "--use_checkpoint", "True"), num_classes=3)
     assert checkpointed.model.is_gradient_checkpointing  # the originals' --use_checkpoint (counted in test_models)
     improved = build_diffusion_setup(_args("diffusion", "--resolution", "32", "--source", "improved-diffusion", "--num_channels", "32"), None)
-    assert improved.scheduler.config.rescale_timesteps and improved.loss_type == LossType.RESCALED_MSE
+    # improved-diffusion rescales timesteps: the network owns that scale (1000 / T), the scheduler has no such key
+    assert improved.model.config.timestep_scale == 1000 / improved.scheduler.config.num_train_timesteps
+    assert not improved.scheduler.config.get("rescale_timesteps") and improved.loss_type == LossType.RESCALED_MSE
 
 
 @pytest.mark.parametrize(

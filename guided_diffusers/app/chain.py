@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..checks import check_whole_number
 from ..pipelines import sampling
 from ..pipelines.recipes import FAST_RECIPE
 from ..pipelines.sampling import initial_latents, null_class_id, set_sampling_timesteps
@@ -220,8 +221,7 @@ class DenoisingChain:
     # -- moving -----------------------------------------------------------------------------------------------------
 
     def _check_count(self, n: int, available: int, direction: str) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"expected a whole number of steps >= 1 to {direction}, got {n!r}")
+        check_whole_number(f"the steps to {direction}", n, 1)
         if n > available:
             where = self.describe()
             raise ValueError(f"cannot {direction} {n} steps from {where}: {available} left in that direction")

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..pipelines.labels import imagenet_id2label
-from ..pipelines.pipeline_classifier_guided import ClassifierGuidedPipeline, null_class_id
+from ..models import null_class_id
+from ..pipelines.labels import class_names
+from ..pipelines.pipeline_classifier_guided import ClassifierGuidedPipeline
 from ..pipelines.recipes import FAST_RECIPE
 from ..schedulers.scheduling_utils import GuidedSchedulerMixin
 
@@ -80,9 +81,7 @@ class PipelineOptions:
         has_null_class = null_class_id(pipeline.unet) is not None
         # Unconditional needs no label: an unconditional U-Net, or a conditional one with a null class.
         allows_unconditional = not getattr(unet_config, "num_classes", None) or has_null_class
-        id2label = pipeline.config.get("id2label") or (
-            {str(k): v for k, v in imagenet_id2label().items()} if num_classes == 1000 else {}
-        )
+        id2label = {str(k): v for k, v in (class_names(pipeline.config.get("id2label"), num_classes) or {}).items()}
         choices: list[tuple[str, str]] = []
         if allows_unconditional:
             choices.append(("none (unconditional)", UNCONDITIONAL))

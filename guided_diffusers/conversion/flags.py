@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..schedulers.schedules import linear_schedule_bounds
+from ..models import rescaled_timestep_scale
 
 SOURCES = ("guided-diffusion", "improved-diffusion")
 NUM_CLASSES = 1000
@@ -344,4 +345,4 @@ def timestep_scale_from_flags(flags: Mapping[str, Any]) -> float:
             ``create_gaussian_diffusion``'s defaults.
     """
     values = {**_GUIDED_DIFFUSION, **{("diffusion_steps" if k == "steps" else k): v for k, v in flags.items()}}
-    return 1000.0 / int(values["diffusion_steps"]) if values["rescale_timesteps"] else 1.0
+    return rescaled_timestep_scale(values["diffusion_steps"]) if values["rescale_timesteps"] else 1.0

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models import null_class_id
 from .bpd import calc_bpd_loop
 from ..publishing import write_atomically
 from .image_data import EvaluationImages
@@ -153,7 +154,7 @@ def check_conditioning(unet: Any, images: EvaluationImages, use_null_label: bool
     """
     num_classes = getattr(unet.config, "num_classes", None) or None
     if use_null_label:
-        if num_classes is None or not getattr(unet.config, "class_dropout_prob", 0.0) > 0:
+        if null_class_id(unet) is None:
             raise ValueError(
                 "expected a model trained with label dropout (config class_dropout_prob > 0) for the null label, "
                 "got one without a null class"

@@ -72,7 +72,8 @@ def _missing_components(root: Path, class_name: str) -> list[str]:
 
 class CheckedFolderMixin:
     """``from_pretrained`` of a local folder checks first that the (sub)folder, its config.json and its weights file
-    are there, and names the one that is missing (diffusers' own message names a ``.bin`` file or the parent folder)."""
+    are there, and names the one that is missing (diffusers' own message names a ``.bin`` file or the parent folder);
+    a missing weights file is reported in diffusers' words, with the variant the folder holds."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
@@ -92,5 +93,8 @@ class CheckedFolderMixin:
             variant = kwargs.get("variant")
             names = [n.replace("diffusion_pytorch_model", f"diffusion_pytorch_model.{variant}", 1) if variant else n for n in _WEIGHTS]
             if not any((folder / name).is_file() for name in names):
-                raise OSError(f"expected the weights file {str(folder / names[0])!r} of {cls.__name__}, got none")
+                # diffusers' own words first (its tests and users match them), then what the folder does hold
+                variants = sorted({p.name.split(".")[1] for p in folder.glob("diffusion_pytorch_model.*.*")} - {"safetensors", "bin"})
+                hint = f"; it holds the {', '.join(variants)} variant: pass variant={variants[0]!r}" if variants and not variant else ""
+                raise OSError(f"Error no file named {names[0]} found in directory {folder} (the weights of {cls.__name__}){hint}")
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)

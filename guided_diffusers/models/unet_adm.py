@@ -31,6 +31,21 @@ def broadcast_timesteps(
     return timestep.expand(batch_size)
 
 
+def null_class_id(unet: torch.nn.Module) -> int | None:
+    """The label that means "no class" for a U-Net trained with label dropout (classifier-free guidance): its
+    ``num_classes``, the extra row of the class embedding; None for any other U-Net (ours or diffusers')."""
+    num_classes = getattr(unet.config, "num_classes", None)
+    if num_classes and getattr(unet.config, "class_dropout_prob", 0.0) > 0:
+        return num_classes
+    return None
+
+
+def rescaled_timestep_scale(num_train_timesteps: int) -> float:
+    """The ``timestep_scale`` of a network trained on rescaled timesteps (improved-diffusion's ``rescale_timesteps``):
+    the originals feed it t * 1000 / T."""
+    return 1000.0 / int(num_train_timesteps)
+
+
 def check_timestep_scale(timestep_scale: float) -> None:
     if not (timestep_scale > 0 and timestep_scale != float("inf")):
         raise ValueError(f"expected timestep_scale as a finite number > 0 (1000 / T for rescaled models), got {timestep_scale}")
@@ -117,7 +132,7 @@ class ADMUNet2DModel(CheckedFolderMixin, UNet2DModel):
         time_embed_dim = 4 * model_channels
 
         self.time_proj, self.time_embedding = timestep_embedding_layers(model_channels)
-        null_class = 1 if num_classes and class_dropout_prob > 0 else 0
+        null_class = 1 if num_classes and class_dropout_prob > 0 else 0  # the row of null_class_id
         self.class_embedding = nn.Embedding(num_classes + null_class, time_embed_dim) if num_classes else None
 
         settings = ADMBlockSettings(

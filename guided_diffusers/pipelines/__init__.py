@@ -5,13 +5,14 @@ from .pipeline_classifier_guided import ClassifierGuidedPipeline
 from .pipeline_ddim_inversion import DDIMInversionPipeline, DDIMInversionPipelineOutput
 from .pipeline_upsampling import ADMUpsamplingPipeline
 from .registry import register_with_diffusers
+from ..models import ADMClassifier, ADMSuperResUNet2DModel, ADMUNet2DModel
 from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler
 
-# Our schedulers are named in diffusers' namespace too, so that ``X.from_config(ours.config)`` drops our own keys
-# silently, as diffusers does for its own classes' keys.
+# Our models and schedulers are named in diffusers' namespace too: ``AutoModel.from_pretrained`` of a model folder
+# finds its class there, and ``X.from_config(ours.config)`` drops our own keys silently, as for diffusers' classes.
 register_with_diffusers(
     ClassifierGuidedPipeline, ADMUpsamplingPipeline, DDIMInversionPipeline, ADMInpaintPipeline, ADMImg2ImgPipeline,
-    GuidedDDPMScheduler, GuidedDDIMScheduler,
+    ADMUNet2DModel, ADMSuperResUNet2DModel, ADMClassifier, GuidedDDPMScheduler, GuidedDDIMScheduler,
 )
 
 __all__ = [

@@ -20,10 +20,22 @@ def imagenet_id2label() -> dict[int, str]:
     return {int(k): v for k, v in data["id2label"].items()}
 
 
+def class_names(id2label: Mapping[int | str, str] | None, num_classes: int | None) -> dict[int, str] | None:
+    """The class names of a model: its ``id2label``, else the ImageNet table for a 1000-class model, else None."""
+    if id2label:
+        return {int(k): v for k, v in id2label.items()}
+    return imagenet_id2label() if num_classes == 1000 else None
+
+
 def normalize_id2label(id2label: Mapping[int | str, str] | None) -> dict[str, str] | None:
     """``id2label`` with string keys, as JSON configs keep it."""
     if id2label is None:
         return None
+    if not isinstance(id2label, Mapping):
+        raise ValueError(f"expected id2label as a mapping of class ids to names, got {type(id2label).__name__}")
+    bad = [k for k in id2label if isinstance(k, bool) or not str(k).strip().lstrip("-").isdigit()]
+    if bad:
+        raise ValueError(f"expected id2label keys as whole-number class ids, got {bad[0]!r}")
     return {str(int(k)): str(v) for k, v in id2label.items()}
 
 
@@ -89,7 +101,7 @@ def resolve_class_labels(
         if wrong:
             raise ValueError(f"expected class labels as integer ids or class names, got {wrong[0]!r} in {values!r}")
         if any(isinstance(v, str) for v in values):
-            table = {int(k): v for k, v in id2label.items()} if id2label else (imagenet_id2label() if num_classes == 1000 else None)
+            table = class_names(id2label, num_classes)
             if table is None:
                 raise ValueError(f"expected class ids in [0, {num_classes}), got class names {values} and no id2label to look them up")
             names = _name_index(table)

@@ -10,13 +10,13 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..checks import check_whole_number
 from ..schedulers import GuidedDDPMScheduler
 from .labels import ClassLabels
 from .pipeline_classifier_guided import GuidedComponentsMixin
 from .sampling import (
     check_callback_inputs,
     check_output_type,
-    check_whole_number,
     guided_model_output,
     guided_step,
     image_pipeline_output,

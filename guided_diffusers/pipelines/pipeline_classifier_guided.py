@@ -9,7 +9,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 
 from ..models import ADMClassifier, ADMUNet2DModel
-from .labels import ClassLabels, ClassNames, imagenet_id2label, normalize_id2label
+from .labels import ClassLabels, ClassNames, class_names, normalize_id2label
 from .sampling import (
     CallStateMixin,
     adopt_timestep_rescaling,
@@ -76,7 +76,7 @@ class GuidedComponentsMixin(CallStateMixin):
     @property
     def labels(self) -> ClassNames:
         """Class name -> id, for every comma-separated synonym of every label, case-insensitive (as ``class_labels``)."""
-        return ClassNames(self.config.id2label or (imagenet_id2label() if self.num_classes == 1000 else {}))
+        return ClassNames(class_names(self.config.id2label, self.num_classes) or {})
 
 
 class ClassifierGuidedPipeline(GuidedComponentsMixin, DiffusionPipeline):
@@ -93,6 +93,7 @@ class ClassifierGuidedPipeline(GuidedComponentsMixin, DiffusionPipeline):
         self,
         class_labels: ClassLabels | None = None,
         batch_size: int | None = None,
+        num_images_per_prompt: int = 1,
         num_inference_steps: int | None = None,
         timestep_respacing: str | None = None,
         classifier_scale: float | None = None,
@@ -119,6 +120,8 @@ class ClassifierGuidedPipeline(GuidedComponentsMixin, DiffusionPipeline):
                 without a null class and for classifier guidance.
             batch_size (`int`, *optional*): how many images, for unconditional sampling (defaults to the number of
                 labels, else 1).
+            num_images_per_prompt (`int`, defaults to 1): images per class label (or, unconditional, per batch
+                entry), each label's next to each other, as diffusers' ``num_images_per_prompt``.
             num_inference_steps (`int`, *optional*): N steps laid out as diffusers does (the scheduler's
                 ``timestep_spacing``); or use ``timestep_respacing``.
             timestep_respacing (`str`, *optional*): the originals' respacing spec (``"250"``, ``"ddim25"``,
@@ -164,7 +167,8 @@ class ClassifierGuidedPipeline(GuidedComponentsMixin, DiffusionPipeline):
         check_scale("eta", eta, minimum=0)
         self._start_call(guidance_scale)
         guidance = resolve_guidance(
-            self, class_labels, batch_size, classifier_scale, guidance_scale, prompt, clip_guidance_scale, guidance_interval
+            self, class_labels, batch_size, classifier_scale, guidance_scale, prompt, clip_guidance_scale, guidance_interval,
+            num_images_per_prompt,
         )
         step_kwargs = step_arguments(self.scheduler, eta, clip_denoised, generator, step_noise)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..checks import check_whole_number
+
 __all__ = ["FAST_RECIPE", "SAMPLERS", "SamplingRecipe", "fast_sampling_note"]
 
 #: Sampler names and what they are. ``ddpm``/``ddim`` are our schedulers (the originals' respacing "N" / "ddimN");
@@ -41,8 +43,7 @@ class SamplingRecipe:
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"expected a sampler among {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"expected a whole number of steps >= 1, got {self.steps!r}")
+        check_whole_number("steps", self.steps, 1)
 
     @classmethod
     def parse(cls, text: str) -> SamplingRecipe:

@@ -15,14 +15,15 @@ from diffusers.pipelines import pipeline_loading_utils
 LIBRARY = "guided_diffusers"
 
 
-def register_with_diffusers(*pipeline_classes: type) -> None:
-    """Register the library's loadable base classes and its pipeline classes with diffusers (idempotent)."""
+def register_with_diffusers(*classes: type) -> None:
+    """Register the library's loadable base classes, and its pipeline, model and scheduler classes by name, with
+    diffusers (idempotent)."""
     pipeline_loading_utils.LOADABLE_CLASSES.setdefault(
         LIBRARY,
         {"ModelMixin": ["save_pretrained", "from_pretrained"], "SchedulerMixin": ["save_pretrained", "from_pretrained"]},
     )
-    for pipeline_class in pipeline_classes:
-        existing = getattr(diffusers, pipeline_class.__name__, None)
-        if existing is not None and existing is not pipeline_class:
-            raise RuntimeError(f"diffusers already has a {pipeline_class.__name__}; guided_diffusers cannot register its own")
-        setattr(diffusers, pipeline_class.__name__, pipeline_class)
+    for cls in classes:
+        existing = getattr(diffusers, cls.__name__, None)
+        if existing is not None and existing is not cls:
+            raise RuntimeError(f"diffusers already has a {cls.__name__}; guided_diffusers cannot register its own")
+        setattr(diffusers, cls.__name__, cls)

@@ -16,6 +16,8 @@ from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..checks import check_scale, check_whole_number
+from ..models import null_class_id, rescaled_timestep_scale
 from ..schedulers.gaussian import LEARNED_VARIANCE_TYPES, score_guided_noise, start_from_noise, start_from_velocity
 from ..schedulers.scheduling_utils import GuidedSchedulerMixin
 from .labels import ClassLabels, resolve_class_labels
@@ -27,31 +29,7 @@ _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-# -- numbers and counts --------------------------------------------------------------------------------------------
-
-
-def check_whole_number(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
-    """``value`` as an int within [minimum, maximum], or a one-line error (bools, floats and strings refused)."""
-    if minimum is not None and maximum is not None:
-        within = f" in [{minimum}, {maximum}]"
-    else:
-        within = f" >= {minimum}" if minimum is not None else (f" <= {maximum}" if maximum is not None else "")
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"expected {name} as a whole number{within}, got {value!r}")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ValueError(f"expected {name} as a whole number{within}, got {value}")
-    return int(value)
-
-
-def check_scale(name: str, value: Any, minimum: float | None = None) -> None:
-    """A guidance scale or eta: a finite real number (at least ``minimum``), or a one-line error before any work."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"expected {name} as a number, got {type(value).__name__} {value!r}")
-    if not np.isfinite(value) or (minimum is not None and value < minimum):
-        bound = f" >= {minimum:g}" if minimum is not None else ""
-        raise ValueError(f"expected {name} as a finite number{bound}, got {value}")
+# -- inputs --------------------------------------------------------------------------------------------------------
 
 
 def check_output_type(output_type: str) -> None:
@@ -143,7 +121,7 @@ def adopt_timestep_rescaling(scheduler: Any, *networks: Any) -> None:
     """
     if scheduler is None or not scheduler.config.get("rescale_timesteps"):
         return
-    scale = 1000.0 / scheduler.config.num_train_timesteps
+    scale = rescaled_timestep_scale(scheduler.config.num_train_timesteps)
     for network in networks:
         if network is not None and "timestep_scale" in network.config and network.config.timestep_scale == 1.0:
             network.register_to_config(timestep_scale=scale)
@@ -341,14 +319,6 @@ def guided_step(
 # -- guidance ------------------------------------------------------------------------------------------------------
 
 
-def null_class_id(unet: Any) -> int | None:
-    """The label that means "no class" for a model trained with label dropout (classifier-free guidance), else None."""
-    num_classes = getattr(unet.config, "num_classes", None)
-    if num_classes and getattr(unet.config, "class_dropout_prob", 0.0) > 0:
-        return num_classes
-    return None
-
-
 def unet_output(unet: Any, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, guidance_scale: float | None) -> torch.Tensor:
     """The U-Net's output at x_t in float32; with classifier-free guidance, conditional and unconditional in one batch.
 
@@ -432,15 +402,18 @@ def resolve_guidance(
     prompt: str | list[str] | None = None,
     clip_guidance_scale: float = 100.0,
     guidance_interval: tuple[float, float] | None = None,
+    num_images_per_prompt: int = 1,
 ) -> Guidance:
     """Every guidance argument of a call checked against the pipeline's components (one line each, before any work).
 
     A ``classifier_scale`` of None is the config's recommended scale when class labels are given and there is a
-    classifier, else 0.
+    classifier, else 0. ``num_images_per_prompt`` repeats each label (or the unconditional batch) that many times,
+    each label's images next to each other, as diffusers repeats each prompt's.
     """
     unet, classifier = pipeline.unet, getattr(pipeline, "classifier", None)
     if batch_size is not None:
         check_whole_number("batch_size", batch_size, 1)
+    check_whole_number("num_images_per_prompt", num_images_per_prompt, 1)
     if classifier_scale is None:
         use_default = class_labels is not None and classifier is not None
         classifier_scale = (pipeline.config.get("classifier_scale") or 0.0) if use_default else 0.0
@@ -460,7 +433,9 @@ def resolve_guidance(
         if len(labels) not in (1, batch_size):
             raise ValueError(f"expected {batch_size} class labels for batch_size {batch_size}, got {len(labels)}")
         labels = labels.expand(batch_size)
-    batch = len(labels) if labels is not None else (batch_size or 1)
+    if labels is not None:
+        labels = labels.repeat_interleave(num_images_per_prompt)
+    batch = len(labels) if labels is not None else (batch_size or 1) * num_images_per_prompt
     if classifier_scale:
         if classifier is None:
             raise ValueError(f"expected a classifier for classifier_scale={classifier_scale}, got none in this pipeline")

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from ..checks import check_whole_number
 import torch
 
 __all__ = [
@@ -70,11 +72,7 @@ def _cosine_alpha_bar(t: float) -> float:
 
 
 def _check_num_timesteps(num_diffusion_timesteps: Any) -> int:
-    if isinstance(num_diffusion_timesteps, bool) or not isinstance(num_diffusion_timesteps, (int, np.integer)):
-        raise ValueError(f"num_diffusion_timesteps must be a positive int, got {num_diffusion_timesteps!r}")
-    if num_diffusion_timesteps < 1:
-        raise ValueError(f"num_diffusion_timesteps must be a positive int, got {num_diffusion_timesteps}")
-    return int(num_diffusion_timesteps)
+    return check_whole_number("num_diffusion_timesteps", num_diffusion_timesteps, 1)
 
 
 def get_named_beta_schedule(schedule_name: str, num_diffusion_timesteps: int) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from ..checks import check_whole_number
 from .gaussian import MEAN_TYPES, VARIANCE_TYPES, GaussianDiffusion
 from .schedules import BETA_SCHEDULES, diffusers_schedule, space_timesteps
 
@@ -146,15 +147,7 @@ class GuidedSchedulerMixin:
     def _spaced_timesteps(self, num_inference_steps: Any) -> list[int]:
         """diffusers' grid of N steps for the config's ``timestep_spacing`` (ascending)."""
         num_train_timesteps = self.config.num_train_timesteps
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-            raise ValueError(
-                f"num_inference_steps must be an int or a respacing spec string, got {num_inference_steps!r}"
-            )
-        if not 1 <= num_inference_steps <= num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps must be in [1, {num_train_timesteps}] (num_train_timesteps), got {num_inference_steps}"
-            )
-        steps = int(num_inference_steps)
+        steps = check_whole_number("num_inference_steps", num_inference_steps, 1, num_train_timesteps)
         spacing = self.config.timestep_spacing
         if spacing == "linspace":
             grid = np.linspace(0, num_train_timesteps - 1, steps).round().astype(np.int64)
