@@ -90,7 +90,7 @@ def test_stepping_past_either_end_is_refused(pipe):
     with pytest.raises(ValueError, match="cannot denoise 2 steps from step 4 of 5.*1 left"):
         chain.denoise(2, Guidance(class_label=0))
     before = chain.sample.clone()
-    with pytest.raises(ValueError, match="steps >= 1"):
+    with pytest.raises(ValueError, match="whole number >= 1"):
         chain.denoise(0)
     with pytest.raises(ValueError, match="cannot diffuse 5 steps"):
         chain.diffuse(5)

@@ -493,8 +493,8 @@ def test_bad_inputs_of_the_sampling_pipelines_are_one_line_before_any_work():
     pipe = _pipeline(DPMSolverMultistepScheduler)
     calls = []
     pipe.unet.register_forward_hook(lambda *args: calls.append(1))
-    # as many DPM-Solver steps as trained ones: diffusers lays them as one repeated timestep
-    with pytest.raises(ValueError, match="expected fewer steps: DPMSolverMultistepScheduler lays 40 steps"):
+    # as many DPM-Solver steps as trained ones: diffusers' grid repeats a timestep, and the solver divides by zero
+    with pytest.raises(ValueError, match="expected fewer steps: DPMSolverMultistepScheduler lays 40 steps.*repeated"):
         pipe(class_labels=[1], num_inference_steps=T)
     assert calls == []
     with pytest.raises(ValueError, match=f"expected jump_n_sample as a whole number in \\[1, {MAX_JUMP_N_SAMPLE}\\], got 100000000"):

@@ -42,7 +42,7 @@ def test_call_arguments_and_names():
 @pytest.mark.parametrize(
     ("text", "message"),
     [("dpmpp2m", "expected a sampling recipe as NAME:STEPS"), ("ddpm:x", "expected a sampling recipe as NAME:STEPS"),
-     ("lms:10", "expected a sampler among ddpm, ddim"), ("ddpm:0", "expected a whole number of steps >= 1, got 0")],
+     ("lms:10", "expected a sampler among ddpm, ddim"), ("ddpm:0", "expected steps as a whole number >= 1, got 0")],
 )
 def test_bad_recipes_are_refused_in_one_line(text, message):
     with pytest.raises(ValueError, match=message):

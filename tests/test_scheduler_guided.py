@@ -94,7 +94,7 @@ def test_diffusion_flags_build_the_scheduler():
         ({"prediction_type": "v_prediction"}, "unknown prediction_type"),
         ({"variance_type": "fixed_small_log"}, "unknown variance_type"),
         ({"timestep_respacing": "ddim300"}, "cannot take exactly 300 steps from 1000"),
-        ({"num_train_timesteps": 0}, "positive int"),
+        ({"num_train_timesteps": 0}, "num_diffusion_timesteps as a whole number >= 1"),
     ],
 )
 @pytest.mark.parametrize("cls", SCHEDULERS)

@@ -146,7 +146,7 @@ def classifier_usage(location: str, scheduler_line: str) -> list[str]:
         "timesteps = torch.tensor([10, scheduler.config.num_train_timesteps // 2])",
         "noisy = scheduler.add_noise(images, torch.randn_like(images), timesteps)",
         "with torch.no_grad():",
-        "    logits = classifier(noisy, scheduler.model_timestep(timesteps)).logits  # log p(y | x_t) + const",
+        "    logits = classifier(noisy, timesteps).logits  # log p(y | x_t) + const",
         "print(logits.argmax(dim=-1))",
     ]
 

@@ -76,10 +76,14 @@ def set_sampling_timesteps(
         num_inference_steps = check_whole_number("num_inference_steps", int(timestep_respacing), 1, num_train_timesteps)
     scheduler.set_timesteps(50 if num_inference_steps is None else int(num_inference_steps), device=device)
     timesteps = scheduler.timesteps
-    if len(timesteps) > 1 and bool((timesteps == timesteps[-1]).all()):
+    # A first-order sigma grid must go strictly down (Heun and KDPM2, order 2, and PNDM's Runge-Kutta warm-up repeat
+    # timesteps on purpose); with about as many steps as trained ones diffusers' spacing can repeat one, and a solver
+    # such as DPM-Solver then divides by zero.
+    sigma_grid = getattr(scheduler, "order", 1) == 1 and getattr(scheduler, "sigmas", None) is not None
+    if sigma_grid and len(set(timesteps.tolist())) < len(timesteps):
         raise ValueError(
             f"expected fewer steps: {type(scheduler).__name__} lays {len(timesteps)} steps over {num_train_timesteps} "
-            f"trained ones as one repeated timestep {float(timesteps[-1]):g}; use fewer steps or GuidedDDPMScheduler"
+            "trained ones with a repeated timestep; use fewer steps, or GuidedDDPMScheduler for every step"
         )
     return timesteps
 
