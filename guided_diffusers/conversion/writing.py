@@ -24,7 +24,7 @@ from .originals import (
     ddpm_unet_config,
     load_original_state_dict,
 )
-from .model_card import render_model_card
+from .model_card import check_license, render_model_card
 from .presets import DDPM, GUIDED, Preset, get_preset, preset_from_path
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -95,15 +95,20 @@ def convert_adm(
     dtype: str = "float32",
     overwrite: bool = False,
     push_to_hub: str | None = None,
+    license: str | None = None,
 ) -> Path:
     """convert_guided_diffusion.py: a guided-diffusion / improved-diffusion checkpoint (and/or classifier) to a folder.
 
     ``checkpoint`` may be None when only a classifier is converted; the folder is then the classifier's model folder.
     A classifier given as ``checkpoint`` (its preset names a classifier, or only classifier flags or config are given)
     is converted as one. Every input is checked, and the output's temporary folder made, before a checkpoint is read.
+    ``license`` (``--license``): the card's Hub license id for a user checkpoint (converted with flags or a config;
+    default ``unknown``); refused when every file is a release, whose license is known.
     """
     output = check_output(output, overwrite, (checkpoint, classifier))
     torch_dtype = check_dtype(dtype)
+    if license is not None:
+        check_license(license)
     if sum(x is not None for x in (preset, model_flags, model_config)) > 1:
         raise ValueError("expected one of --preset, --model_flags or --model_config, got several")
     if sum(x is not None for x in (classifier_preset, classifier_flags, classifier_config)) > 1:
@@ -138,6 +143,12 @@ def convert_adm(
     if classifier_config is not None:
         adm_classifier_config(classifier_config)
     flags_used = (clf_preset.flags if clf_preset else classifier_flags) if classifier is not None else None
+    released = (checkpoint is None or unet_preset is not None) and (classifier is None or clf_preset is not None)
+    if license is not None and released:
+        named = unet_preset or clf_preset
+        raise ValueError(f"expected --license only for a user checkpoint (converted with flags or a config), got it with "
+                         f"preset {named.name!r}, whose release states its license")
+    classifier_source = (clf_preset or Path(classifier).name) if classifier is not None else None
 
     def build() -> Any:
         classifier_model = None
@@ -152,7 +163,8 @@ def convert_adm(
         if checkpoint is None:  # a classifier alone: the classifier's model folder
             def write_classifier(folder: Path) -> None:
                 classifier_model.save_pretrained(folder, safe_serialization=True)
-                _card(clf_preset, GUIDED, "classifier", classifier_flag_text, push_to_hub or str(output), classifier, False, True, {}, {}).save(folder / "README.md")
+                _card(clf_preset, GUIDED, "classifier", classifier_flag_text, push_to_hub or str(output), classifier, False, True, {}, {},
+                      license=license).save(folder / "README.md")
 
             return write_classifier
 
@@ -161,7 +173,7 @@ def convert_adm(
         if model_config is not None:
             flags = parse_flags(diffusion_flags, source)
             unet_kwargs = model_config
-            flags["learn_sigma"] = model_config.get("out_channels", 3) == 6 or flags["learn_sigma"]
+            flags["learn_sigma"] = model_config.get("out_channels", 3) == 2 * model_config.get("in_channels", 3) or flags["learn_sigma"]
             flag_text = json.dumps(model_config) + (f"\n{diffusion_flags}" if diffusion_flags else "")
         else:  # the model's and the process's flags, read once (the originals' scripts read them as one command line)
             flags = parse_flags(flag_text, source)
@@ -194,7 +206,8 @@ def convert_adm(
         def write_pipeline(folder: Path) -> None:
             pipeline.save_pretrained(folder, safe_serialization=True)
             _card(unet_preset, source, "super_res" if super_res else "diffusion", card_flags, push_to_hub or str(output), checkpoint,
-                  bool(unet.config.num_classes), classifier_model is not None, preset_sampling, user_sampling, pipeline).save(folder / "README.md")
+                  bool(unet.config.num_classes), classifier_model is not None, preset_sampling, user_sampling, pipeline,
+                  classifier_source=classifier_source, license=license).save(folder / "README.md")
 
         return write_pipeline
 
@@ -211,10 +224,17 @@ def convert_ddpm(
     dtype: str = "float32",
     overwrite: bool = False,
     push_to_hub: str | None = None,
+    license: str | None = None,
 ) -> Path:
-    """convert_ddpm.py: a DDPM (cifar10 / LSUN) checkpoint to a ClassifierGuidedPipeline folder over a UNet2DModel."""
+    """convert_ddpm.py: a DDPM (cifar10 / LSUN) checkpoint to a ClassifierGuidedPipeline folder over a UNet2DModel.
+
+    ``license`` (``--license``): the card's Hub license id for a checkpoint converted with ``model_config`` (default
+    ``unknown``); refused with a preset, whose release states its license.
+    """
     output = check_output(output, overwrite, (checkpoint,))
     torch_dtype = check_dtype(dtype)
+    if license is not None:
+        check_license(license)
     if preset is not None and model_config is not None:
         raise ValueError("expected one of --preset or --model_config, got both")
     if not Path(checkpoint).is_file():
@@ -222,6 +242,9 @@ def convert_ddpm(
     chosen = get_preset(preset, "ddpm") if preset else (None if model_config else preset_from_path(checkpoint, "ddpm"))
     if chosen is None and model_config is None:
         raise ValueError(f"could not pick a preset from the file name {str(checkpoint)!r}; pass --preset or --model_config")
+    if license is not None and model_config is None:
+        raise ValueError(f"expected --license only for a user checkpoint (converted with --model_config), got it with "
+                         f"preset {chosen.name!r}, whose release states its license")
     kwargs = model_config if model_config is not None else chosen.constructor_kwargs
     ddpm_unet_config(kwargs)  # missing or unknown keys: one line before the checkpoint is read
 
@@ -234,7 +257,8 @@ def convert_ddpm(
 
         def write(folder: Path) -> None:
             pipeline.save_pretrained(folder, safe_serialization=True)
-            _card(chosen, DDPM, "diffusion", json.dumps(kwargs, default=list), push_to_hub or str(output), checkpoint, False, False, sampling, {}, pipeline).save(folder / "README.md")
+            _card(chosen, DDPM, "diffusion", json.dumps(kwargs, default=list), push_to_hub or str(output),
+                  checkpoint, False, False, sampling, {}, pipeline, license=license).save(folder / "README.md")
 
         return write
 
@@ -283,15 +307,19 @@ def _with_context(preset: Preset | None, build: Any) -> Any:
         raise ValueError(f"preset {preset.name!r} does not fit the file: {error}") from error
 
 
-def _card(preset, family, kind, flags, repo_id, checkpoint, conditional, has_classifier, sampling, user_sampling, pipeline=None):
-    num_classes = low_res_size = None
+def _card(preset, family, kind, flags, repo_id, checkpoint, conditional, has_classifier, sampling, user_sampling, pipeline=None,
+          classifier_source=None, license=None):
+    num_classes = low_res_size = num_train_timesteps = None
     if pipeline is not None:
         num_classes = pipeline.unet.config.get("num_classes") or (pipeline.classifier.config.num_classes if getattr(pipeline, "classifier", None) else None)
         low_res_size = pipeline.config.get("low_res_size") if kind == "super_res" else None
+        num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
     return render_model_card(
         preset, family=family, kind=kind, flags=flags, repo_id=repo_id, checkpoint_name=Path(checkpoint).name,
         conditional=conditional, has_classifier=has_classifier, sampling=sampling, user_sampling=user_sampling,
         verification=_verification(kind), num_classes=num_classes, low_res_size=low_res_size,
+        num_train_timesteps=num_train_timesteps, classifier_source=classifier_source if kind != "classifier" else None,
+        license=license,
     )
 
 
