@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 
 from ..models import ADMClassifier, ADMUNet2DModel
+from .hub import PipelineHubMixin
 from .labels import ClassLabels, ClassNames, normalize_id2label, resolve_class_labels
 from .sampling import (
     CallStateMixin,
@@ -40,7 +41,7 @@ def null_class_id(unet: Any) -> int | None:
     return None
 
 
-class ClassifierGuidedPipeline(CallStateMixin, DiffusionPipeline):
+class ClassifierGuidedPipeline(PipelineHubMixin, CallStateMixin, DiffusionPipeline):
     r"""
     Sampling for ADM / IDDPM / DDPM models with classifier guidance (ADM-G), classifier-free guidance and CLIP guidance.
 
