@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -235,9 +236,13 @@ def test_refusals_leave_nothing_half_written(tmp_path):
     with pytest.raises(ValueError, match="expected an empty or new output folder"):
         convert_adm(checkpoint, occupied, model_flags=flags)
     assert [p.name for p in occupied.iterdir()] == ["keep.txt"]
-    # a preset that does not fit the file: reported with the mismatching keys, nothing written
-    with pytest.raises(ValueError, match="preset '64x64_diffusion' does not fit the file: .*missing keys"):
+    # a preset that does not fit the file: one short line naming the preset and the flags to pass instead, nothing written
+    with pytest.raises(ValueError) as info:
         convert_adm(checkpoint, tmp_path / "new", preset="64x64_diffusion")
+    message = str(info.value)
+    assert re.fullmatch(r"preset '64x64_diffusion' does not fit the file \(\d+ missing keys, \d+ unexpected keys, \d+ shape mismatches\): "
+                        r"the file is not that release; pass its own flags with --model_flags \(and --diffusion_flags\) or "
+                        r"--model_config instead of a preset", message), message
     assert not (tmp_path / "new").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".new")]
     with pytest.raises(ValueError, match="could not pick a preset from the file name"):
         convert_adm(checkpoint, tmp_path / "new")

@@ -26,6 +26,7 @@ from .originals import (
 )
 from .model_card import check_license, render_model_card
 from .presets import DDPM, GUIDED, Preset, get_preset, preset_from_path
+from .state_dict import CheckpointMismatchError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SCHEDULER_FLAGS = ("learn_sigma", "sigma_small", "noise_schedule", "predict_xstart", "rescale_timesteps", "timestep_respacing")
@@ -157,7 +158,8 @@ def convert_adm(
             classifier_flag_text = flags_used or json.dumps(classifier_config)
             classifier_model = _with_context(
                 clf_preset, lambda: convert_classifier_checkpoint(
-                    load_original_state_dict(classifier), flags=flags_used, constructor_kwargs=classifier_config)
+                    load_original_state_dict(classifier), flags=flags_used, constructor_kwargs=classifier_config),
+                "--classifier_flags or --classifier_config",
             ).to(torch_dtype)
 
         if checkpoint is None:  # a classifier alone: the classifier's model folder
@@ -249,7 +251,8 @@ def convert_ddpm(
     ddpm_unet_config(kwargs)  # missing or unknown keys: one line before the checkpoint is read
 
     def build() -> Any:
-        unet = _with_context(chosen, lambda: convert_ddpm_checkpoint(load_original_state_dict(checkpoint), constructor_kwargs=kwargs)).to(torch_dtype)
+        unet = _with_context(chosen, lambda: convert_ddpm_checkpoint(load_original_state_dict(checkpoint), constructor_kwargs=kwargs),
+                             "--model_config").to(torch_dtype)
         scheduler_settings = dict(chosen.scheduler) if chosen else dict(num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_large")
         sampling = dict(chosen.sampling) if chosen else {}
         scheduler = GuidedDDPMScheduler(**scheduler_settings, timestep_respacing=sampling.get("timestep_respacing"))
@@ -298,9 +301,16 @@ def _pick_preset(path: Any, name: str | None, flags: str | None, config: dict | 
     return found
 
 
-def _with_context(preset: Preset | None, build: Any) -> Any:
+def _with_context(preset: Preset | None, build: Any, instead: str = "--model_flags (and --diffusion_flags) or --model_config") -> Any:
+    """``build()``; a failure under a preset names it, and a checkpoint that does not fit it is one short line saying to
+    pass the checkpoint's own flags (``instead``) rather than listing every key."""
     try:
         return build()
+    except CheckpointMismatchError as error:
+        if preset is None:
+            raise
+        raise ValueError(f"preset {preset.name!r} does not fit the file ({error.summary}): the file is not that release; "
+                         f"pass its own flags with {instead} instead of a preset") from error
     except ValueError as error:
         if preset is None:
             raise

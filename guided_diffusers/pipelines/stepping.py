@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers.utils import is_scipy_available
 
 from ..schedulers.gaussian import score_guided_noise, start_from_noise, start_from_velocity
 from ..schedulers.scheduling_utils import GuidedSchedulerMixin
@@ -166,6 +167,8 @@ class StockSchedulerDriver(SchedulerDriver):
 
     def __init__(self, scheduler: Any):
         super().__init__(scheduler)
+        if type(scheduler).__name__ == "LMSDiscreteScheduler" and not is_scipy_available():  # its step integrates with scipy
+            raise ValueError("expected scipy installed for LMSDiscreteScheduler, got it missing: pip install scipy (or the [lms] extra)")
         parameters = inspect.signature(type(scheduler).__init__).parameters
         self._init_parameters = parameters
         self._step_parameters = inspect.signature(scheduler.step).parameters
