@@ -12,8 +12,6 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from ..schedulers.schedules import linear_schedule_bounds
-
 SOURCES = ("guided-diffusion", "improved-diffusion")
 NUM_CLASSES = 1000
 
@@ -321,6 +319,8 @@ def scheduler_config_from_diffusion_flags(flags: Mapping[str, Any]) -> dict[str,
         variance_type = "fixed_small" if values["sigma_small"] else "fixed_large"
     num_train_timesteps = int(values["diffusion_steps"])
     if values["noise_schedule"] == "linear":
+        from ..schedulers.schedules import linear_schedule_bounds  # here: the command lines read flags without torch
+
         beta_start, beta_end = linear_schedule_bounds(num_train_timesteps)
         schedule = {"beta_schedule": "linear", "beta_start": beta_start, "beta_end": beta_end}
     else:
