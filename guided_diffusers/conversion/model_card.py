@@ -150,6 +150,17 @@ def check_license(value: str) -> str:
     return value
 
 
+def check_user_license(license: str | None, release: Preset | None) -> None:
+    """``--license`` of a conversion: a Hub license id, given only for a user checkpoint (``release`` None), since a
+    release states its own; refused in one line otherwise."""
+    if license is None:
+        return
+    check_license(license)
+    if release is not None:
+        raise ValueError(f"expected --license only for a user checkpoint (converted with flags or a config), got it with "
+                         f"preset {release.name!r}, whose release states its license")
+
+
 def install_lines() -> str:
     """The card's install block: the package is not on a registry yet, so from its source or the wheel built from it."""
     return "\n".join([
@@ -338,11 +349,7 @@ def render_model_card(
     community = preset is not None and bool(preset.origin)
     user_classifier = isinstance(classifier_source, str)
     released = preset is not None and not user_classifier
-    if license is not None:
-        check_license(license)
-        if released:
-            raise ValueError(f"expected --license only for a user checkpoint (converted with flags or a config), got it with "
-                             f"preset {preset.name!r}, whose license is known ({preset.license if community else LICENSES[family]})")
+    check_user_license(license, preset if released else None)
     license_id = (preset.license if community and preset.license else LICENSES[family]) if released else (license or DEFAULT_LICENSE)
     path = template(USER_TEMPLATE if preset is None else COMMUNITY_TEMPLATE if community else _TEMPLATE_FILES[family])
     dataset = preset.dataset if preset else ""

@@ -24,7 +24,7 @@ from .originals import (
     ddpm_unet_config,
     load_original_state_dict,
 )
-from .model_card import check_license, render_model_card
+from .model_card import check_user_license, render_model_card
 from .presets import DDPM, GUIDED, Preset, get_preset, preset_from_path
 from .state_dict import CheckpointMismatchError
 
@@ -108,8 +108,6 @@ def convert_adm(
     """
     output = check_output(output, overwrite, (checkpoint, classifier))
     torch_dtype = check_dtype(dtype)
-    if license is not None:
-        check_license(license)
     if sum(x is not None for x in (preset, model_flags, model_config)) > 1:
         raise ValueError("expected one of --preset, --model_flags or --model_config, got several")
     if sum(x is not None for x in (classifier_preset, classifier_flags, classifier_config)) > 1:
@@ -145,10 +143,7 @@ def convert_adm(
         adm_classifier_config(classifier_config)
     flags_used = (clf_preset.flags if clf_preset else classifier_flags) if classifier is not None else None
     released = (checkpoint is None or unet_preset is not None) and (classifier is None or clf_preset is not None)
-    if license is not None and released:
-        named = unet_preset or clf_preset
-        raise ValueError(f"expected --license only for a user checkpoint (converted with flags or a config), got it with "
-                         f"preset {named.name!r}, whose release states its license")
+    check_user_license(license, (unet_preset or clf_preset) if released else None)
     classifier_source = (clf_preset or Path(classifier).name) if classifier is not None else None
 
     def build() -> Any:
@@ -235,8 +230,6 @@ def convert_ddpm(
     """
     output = check_output(output, overwrite, (checkpoint,))
     torch_dtype = check_dtype(dtype)
-    if license is not None:
-        check_license(license)
     if preset is not None and model_config is not None:
         raise ValueError("expected one of --preset or --model_config, got both")
     if not Path(checkpoint).is_file():
@@ -244,9 +237,7 @@ def convert_ddpm(
     chosen = get_preset(preset, "ddpm") if preset else (None if model_config else preset_from_path(checkpoint, "ddpm"))
     if chosen is None and model_config is None:
         raise ValueError(f"could not pick a preset from the file name {str(checkpoint)!r}; pass --preset or --model_config")
-    if license is not None and model_config is None:
-        raise ValueError(f"expected --license only for a user checkpoint (converted with --model_config), got it with "
-                         f"preset {chosen.name!r}, whose release states its license")
+    check_user_license(license, chosen)
     kwargs = model_config if model_config is not None else chosen.constructor_kwargs
     ddpm_unet_config(kwargs)  # missing or unknown keys: one line before the checkpoint is read
 
