@@ -145,3 +145,25 @@ def test_evaluate_is_quiet(tmp_path):
     with quiet():
         assert main([str(tmp_path / "ref.npz"), str(tmp_path / "samples.npz"), "--batch_size", "6", "--device", "cpu",
                      "--inception_weights", str(weights)]) == 0
+
+
+def test_registry_names_our_schedulers_and_filters_only_the_empty_float32_warning():
+    import diffusers
+
+    assert diffusers.GuidedDDPMScheduler is GuidedDDPMScheduler and diffusers.GuidedDDIMScheduler is GuidedDDIMScheduler
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    logging.getLogger("diffusers").addHandler(handler)
+    try:
+        model_logger = logging.getLogger("diffusers.models.modeling_utils")
+        for kept in ("[]", "['norm_out']"):
+            model_logger.warning(f"There are modules in UNet2DModel that should be kept in float32: {kept}. Casting directly with "
+                                 "`to()` can lead to inconsistent results; set `torch_dtype` in `from_pretrained()` instead")
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)
+    assert len(records) == 1 and "['norm_out']" in records[0]
