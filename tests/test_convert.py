@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -218,8 +219,9 @@ def test_model_card_and_stored_dtype(tmp_path):
     assert {t.dtype for t in weights.values()} == {torch.float16}
     assert not list((tmp_path / "out").rglob("*.bin")) and not list((tmp_path / "out").rglob("*.pt"))
     card = ModelCard.load(tmp_path / "out" / "README.md")
-    assert card.data.library_name == "diffusers" and card.data.license == "mit" and "guided-diffusers" in card.data.tags
-    assert "--attention_resolutions 8,4" in card.text and "## Intended use" in card.text and "## Limitations" in card.text
+    # converted with --model_flags (no preset): a user checkpoint, whose license nobody stated
+    assert card.data.library_name == "diffusers" and card.data.license == "unknown" and "guided-diffusers" in card.data.tags
+    assert "--attention_resolutions 8,4" in card.text and "## Intended use and limitations" in card.text
     index = json.loads((tmp_path / "out" / "model_index.json").read_text())
     assert index["unet"] == ["guided_diffusers", "ADMUNet2DModel"] and len(index["id2label"]) == 1000
 
@@ -234,9 +236,13 @@ def test_refusals_leave_nothing_half_written(tmp_path):
     with pytest.raises(ValueError, match="expected an empty or new output folder"):
         convert_adm(checkpoint, occupied, model_flags=flags)
     assert [p.name for p in occupied.iterdir()] == ["keep.txt"]
-    # a preset that does not fit the file: reported with the mismatching keys, nothing written
-    with pytest.raises(ValueError, match="preset '64x64_diffusion' does not fit the file: .*missing keys"):
+    # a preset that does not fit the file: one short line naming the preset and the flags to pass instead, nothing written
+    with pytest.raises(ValueError) as info:
         convert_adm(checkpoint, tmp_path / "new", preset="64x64_diffusion")
+    message = str(info.value)
+    assert re.fullmatch(r"preset '64x64_diffusion' does not fit the file \(\d+ missing keys, \d+ unexpected keys, \d+ shape mismatches\): "
+                        r"the file is not that release; pass its own flags with --model_flags \(and --diffusion_flags\) or "
+                        r"--model_config instead of a preset", message), message
     assert not (tmp_path / "new").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".new")]
     with pytest.raises(ValueError, match="could not pick a preset from the file name"):
         convert_adm(checkpoint, tmp_path / "new")

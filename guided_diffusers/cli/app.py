@@ -22,6 +22,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        sys.exit('error: expected Gradio installed for the web demo, got it missing: install the [app] extra '
+                 '(pip install "./guided-diffusers[app]" from a checkout) or pip install "gradio>=6.31,<7"')
     from guided_diffusers.app.web import check_loopback, launch
 
     try:

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="dtype of the stored weights")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--push_to_hub", metavar="REPO_ID", help="upload the folder to this Hub repo (uses your token, see `hf auth login`)")
+    parser.add_argument("--license", help="the model card's license for your own checkpoint (converted with flags or a config): a Hub "
+                        "license identifier such as mit, apache-2.0 or cc-by-nc-4.0 (default: unknown, i.e. not stated); a preset's release states its own")
     return parser
 
 
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             model_config=args.model_config, diffusion_flags=args.diffusion_flags, classifier=args.classifier,
             classifier_preset=args.classifier_preset, classifier_flags=args.classifier_flags,
             classifier_config=args.classifier_config, dtype=args.dtype, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
+            license=args.license,
         ))
     print(f"wrote {output}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
     return 0

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers import DiffusionPipeline
 
-    import guided_diffusers  # noqa: F401  (registers our classes with diffusers' loader)
+    import guided_diffusers.pipelines  # noqa: F401  (registers our classes with diffusers' loader)
     from guided_diffusers.evaluation.image_data import open_evaluation_images
     from guided_diffusers.evaluation.nll import (
         check_conditioning,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,8 +38,12 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as error:
             parser.error(str(error))
 
-    from guided_diffusers.demo.quickstart import QuickstartSettings, run_quickstart
+    from guided_diffusers.demo.quickstart import QuickstartSettings, check_demo_extra, run_quickstart
 
+    try:
+        check_demo_extra()  # before any folder is made
+    except ModuleNotFoundError as error:
+        sys.exit(f"error: {error}")
     settings = QuickstartSettings(output_dir=Path(args.output_dir), retrain=args.retrain, seed=args.seed)
     for name in ("diffusion_train_steps", "classifier_train_steps", "samples_per_class", "fast"):
         if getattr(args, name) is not None:

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     from guided_diffusers.pipelines.batch_sampling import SamplingJob, run_sampling_job
 
     accelerator = Accelerator()
-    pipeline = exit_on((OSError, ValueError, TypeError), lambda: DiffusionPipeline.from_pretrained(args.pipeline, torch_dtype=getattr(torch, args.dtype)))
+    pipeline = exit_on((OSError, ValueError, TypeError), lambda: DiffusionPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype)))
     if args.use_ddim:
         pipeline.scheduler = GuidedDDIMScheduler.from_config(pipeline.scheduler.config)
     pipeline = pipeline.to(accelerator.device)

@@ -47,12 +47,18 @@ def main(task: str, argv: list[str] | None = None, description: str | None = Non
         argv (list of `str`, *optional*): the command line.
         description (`str`, *optional*): the help text.
     """
-    from ..publishing import HubPushError
     from ..training.args import parse_training_args
+
+    args = parse_training_args(task, argv, description)
+    from ..publishing import HubPushError
+    from ..training.metrics import available_trackers
     from ..training.tasks import run_training
     from ..training.trainer import TrainingSetupError
 
-    args = parse_training_args(task, argv, description)
+    try:
+        available_trackers(args.report_to)  # a tracker named but not installed: one line before the accelerator starts
+    except ValueError as error:
+        sys.exit(f"error: {error}")
     try:
         run_training(args)
     except (TrainingSetupError, HubPushError) as error:

@@ -12,9 +12,6 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from ..schedulers.schedules import linear_schedule_bounds
-from ..models import rescaled_timestep_scale
-
 SOURCES = ("guided-diffusion", "improved-diffusion")
 NUM_CLASSES = 1000
 
@@ -323,6 +320,8 @@ def scheduler_config_from_diffusion_flags(flags: Mapping[str, Any]) -> dict[str,
         variance_type = "fixed_small" if values["sigma_small"] else "fixed_large"
     num_train_timesteps = int(values["diffusion_steps"])
     if values["noise_schedule"] == "linear":
+        from ..schedulers.schedules import linear_schedule_bounds  # here: the command lines read flags without torch
+
         beta_start, beta_end = linear_schedule_bounds(num_train_timesteps)
         schedule = {"beta_schedule": "linear", "beta_start": beta_start, "beta_end": beta_end}
     else:
@@ -344,5 +343,7 @@ def timestep_scale_from_flags(flags: Mapping[str, Any]) -> float:
         flags (mapping): ``diffusion_steps`` (or ``steps``) and ``rescale_timesteps``; missing ones take
             ``create_gaussian_diffusion``'s defaults.
     """
+    from ..models import rescaled_timestep_scale  # here: the command lines read flags without torch
+
     values = {**_GUIDED_DIFFUSION, **{("diffusion_steps" if k == "steps" else k): v for k, v in flags.items()}}
     return rescaled_timestep_scale(values["diffusion_steps"]) if values["rescale_timesteps"] else 1.0

@@ -1,6 +1,6 @@
 """Model cards for converted checkpoints, rendered from the package's model_cards/ templates (one per family, one for
-the community's checkpoints), and what every card shares: the templates' home, Hub licenses, dataset ids and the
-papers' BibTeX."""
+the community's checkpoints, one for a user's own checkpoint), and what every card shares: the templates' home, the
+install lines, Hub licenses, dataset ids, the papers' BibTeX and the usage snippets."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .. import __version__
+from ..schedulers.schedules import space_timesteps
 from .presets import DDPM, GUIDED, IMPROVED, Preset
 
 # Package data (the wheel carries it): guided_diffusers/model_cards/*.md.
@@ -25,6 +27,28 @@ _LICENSE_NOTES = {
     "port whose checkpoints are converted here (pesser/pytorch_diffusion) is MIT-licensed code. The license of the "
     "weights is therefore unknown: check with the authors before use beyond research.",
 }
+# A checkpoint converted with the user's flags or config (no preset): its family's code base, for the card.
+USER_TEMPLATE = "user_checkpoint.md"
+_FAMILY_LINKS = {
+    GUIDED: "OpenAI's [guided-diffusion](https://github.com/openai/guided-diffusion)",
+    IMPROVED: "OpenAI's [improved-diffusion](https://github.com/openai/improved-diffusion)",
+    DDPM: "the original [DDPM](https://github.com/hojonathanho/diffusion) release (its PyTorch port's layout)",
+}
+# What a card says when nobody stated the weights' terms (a user's checkpoint without --license, a trained model
+# without --license): the card claims none.
+DEFAULT_LICENSE = "unknown"
+# The license identifiers the Hub accepts in a card's metadata (its documented list); "other" needs a name and a link,
+# which the card does not carry, so it is not offered.
+HUB_LICENSES = frozenset("""
+apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
+afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5
+cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0
+cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive-1.0
+cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl
+lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr mpl-2.0 odc-by odbl openrail++
+osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr deepfloyd-if-license fair-noncommercial-research-license
+llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 gemma unknown
+""".split())
 # Hub dataset ids of the training data (LSUN has no canonical Hub dataset).
 HUB_DATASETS = {"imagenet-1k": "ILSVRC/imagenet-1k", "cifar10": "uoft-cs/cifar10"}
 CITATIONS = {
@@ -119,6 +143,33 @@ def template(name: str) -> Path:
     return path
 
 
+def check_license(value: str) -> str:
+    """``--license``: a license identifier of the Hub (``mit``, ``apache-2.0``, ``cc-by-4.0``, ... or ``unknown``)."""
+    if value not in HUB_LICENSES:
+        raise ValueError(f"expected --license to be a Hub license identifier such as mit, apache-2.0, cc-by-nc-4.0 or unknown, got {value!r}")
+    return value
+
+
+def check_user_license(license: str | None, release: Preset | None) -> None:
+    """``--license`` of a conversion: a Hub license id, given only for a user checkpoint (``release`` None), since a
+    release states its own; refused in one line otherwise."""
+    if license is None:
+        return
+    check_license(license)
+    if release is not None:
+        raise ValueError(f"expected --license only for a user checkpoint (converted with flags or a config), got it with "
+                         f"preset {release.name!r}, whose release states its license")
+
+
+def install_lines() -> str:
+    """The card's install block: the package is not on a registry yet, so from its source or the wheel built from it."""
+    return "\n".join([
+        "# guided-diffusers is not yet published on a package registry: install it from its source",
+        "pip install ./guided-diffusers    # a checkout of guided_diffusers' repository",
+        f"pip install guided_diffusers-{__version__}-py3-none-any.whl    # or the wheel built from it: pip wheel --no-deps ./guided-diffusers",
+    ])
+
+
 def citation_block(keys: tuple[str, ...]) -> str:
     """The BibTeX entries of the papers ``keys`` (``adm``, ``iddpm``, ``ddpm``), one fenced block."""
     return "```bibtex\n" + "\n\n".join(CITATIONS[key] for key in keys) + "\n```"
@@ -134,15 +185,16 @@ def _markdown_table(rows: tuple[tuple[str, ...], ...]) -> str:
 
 
 def classifier_usage(location: str, scheduler_line: str) -> list[str]:
-    """Lines of a runnable snippet that classifies noised images with the classifier folder at ``location``."""
+    """Lines of a runnable snippet that classifies noised images with the classifier folder at ``location``; the
+    images have the classifier's own channel count (``in_channels`` of its config: 1 for grey, 3 for RGB)."""
     return [
         "import torch",
         "from guided_diffusers import ADMClassifier, GuidedDDPMScheduler",
         "",
         f'classifier = ADMClassifier.from_pretrained("{location}")',
         scheduler_line,
-        "size = classifier.config.sample_size",
-        "images = torch.rand(2, 3, size, size) * 2 - 1  # your images, NCHW in [-1, 1]",
+        "channels, size = classifier.config.in_channels, classifier.config.sample_size",
+        "images = torch.rand(2, channels, size, size) * 2 - 1  # your images, NCHW in [-1, 1]",
         "timesteps = torch.tensor([10, scheduler.config.num_train_timesteps // 2])",
         "noisy = scheduler.add_noise(images, torch.randn_like(images), timesteps)",
         "with torch.no_grad():",
@@ -151,44 +203,70 @@ def classifier_usage(location: str, scheduler_line: str) -> list[str]:
     ]
 
 
-def pipeline_usage(location: str, call_args: list[str], low_res_size: int | None = None) -> str:
-    """A runnable snippet that loads the pipeline folder at ``location`` and samples with ``call_args``."""
+def pipeline_usage(location: str, call_args: list[str], low_res_size: int | None = None, fast_recipe: bool = False) -> str:
+    """A runnable snippet that loads the pipeline folder at ``location`` and samples with ``call_args``.
+
+    Args:
+        location (`str`): the Hub id or folder.
+        call_args (list of `str`): the call's arguments, as written.
+        low_res_size (`int`, *optional*): a super-resolution pipeline's input size: the snippet makes a low-resolution
+            input with the model's own channel count.
+        fast_recipe (`bool`): sample with the package's fast recipe (its scheduler swapped in, its step count).
+    """
+    from ..pipelines.recipes import FAST_RECIPE
+
     lines = [
         "import torch",
         "import guided_diffusers  # registers the pipeline classes with diffusers",
         "from diffusers import DiffusionPipeline",
+        *(["from guided_diffusers.pipelines.recipes import FAST_RECIPE"] if fast_recipe else []),
         "",
         f'pipe = DiffusionPipeline.from_pretrained("{location}")',
     ]
-    args = [*call_args, "generator=torch.Generator().manual_seed(0)"]
+    args = list(call_args)
+    if fast_recipe:
+        lines.append(f"steps = FAST_RECIPE.apply(pipe)  # {FAST_RECIPE.describe()}: swaps the scheduler, returns the step arguments")
+        args.append("**steps")
+    args.append("generator=torch.Generator().manual_seed(0)")
     if low_res_size is not None:
-        lines.append(f"low_res = torch.rand(1, 3, {low_res_size}, {low_res_size}) * 2 - 1  # your low-resolution images (NCHW in [-1, 1], or PIL)")
+        lines.append(f"low_res = torch.rand(1, pipe.unet.config.in_channels, {low_res_size}, {low_res_size}) * 2 - 1  "
+                     "# your low-resolution images (NCHW in [-1, 1], or PIL)")
         args.insert(0, "low_res")
     lines += [f"images = pipe({', '.join(args)}).images", 'images[0].save("sample.png")']
     return "\n".join(lines)
 
 
+def _samples_fewer_steps(respacing: str | None, num_train_timesteps: int | None) -> bool:
+    """Whether a recommended ``timestep_respacing`` skips steps (else the snippet samples with the fast recipe)."""
+    if not respacing:
+        return False
+    if num_train_timesteps is None:
+        return True
+    return len(space_timesteps(num_train_timesteps, respacing)) < num_train_timesteps
+
+
 def _usage(kind: str, repo_id: str, sampling: dict[str, Any], conditional: bool, has_classifier: bool,
-           num_classes: int | None, low_res_size: int | None) -> str:
+           num_classes: int | None, low_res_size: int | None, num_train_timesteps: int | None, released: bool) -> str:
     if kind == "classifier":
-        return "\n".join([*classifier_usage(
-            repo_id, "scheduler = GuidedDDPMScheduler(num_train_timesteps=1000)  # the linear 1000-step process ADM-G's classifiers were trained under"),
-            "# to guide an ADM diffusion model of the same size: ClassifierGuidedPipeline(unet=..., scheduler=..., classifier=classifier)",
-        ])
-    steps = sampling.get("timestep_respacing")
-    args = [f'timestep_respacing="{steps}"'] if steps else []
+        process = ("the linear 1000-step process ADM-G's classifiers were trained under" if released else
+                   "the process the classifier was trained under: ADM-G's was the linear 1000-step one; set yours")
+        return "\n".join([*classifier_usage(repo_id, f"scheduler = GuidedDDPMScheduler(num_train_timesteps=1000)  # {process}"),
+                          "# to guide an ADM diffusion model of the same size: ClassifierGuidedPipeline(unet=..., scheduler=..., classifier=classifier)"])
+    respacing = sampling.get("timestep_respacing")
+    fewer = _samples_fewer_steps(respacing, num_train_timesteps)
+    args = [f'timestep_respacing="{respacing}"'] if fewer else []
     labels = '["golden retriever", 207]' if num_classes == 1000 else "[0]"
     if kind == "super_res":
         if conditional:
             args.insert(0, f"class_labels={labels}")
-        return pipeline_usage(repo_id, args, low_res_size)
+        return pipeline_usage(repo_id, args, low_res_size, fast_recipe=not fewer)
     if conditional or has_classifier:
         args.insert(0, f"class_labels={labels}")
-    if has_classifier and sampling.get("classifier_scale"):
-        args.append(f"classifier_scale={sampling['classifier_scale']}")
+    if has_classifier:  # the folder's classifier guides only with a scale: the release's, else the originals' default
+        args.append(f"classifier_scale={sampling.get('classifier_scale') or 1.0}")
     if not (conditional or has_classifier):
         args.insert(0, "batch_size=4")
-    return pipeline_usage(repo_id, args)
+    return pipeline_usage(repo_id, args, fast_recipe=not fewer)
 
 
 def inpaint_usage(location: str, sampling: dict[str, Any]) -> str:
@@ -201,8 +279,8 @@ def inpaint_usage(location: str, sampling: dict[str, Any]) -> str:
         "from guided_diffusers import ADMInpaintPipeline",
         "",
         f'pipe = ADMInpaintPipeline.from_pipe(DiffusionPipeline.from_pretrained("{location}"))',
-        "size = pipe.unet.config.sample_size",
-        "image = torch.rand(1, 3, size, size) * 2 - 1  # your image (NCHW in [-1, 1], or PIL)",
+        "channels, size = pipe.unet.config.in_channels, pipe.unet.config.sample_size",
+        "image = torch.rand(1, channels, size, size) * 2 - 1  # your image (NCHW in [-1, 1], or PIL)",
         "mask = torch.zeros(size, size)  # white (1) marks the pixels to fill",
         "mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1",
         f"images = pipe(image, mask, {', '.join([*args, 'generator=torch.Generator().manual_seed(0)'])}).images",
@@ -210,7 +288,9 @@ def inpaint_usage(location: str, sampling: dict[str, Any]) -> str:
     ])
 
 
-def _sampling_note(sampling: dict[str, Any], user_sampling: dict[str, Any]) -> str:
+def _sampling_note(sampling: dict[str, Any], user_sampling: dict[str, Any], fast_in_snippet: bool) -> str:
+    from ..pipelines.recipes import fast_sampling_note
+
     parts = []
     if sampling:
         parts.append("Recommended sampling (from the original release): " + ", ".join(f"{k}={v}" for k, v in sampling.items()) + ".")
@@ -218,11 +298,18 @@ def _sampling_note(sampling: dict[str, Any], user_sampling: dict[str, Any]) -> s
         parts.append("Sampling settings given by the user at conversion (not from the original README): "
                      + ", ".join(f"{k}={v}" for k, v in user_sampling.items()) + ".")
     if not parts:
-        parts.append("No recommended sampling is known for these flags: the scheduler samples all training steps unless "
-                     "`timestep_respacing` or `num_inference_steps` is passed.")
-    from ..pipelines.recipes import fast_sampling_note
-
+        parts.append("No recommended sampling is known for this checkpoint: the scheduler alone samples all training steps "
+                     "unless `timestep_respacing` or `num_inference_steps` is passed.")
+    if fast_in_snippet:
+        parts.append("The snippet above samples with the package's fast recipe instead of every step.")
     return " ".join(parts) + "\n\n" + fast_sampling_note()
+
+
+def _user_license_note(license: str) -> str:
+    if license != DEFAULT_LICENSE:
+        return f"`{license}`, as stated with `--license` by whoever converted the user checkpoint."
+    return ("Not stated (`unknown`): converted from a user checkpoint without `--license`; the weights' terms are their "
+            "trainer's to give (and depend on the training data's).")
 
 
 def render_model_card(
@@ -240,16 +327,31 @@ def render_model_card(
     user_sampling: dict[str, Any] | None = None,
     num_classes: int | None = None,
     low_res_size: int | None = None,
+    num_train_timesteps: int | None = None,
+    classifier_source: str | Preset | None = None,
+    license: str | None = None,
 ) -> ModelCard:
-    """The README.md of a converted folder: metadata, what the model is, results, usage, flags, use and limitations.
+    """The README.md of a converted folder: metadata, where the weights came from, usage, flags, use and limitations.
 
     Args:
+        preset: the release the checkpoint is (None: a user checkpoint converted with the user's flags or config).
         sampling: recommended sampling from the preset (the original README).
         user_sampling: sampling settings the user's flags gave (labelled as such in the card).
+        num_train_timesteps: T of the folder's scheduler (a recommended respacing of every step is not used by the
+            snippet, which samples with the fast recipe instead).
+        classifier_source: where a bundled classifier came from: its preset, or the file name of a user checkpoint.
+        license: the Hub license id given with ``--license`` (only for user checkpoints; default ``unknown``).
+
+    A folder holding any user checkpoint has the license ``license`` (default ``unknown``); one made of releases only
+    has the release's.
     """
     user_sampling = user_sampling or {}
     community = preset is not None and bool(preset.origin)
-    path = template(COMMUNITY_TEMPLATE if community else _TEMPLATE_FILES[family])
+    user_classifier = isinstance(classifier_source, str)
+    released = preset is not None and not user_classifier
+    check_user_license(license, preset if released else None)
+    license_id = (preset.license if community and preset.license else LICENSES[family]) if released else (license or DEFAULT_LICENSE)
+    path = template(USER_TEMPLATE if preset is None else COMMUNITY_TEMPLATE if community else _TEMPLATE_FILES[family])
     dataset = preset.dataset if preset else ""
     tags = ["diffusers", "guided-diffusers", "diffusion", "unconditional-image-generation" if not conditional else "class-conditional-image-generation"]
     if kind == "classifier":
@@ -258,7 +360,7 @@ def render_model_card(
         tags.append("super-resolution")
     card_data = ModelCardData(
         library_name="diffusers",
-        license=preset.license if community and preset.license else LICENSES[family],
+        license=license_id,
         tags=tags,
         pipeline_tag="image-classification" if kind == "classifier" else ("image-to-image" if kind == "super_res" else "unconditional-image-generation"),
         datasets=[HUB_DATASETS[dataset]] if dataset in HUB_DATASETS else None,
@@ -266,21 +368,39 @@ def render_model_card(
     merged = {**sampling, **user_sampling}
     if community and preset.usage == "inpaint" and kind == "diffusion":
         usage = inpaint_usage(repo_id, merged)
+        fast_in_snippet = False
     else:
-        usage = _usage(kind, repo_id, merged, conditional, has_classifier, num_classes, low_res_size)
+        usage = _usage(kind, repo_id, merged, conditional, has_classifier, num_classes, low_res_size, num_train_timesteps, released)
+        fast_in_snippet = kind != "classifier" and "FAST_RECIPE" in usage
+    what = {"classifier": "noisy classifier", "super_res": "super-resolution diffusion model"}.get(kind, "diffusion model")
+    parts_note = ""
+    if isinstance(classifier_source, Preset):
+        parts_note = f"The classifier in this folder is the release `{classifier_source.name}` of {_FAMILY_LINKS[classifier_source.family]}."
+    elif user_classifier:
+        parts_note = (f"The classifier in this folder was converted from a user checkpoint (`{Path(classifier_source).name}`) with the "
+                      "flags below, not from a release.")
+    if released:
+        license_note = preset.license_note if community else _LICENSE_NOTES[family]
+    elif preset is not None:  # a release with a user's classifier
+        license_note = f"{_LICENSE_NOTES[family]} The classifier is a user checkpoint, so the folder's license is: {_user_license_note(license_id)}"
+    else:
+        license_note = _user_license_note(license_id)
     return ModelCard.from_template(
         card_data,
         template_path=str(path),
         model_name=preset.name if preset else Path(checkpoint_name).stem,
-        description=preset.description if preset else f"A {family} model converted from `{checkpoint_name}` with user-given flags.",
+        description=preset.description if preset else f"A {'' if kind == 'classifier' else 'class-conditional ' if conditional else 'unconditional '}{what}.",
         paper=preset.paper if preset else f"the {family} paper",
+        family_link=_FAMILY_LINKS[family],
         checkpoint_name=checkpoint_name,
+        parts_note=parts_note,
+        install=install_lines(),
         results_table=_markdown_table(preset.results if preset else ()),
         usage=usage,
-        sampling_note="" if kind == "classifier" else _sampling_note(sampling, user_sampling),
+        sampling_note="" if kind == "classifier" else _sampling_note(sampling, user_sampling, fast_in_snippet),
         flags=flags,
         verification=verification,
-        license_note=preset.license_note if community else _LICENSE_NOTES[family],
+        license_note=license_note,
         citation=citation_block((*preset.citations, "adm") if community else _FAMILY_CITATIONS[family]),
         origin=preset.origin if community else "",
         recommended_use=preset.recommended_use if community else "",

@@ -30,6 +30,15 @@ _DDPM_RESNET = {
 }
 
 
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's keys or shapes do not fit the model: the message lists them, ``summary`` counts them in a few
+    words (for a preset's one-line refusal, where the fix is other flags, not a key)."""
+
+    def __init__(self, message: str, summary: str):
+        super().__init__(message)
+        self.summary = summary
+
+
 def _squeezed(shape: torch.Size) -> tuple[int, ...]:
     return tuple(s for s in shape if s != 1)
 
@@ -113,15 +122,13 @@ class StateDictMapper:
     def finish(self, model: nn.Module, what: str) -> None:
         missing = [f"{k} (from {self.wanted[k]})" if k in self.wanted else k for k in self.target if k not in self.converted]
         unexpected = sorted(set(self.original) - self.used)
-        problems = []
-        if missing:
-            problems.append(f"missing keys: {_preview(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys: {_preview(unexpected)}")
-        if self.mismatched:
-            problems.append(f"shape mismatches: {_preview(self.mismatched)}")
-        if problems:
-            raise ValueError(f"the checkpoint does not fit {what}: " + "; ".join(problems))
+        found = [(name, items) for name, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                                     ("shape mismatches", self.mismatched)) if items]
+        if found:
+            raise CheckpointMismatchError(
+                f"the checkpoint does not fit {what}: " + "; ".join(f"{name}: {_preview(items)}" for name, items in found),
+                summary=", ".join(f"{len(items)} {name}" for name, items in found),
+            )
         model.load_state_dict({k: v.to(self.target[k].dtype) for k, v in self.converted.items()}, strict=True)
 
 

@@ -24,8 +24,9 @@ from .originals import (
     ddpm_unet_config,
     load_original_state_dict,
 )
-from .model_card import render_model_card
+from .model_card import check_user_license, render_model_card
 from .presets import DDPM, GUIDED, Preset, get_preset, preset_from_path
+from .state_dict import CheckpointMismatchError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SCHEDULER_FLAGS = ("learn_sigma", "sigma_small", "noise_schedule", "predict_xstart", "timestep_respacing")
@@ -95,12 +96,15 @@ def convert_adm(
     dtype: str = "float32",
     overwrite: bool = False,
     push_to_hub: str | None = None,
+    license: str | None = None,
 ) -> Path:
     """convert_guided_diffusion.py: a guided-diffusion / improved-diffusion checkpoint (and/or classifier) to a folder.
 
     ``checkpoint`` may be None when only a classifier is converted; the folder is then the classifier's model folder.
     A classifier given as ``checkpoint`` (its preset names a classifier, or only classifier flags or config are given)
     is converted as one. Every input is checked, and the output's temporary folder made, before a checkpoint is read.
+    ``license`` (``--license``): the card's Hub license id for a user checkpoint (converted with flags or a config;
+    default ``unknown``); refused when every file is a release, whose license is known.
     """
     output = check_output(output, overwrite, (checkpoint, classifier))
     torch_dtype = check_dtype(dtype)
@@ -138,6 +142,9 @@ def convert_adm(
     if classifier_config is not None:
         adm_classifier_config(classifier_config)
     flags_used = (clf_preset.flags if clf_preset else classifier_flags) if classifier is not None else None
+    released = (checkpoint is None or unet_preset is not None) and (classifier is None or clf_preset is not None)
+    check_user_license(license, (unet_preset or clf_preset) if released else None)
+    classifier_source = (clf_preset or Path(classifier).name) if classifier is not None else None
 
     def build() -> Any:
         classifier_model = None
@@ -146,13 +153,15 @@ def convert_adm(
             classifier_flag_text = flags_used or json.dumps(classifier_config)
             classifier_model = _with_context(
                 clf_preset, lambda: convert_classifier_checkpoint(
-                    load_original_state_dict(classifier), flags=flags_used, constructor_kwargs=classifier_config)
+                    load_original_state_dict(classifier), flags=flags_used, constructor_kwargs=classifier_config),
+                "--classifier_flags or --classifier_config",
             ).to(torch_dtype)
 
         if checkpoint is None:  # a classifier alone: the classifier's model folder
             def write_classifier(folder: Path) -> None:
                 classifier_model.save_pretrained(folder, safe_serialization=True)
-                _card(clf_preset, GUIDED, "classifier", classifier_flag_text, push_to_hub or str(output), classifier, False, True, {}, {}).save(folder / "README.md")
+                _card(clf_preset, GUIDED, "classifier", classifier_flag_text, push_to_hub or str(output), classifier, False, True, {}, {},
+                      license=license).save(folder / "README.md")
 
             return write_classifier
 
@@ -161,7 +170,7 @@ def convert_adm(
         if model_config is not None:
             flags = parse_flags(diffusion_flags, source)
             unet_kwargs = model_config
-            flags["learn_sigma"] = model_config.get("out_channels", 3) == 6 or flags["learn_sigma"]
+            flags["learn_sigma"] = model_config.get("out_channels", 3) == 2 * model_config.get("in_channels", 3) or flags["learn_sigma"]
             flag_text = json.dumps(model_config) + (f"\n{diffusion_flags}" if diffusion_flags else "")
         else:  # the model's and the process's flags, read once (the originals' scripts read them as one command line)
             flags = parse_flags(flag_text, source)
@@ -199,7 +208,8 @@ def convert_adm(
         def write_pipeline(folder: Path) -> None:
             pipeline.save_pretrained(folder, safe_serialization=True)
             _card(unet_preset, source, "super_res" if super_res else "diffusion", card_flags, push_to_hub or str(output), checkpoint,
-                  bool(unet.config.num_classes), classifier_model is not None, preset_sampling, user_sampling, pipeline).save(folder / "README.md")
+                  bool(unet.config.num_classes), classifier_model is not None, preset_sampling, user_sampling, pipeline,
+                  classifier_source=classifier_source, license=license).save(folder / "README.md")
 
         return write_pipeline
 
@@ -216,8 +226,13 @@ def convert_ddpm(
     dtype: str = "float32",
     overwrite: bool = False,
     push_to_hub: str | None = None,
+    license: str | None = None,
 ) -> Path:
-    """convert_ddpm.py: a DDPM (cifar10 / LSUN) checkpoint to a ClassifierGuidedPipeline folder over a UNet2DModel."""
+    """convert_ddpm.py: a DDPM (cifar10 / LSUN) checkpoint to a ClassifierGuidedPipeline folder over a UNet2DModel.
+
+    ``license`` (``--license``): the card's Hub license id for a checkpoint converted with ``model_config`` (default
+    ``unknown``); refused with a preset, whose release states its license.
+    """
     output = check_output(output, overwrite, (checkpoint,))
     torch_dtype = check_dtype(dtype)
     if preset is not None and model_config is not None:
@@ -227,11 +242,13 @@ def convert_ddpm(
     chosen = get_preset(preset, "ddpm") if preset else (None if model_config else preset_from_path(checkpoint, "ddpm"))
     if chosen is None and model_config is None:
         raise ValueError(f"could not pick a preset from the file name {str(checkpoint)!r}; pass --preset or --model_config")
+    check_user_license(license, chosen)
     kwargs = model_config if model_config is not None else chosen.constructor_kwargs
     ddpm_unet_config(kwargs)  # missing or unknown keys: one line before the checkpoint is read
 
     def build() -> Any:
-        unet = _with_context(chosen, lambda: convert_ddpm_checkpoint(load_original_state_dict(checkpoint), constructor_kwargs=kwargs)).to(torch_dtype)
+        unet = _with_context(chosen, lambda: convert_ddpm_checkpoint(load_original_state_dict(checkpoint), constructor_kwargs=kwargs),
+                             "--model_config").to(torch_dtype)
         scheduler_settings = dict(chosen.scheduler) if chosen else dict(num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_large")
         sampling = dict(chosen.sampling) if chosen else {}
         scheduler = GuidedDDPMScheduler(**scheduler_settings, timestep_respacing=sampling.get("timestep_respacing"))
@@ -239,7 +256,8 @@ def convert_ddpm(
 
         def write(folder: Path) -> None:
             pipeline.save_pretrained(folder, safe_serialization=True)
-            _card(chosen, DDPM, "diffusion", json.dumps(kwargs, default=list), push_to_hub or str(output), checkpoint, False, False, sampling, {}, pipeline).save(folder / "README.md")
+            _card(chosen, DDPM, "diffusion", json.dumps(kwargs, default=list), push_to_hub or str(output),
+                  checkpoint, False, False, sampling, {}, pipeline, license=license).save(folder / "README.md")
 
         return write
 
@@ -279,24 +297,35 @@ def _pick_preset(path: Any, name: str | None, flags: str | None, config: dict | 
     return found
 
 
-def _with_context(preset: Preset | None, build: Any) -> Any:
+def _with_context(preset: Preset | None, build: Any, instead: str = "--model_flags (and --diffusion_flags) or --model_config") -> Any:
+    """``build()``; a failure under a preset names it, and a checkpoint that does not fit it is one short line saying to
+    pass the checkpoint's own flags (``instead``) rather than listing every key."""
     try:
         return build()
+    except CheckpointMismatchError as error:
+        if preset is None:
+            raise
+        raise ValueError(f"preset {preset.name!r} does not fit the file ({error.summary}): the file is not that release; "
+                         f"pass its own flags with {instead} instead of a preset") from error
     except ValueError as error:
         if preset is None:
             raise
         raise ValueError(f"preset {preset.name!r} does not fit the file: {error}") from error
 
 
-def _card(preset, family, kind, flags, repo_id, checkpoint, conditional, has_classifier, sampling, user_sampling, pipeline=None):
-    num_classes = low_res_size = None
+def _card(preset, family, kind, flags, repo_id, checkpoint, conditional, has_classifier, sampling, user_sampling, pipeline=None,
+          classifier_source=None, license=None):
+    num_classes = low_res_size = num_train_timesteps = None
     if pipeline is not None:
         num_classes = pipeline.unet.config.get("num_classes") or (pipeline.classifier.config.num_classes if getattr(pipeline, "classifier", None) else None)
         low_res_size = pipeline.config.get("low_res_size") if kind == "super_res" else None
+        num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
     return render_model_card(
         preset, family=family, kind=kind, flags=flags, repo_id=repo_id, checkpoint_name=Path(checkpoint).name,
         conditional=conditional, has_classifier=has_classifier, sampling=sampling, user_sampling=user_sampling,
         verification=_verification(kind), num_classes=num_classes, low_res_size=low_res_size,
+        num_train_timesteps=num_train_timesteps, classifier_source=classifier_source if kind != "classifier" else None,
+        license=license,
     )
 
 

@@ -6,6 +6,7 @@ class balance, and the time of each phase.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -248,8 +249,22 @@ def report(rows: list[Row], judge: DigitsJudge, floor: float, times: dict[str, f
     return "\n".join(lines)
 
 
+def check_demo_extra() -> None:
+    """The quick start's digits and judge are scikit-learn's (the ``[demo]`` extra): refused in one line, before any work."""
+    if importlib.util.find_spec("sklearn") is None:
+        raise ModuleNotFoundError(
+            "expected scikit-learn installed for the quick start (its digits and its judge), got it missing: install the "
+            "[demo] extra (pip install \"./guided-diffusers[demo]\" from a checkout) or pip install scikit-learn"
+        )
+
+
 def run_quickstart(settings: QuickstartSettings) -> str:
-    """Train (or reuse), evaluate, report. Returns the report; its last line is the quickstart line."""
+    """Train (or reuse), evaluate, report. Returns the report; its last line is the quickstart line.
+
+    Raises:
+        ModuleNotFoundError: scikit-learn (the ``[demo]`` extra) is missing; nothing is written.
+    """
+    check_demo_extra()
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     if settings.retrain or not (settings.pipeline_dir / "model_index.json").is_file():

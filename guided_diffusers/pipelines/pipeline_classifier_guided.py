@@ -9,6 +9,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 
 from ..models import ADMClassifier, ADMUNet2DModel
+from .hub import PipelineHubMixin
 from .labels import ClassLabels, ClassNames, class_names, normalize_id2label
 from .sampling import (
     CallStateMixin,
@@ -29,7 +30,7 @@ from .sampling import (
 )
 
 
-class GuidedComponentsMixin(CallStateMixin):
+class GuidedComponentsMixin(PipelineHubMixin, CallStateMixin):
     """The components of the guided ADM pipelines (sampling, inpainting, img2img) and what they say about classes.
 
     Args:

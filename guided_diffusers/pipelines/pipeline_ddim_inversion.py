@@ -10,6 +10,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from ..schedulers import GuidedDDIMScheduler
+from .hub import PipelineHubMixin
 from .labels import ClassLabels, normalize_id2label, resolve_class_labels
 from .sampling import (
     CallStateMixin,
@@ -40,7 +41,7 @@ class DDIMInversionPipelineOutput(BaseOutput):
     reconstruction_error: torch.Tensor
 
 
-class DDIMInversionPipeline(CallStateMixin, DiffusionPipeline):
+class DDIMInversionPipeline(PipelineHubMixin, CallStateMixin, DiffusionPipeline):
     r"""
     DDIM inversion (the reverse ODE of guided-diffusion's ``ddim_reverse_sample_loop``): images to their latents x_T,
     and eta-0 DDIM sampling back, optionally under other class labels or classifier guidance, which edits the image.

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
+from .hub import PipelineHubMixin
 from .labels import ClassLabels, normalize_id2label, resolve_class_labels
 from .sampling import (
     CallStateMixin,
@@ -26,7 +27,7 @@ from .sampling import (
 )
 
 
-class ADMUpsamplingPipeline(CallStateMixin, DiffusionPipeline):
+class ADMUpsamplingPipeline(PipelineHubMixin, CallStateMixin, DiffusionPipeline):
     r"""
     Low-resolution images (plus class labels for class-conditional upsamplers) to high-resolution samples with an
     [`ADMSuperResUNet2DModel`] (ADM-U). Chains after [`ClassifierGuidedPipeline`] for the 64->256 and 128->512 cascades.

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
-from diffusers.utils import logging
+from diffusers.utils import is_scipy_available, logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..checks import check_scale, check_whole_number
@@ -130,7 +130,7 @@ def adopt_timestep_rescaling(scheduler: Any, *networks: Any) -> None:
         if network is not None and "timestep_scale" in network.config and network.config.timestep_scale == 1.0:
             network.register_to_config(timestep_scale=scale)
     if isinstance(scheduler, GuidedSchedulerMixin):
-        scheduler.register_to_config(rescale_timesteps=None)
+        scheduler._internal_dict = type(scheduler.config)({k: v for k, v in scheduler.config.items() if k != "rescale_timesteps"})
     logger.warning(
         f"scheduler config key rescale_timesteps moved to the networks' timestep_scale ({scale:g}); "
         "save the pipeline again to keep it there"
@@ -196,6 +196,8 @@ def step_arguments(
     other clipping is refused (make it with [`stock_clip_settings`], as the sampling recipes do).
     """
     name = type(scheduler).__name__
+    if name == "LMSDiscreteScheduler" and not is_scipy_available():  # its step integrates with scipy
+        raise ValueError("expected scipy installed for LMSDiscreteScheduler, got it missing: pip install scipy (or the [lms] extra)")
     accepted = inspect.signature(scheduler.step).parameters
     if eta and "eta" not in accepted:
         raise ValueError(f"expected eta=0 with {name} (eta is DDIM's), got {eta}")

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers.configuration_utils import FrozenDict
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..checks import check_whole_number
@@ -34,6 +35,9 @@ COMPATIBLE_SCHEDULERS = [
     "KDPM2AncestralDiscreteScheduler",
     "PNDMScheduler",
 ]
+#: Config keys of ours that no diffusers scheduler has: the originals' respacing, and an old folder's timestep rescaling
+#: (moved to the networks by the pipelines).
+OWN_KEYS = ("timestep_respacing", "rescale_timesteps")
 #: diffusers' ways of laying ``N`` steps over the T trained ones (``set_timesteps(N)`` with an int N).
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
@@ -78,7 +82,7 @@ class GuidedSchedulerMixin:
         #: The full process's float64 betas and alphas_cumprod.
         self.betas = self.diffusion.betas
         self.alphas_cumprod = self.diffusion.alphas_cumprod
-        self.set_timesteps(config.timestep_respacing)
+        self.set_timesteps(config.get("timestep_respacing"))
 
     def _store_in_diffusers_terms(self) -> None:
         """Rewrite the config so that every key means what it means in diffusers, once, at construction.
@@ -102,6 +106,11 @@ class GuidedSchedulerMixin:
         process_keys = {"num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "trained_betas", *updates}
         defaults = [name for name in config.get("_use_default_values", []) if name not in process_keys]
         self.register_to_config(**updates, _use_default_values=defaults)
+        # Our own keys, unset, are left out of the config: diffusers carries a config's unknown keys into every stock
+        # scheduler made from it and names them in a warning at the next swap.
+        unset = {name for name in OWN_KEYS if self.config.get(name) is None}
+        if unset:
+            self._internal_dict = FrozenDict({k: v for k, v in self._internal_dict.items() if k not in unset})
 
     # -- timesteps --------------------------------------------------------------------------------------------------
 
@@ -126,7 +135,7 @@ class GuidedSchedulerMixin:
         """
         num_train_timesteps = self.config.num_train_timesteps
         if num_inference_steps is None and timesteps is None:
-            num_inference_steps = self.config.timestep_respacing
+            num_inference_steps = self.config.get("timestep_respacing")
         if timesteps is not None:
             if num_inference_steps is not None:
                 raise ValueError("pass either num_inference_steps or timesteps, got both")

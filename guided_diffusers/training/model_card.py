@@ -2,42 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from ..conversion.model_card import citation_block, classifier_usage, pipeline_usage, template
+from ..conversion.model_card import (
+    DEFAULT_LICENSE,
+    HUB_LICENSES,
+    check_license,
+    citation_block,
+    classifier_usage,
+    install_lines,
+    pipeline_usage,
+    template,
+)
 from ..pipelines.recipes import fast_sampling_note
 
 __all__ = ["DEFAULT_LICENSE", "HUB_LICENSES", "check_license", "render_trained_model_card"]
 
-# What a trained model's card says when --license is not given: the weights' terms are the trainer's to choose (and
-# depend on the data), so the card claims none.
-DEFAULT_LICENSE = "unknown"
-# The license identifiers the Hub accepts in a card's metadata (its documented list); "other" needs a name and a link,
-# which the card does not carry, so it is not offered.
-HUB_LICENSES = frozenset("""
-apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
-afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5
-cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0
-cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive-1.0
-cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl
-lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr mpl-2.0 odc-by odbl openrail++
-osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr deepfloyd-if-license fair-noncommercial-research-license
-llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 gemma unknown
-""".split())
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def check_license(value: str) -> str:
-    """``--license``: a license identifier of the Hub (``mit``, ``apache-2.0``, ``cc-by-4.0``, ... or ``unknown``)."""
-    if value not in HUB_LICENSES:
-        raise ValueError(f"expected --license to be a Hub license identifier such as mit, apache-2.0, cc-by-nc-4.0 or unknown, got {value!r}")
-    return value
 
 
 def _base_model(init: str | None) -> str | None:
@@ -45,6 +31,8 @@ def _base_model(init: str | None) -> str | None:
     if init and not Path(init).exists() and _REPO_ID.match(init):
         return init
     return None
+
+
 _SCRIPTS = {"diffusion": "guided-diffusers-train-diffusion", "super_res": "guided-diffusers-train-super-res",
             "classifier": "guided-diffusers-train-classifier"}
 _DESCRIPTIONS = {
@@ -56,10 +44,8 @@ _DESCRIPTIONS = {
 }
 
 
-def _usage(kind: str, location: str, id2label: Mapping[int, str] | None, num_timesteps: int, conditional: bool,
-           low_res_size: int | None) -> str:
+def _usage(kind: str, location: str, id2label: Mapping[int, str] | None, conditional: bool, low_res_size: int | None) -> str:
     first_class = repr(next(iter(id2label.values()))) if id2label else "0"
-    steps = min(250, num_timesteps)
     if kind == "classifier":
         return "\n".join([
             *classifier_usage(location, f'scheduler = GuidedDDPMScheduler.from_pretrained("{location}")  # the noise process it was trained under'),
@@ -67,7 +53,7 @@ def _usage(kind: str, location: str, id2label: Mapping[int, str] | None, num_tim
             "# ClassifierGuidedPipeline(unet=..., scheduler=scheduler, classifier=classifier)(class_labels=[...], classifier_scale=1.0)",
         ])
     args = [f"class_labels=[{first_class}]"] if conditional else ([] if kind == "super_res" else ["batch_size=4"])
-    return pipeline_usage(location, [*args, f"num_inference_steps={steps}"], low_res_size if kind == "super_res" else None)
+    return pipeline_usage(location, args, low_res_size if kind == "super_res" else None, fast_recipe=True)
 
 
 def _classes_line(id2label: Mapping[int, str] | None) -> str:
@@ -118,7 +104,7 @@ def render_trained_model_card(
         hub_dataset_id (`str`, *optional*): the Hub dataset, for the card's metadata.
         id2label (mapping, *optional*): the class names.
         flags (mapping): the originals' flags the model and process were built from.
-        num_timesteps (`int`): T of the process.
+        num_timesteps (`int`): T of the process (the snippet samples with the fast recipe instead of all T steps).
         conditional (`bool`): a class-conditional diffusion model.
         low_res_size (`int`, *optional*): the super-resolution model's input size.
         noised (`bool`): the classifier trained on noised images.
@@ -167,8 +153,10 @@ def render_trained_model_card(
         model_name=model_name,
         description=description,
         script=_SCRIPTS[kind],
-        usage=_usage(kind, location, id2label, num_timesteps, conditional, low_res_size),
-        fast_sampling="" if kind == "classifier" else fast_sampling_note(),
+        usage=_usage(kind, location, id2label, conditional, low_res_size),
+        install=install_lines(),
+        fast_sampling="" if kind == "classifier" else (f"The snippet samples with the package's fast recipe instead of all {num_timesteps} "
+                                                       "training steps. " + fast_sampling_note()),
         origin=(f"Fine-tuned from `{init}` (its model and noise process), with " if init else "Trained from scratch with "),
         license_note=(f"`{license}`, set with `--license`." if license != DEFAULT_LICENSE else
                       "Not stated (`unknown`): the trainer did not pass `--license`. The weights' terms also depend on the training data's."),
