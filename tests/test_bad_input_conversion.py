@@ -238,7 +238,7 @@ def _wrong_type(folder):
 FOLDER_CASES = [
     ("config value of the wrong type", _wrong_type, ValueError, "expected ADMUNet2DModel config 'model_channels' as int, got '32' (str)"),
     ("missing weights file", lambda f: (f / "unet" / "diffusion_pytorch_model.safetensors").unlink(), OSError,
-     "unet/diffusion_pytorch_model.safetensors' of ADMUNet2DModel, got none"),
+     "Error no file named diffusion_pytorch_model.safetensors found in directory"),
     ("missing classifier folder", lambda f: shutil.rmtree(f / "classifier"), OSError,
      "expected the classifier/ folder of ADMClassifier in"),
 ]

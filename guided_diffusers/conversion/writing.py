@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,32 @@ def _verification(kind: str) -> str:
     )
 
 
-def convert_adm(
+@dataclass(frozen=True)
+class AdmConversion:
+    """A checked guided-diffusion / improved-diffusion conversion: what is read, with which presets or flags, and
+    where the folder goes (made by [`check_adm_conversion`] before any checkpoint is read)."""
+
+    output: Path
+    dtype: torch.dtype
+    source: str
+    checkpoint: str | os.PathLike | None
+    unet_preset: Preset | None
+    model_flags: str | None
+    model_config: dict[str, Any] | None
+    diffusion_flags: str | None
+    classifier: str | os.PathLike | None
+    classifier_preset: Preset | None
+    classifier_flags: str | None
+    classifier_config: dict[str, Any] | None
+    license: str | None
+    push_to_hub: str | None
+
+    @property
+    def repo_id(self) -> str:
+        return self.push_to_hub or str(self.output)
+
+
+def check_adm_conversion(
     checkpoint: str | os.PathLike | None,
     output: str | os.PathLike,
     *,
@@ -97,15 +123,8 @@ def convert_adm(
     overwrite: bool = False,
     push_to_hub: str | None = None,
     license: str | None = None,
-) -> Path:
-    """convert_guided_diffusion.py: a guided-diffusion / improved-diffusion checkpoint (and/or classifier) to a folder.
-
-    ``checkpoint`` may be None when only a classifier is converted; the folder is then the classifier's model folder.
-    A classifier given as ``checkpoint`` (its preset names a classifier, or only classifier flags or config are given)
-    is converted as one. Every input is checked, and the output's temporary folder made, before a checkpoint is read.
-    ``license`` (``--license``): the card's Hub license id for a user checkpoint (converted with flags or a config;
-    default ``unknown``); refused when every file is a release, whose license is known.
-    """
+) -> AdmConversion:
+    """[`convert_adm`]'s arguments checked, each in one line, before any checkpoint is read; presets picked."""
     output = check_output(output, overwrite, (checkpoint, classifier))
     torch_dtype = check_dtype(dtype)
     if sum(x is not None for x in (preset, model_flags, model_config)) > 1:
@@ -141,80 +160,126 @@ def convert_adm(
         adm_unet_config(model_config)  # missing or unknown keys: one line before any checkpoint is read
     if classifier_config is not None:
         adm_classifier_config(classifier_config)
-    flags_used = (clf_preset.flags if clf_preset else classifier_flags) if classifier is not None else None
     released = (checkpoint is None or unet_preset is not None) and (classifier is None or clf_preset is not None)
     check_user_license(license, (unet_preset or clf_preset) if released else None)
-    classifier_source = (clf_preset or Path(classifier).name) if classifier is not None else None
+    return AdmConversion(
+        output, torch_dtype, source, checkpoint, unet_preset, model_flags, model_config, diffusion_flags, classifier,
+        clf_preset, (clf_preset.flags if clf_preset else classifier_flags) if classifier is not None else None,
+        classifier_config, license, push_to_hub,
+    )
+
+
+def _read_classifier(job: AdmConversion) -> tuple[Any, str]:
+    """The classifier model (in the asked dtype) and the flags it was read with, for the card."""
+    if job.classifier is None:
+        return None, ""
+    model = _with_context(
+        job.classifier_preset,
+        lambda: convert_classifier_checkpoint(
+            load_original_state_dict(job.classifier), flags=job.classifier_flags, constructor_kwargs=job.classifier_config),
+        "--classifier_flags or --classifier_config",
+    ).to(job.dtype)
+    return model, job.classifier_flags or json.dumps(job.classifier_config)
+
+
+def _read_unet(job: AdmConversion) -> tuple[Any, dict[str, Any], str]:
+    """The U-Net (in the asked dtype), the model and process flags read once, and their text for the card."""
+    model_only = job.unet_preset.flags if job.unet_preset else job.model_flags
+    flag_text = " ".join(x for x in (model_only, job.diffusion_flags) if x)
+    if job.model_config is not None:
+        config = job.model_config
+        flags = parse_flags(job.diffusion_flags, job.source)
+        flags["learn_sigma"] = config.get("out_channels", 3) == 2 * config.get("in_channels", 3) or flags["learn_sigma"]
+        flag_text = json.dumps(config) + (f"\n{job.diffusion_flags}" if job.diffusion_flags else "")
+        unet_kwargs = config
+    else:  # the model's and the process's flags, read once (the originals' scripts read them as one command line)
+        flags = parse_flags(flag_text, job.source)
+        unet_kwargs = _with_context(job.unet_preset, lambda: unet_kwargs_from_parsed(flags, job.source, is_super_res(model_only)))
+    unet = _with_context(
+        job.unet_preset if job.model_config is None else None,
+        lambda: convert_unet_checkpoint(_unet_state_dict(job.checkpoint), source=job.source, constructor_kwargs=unet_kwargs),
+    ).to(job.dtype)
+    return unet, flags, flag_text
+
+
+def _recommended_sampling(job: AdmConversion, flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(every recommended sampling setting, those the user's own flags gave): the preset's (the original README's),
+    overridden by a respacing in the user's flags."""
+    sampling = dict(job.unet_preset.sampling) if job.unet_preset else {}
+    user_sampling = {}
+    if given_flags(job.diffusion_flags).get("timestep_respacing") or (job.unet_preset is None and flags["timestep_respacing"]):
+        user_sampling["timestep_respacing"] = sampling["timestep_respacing"] = flags["timestep_respacing"]
+    return sampling, user_sampling
+
+
+def _adm_pipeline(job: AdmConversion, unet: Any, classifier: Any, flags: dict[str, Any], sampling: dict[str, Any]) -> Any:
+    """The pipeline of the converted networks: an upsampling one for a super-resolution model, else the guided one."""
+    # The networks own their timestep scale (the originals' --rescale_timesteps): the U-Net and its classifier alike.
+    for network in (unet, classifier):
+        if network is not None:
+            network.register_to_config(timestep_scale=timestep_scale_from_flags(flags))
+    scheduler = _scheduler_for(flags, sampling, flags["diffusion_steps"])
+    num_classes = unet.config.num_classes or (classifier.config.num_classes if classifier is not None else None)
+    id2label = imagenet_id2label() if num_classes == NUM_CLASSES else None
+    if _is_super_res(job):
+        small = given_flags(job.model_flags or (job.unet_preset.flags if job.unet_preset else None)).get("small_size")
+        small = small or (job.model_config or {}).get("small_size")
+        return ADMUpsamplingPipeline(unet=unet, scheduler=scheduler, low_res_size=int(small) if small else None, id2label=id2label)
+    return ClassifierGuidedPipeline(
+        unet=unet, scheduler=scheduler, classifier=classifier, id2label=id2label,
+        classifier_scale=sampling.get("classifier_scale") if classifier is not None else None,
+    )
+
+
+def _is_super_res(job: AdmConversion) -> bool:
+    if job.unet_preset:
+        return job.unet_preset.kind == "super_res"
+    return is_super_res(job.model_flags) or "large_size" in (job.model_config or {})
+
+
+def convert_adm(checkpoint: str | os.PathLike | None, output: str | os.PathLike, **options: Any) -> Path:
+    """convert_guided_diffusion.py: a guided-diffusion / improved-diffusion checkpoint (and/or classifier) to a folder.
+
+    ``checkpoint`` may be None when only a classifier is converted; the folder is then the classifier's model folder.
+    A classifier given as ``checkpoint`` (its preset names a classifier, or only classifier flags or config are given)
+    is converted as one. Every input is checked ([`check_adm_conversion`], which takes the options: ``source``,
+    ``preset``, ``model_flags``, ``model_config``, ``diffusion_flags``, ``classifier``, ``classifier_preset``,
+    ``classifier_flags``, ``classifier_config``, ``dtype``, ``overwrite``, ``push_to_hub``, ``license``), and the
+    output's temporary folder made, before a checkpoint is read. ``license`` (``--license``): the card's Hub license
+    id for a user checkpoint (converted with flags or a config; default ``unknown``); refused when every file is a
+    release, whose license is known.
+    """
+    job = check_adm_conversion(checkpoint, output, **options)
 
     def build() -> Any:
-        classifier_model = None
-        classifier_flag_text = ""
-        if classifier is not None:
-            classifier_flag_text = flags_used or json.dumps(classifier_config)
-            classifier_model = _with_context(
-                clf_preset, lambda: convert_classifier_checkpoint(
-                    load_original_state_dict(classifier), flags=flags_used, constructor_kwargs=classifier_config),
-                "--classifier_flags or --classifier_config",
-            ).to(torch_dtype)
-
-        if checkpoint is None:  # a classifier alone: the classifier's model folder
+        classifier, classifier_flag_text = _read_classifier(job)
+        if job.checkpoint is None:  # a classifier alone: the classifier's model folder
             def write_classifier(folder: Path) -> None:
-                classifier_model.save_pretrained(folder, safe_serialization=True)
-                _card(clf_preset, GUIDED, "classifier", classifier_flag_text, push_to_hub or str(output), classifier, False, True, {}, {},
-                      license=license).save(folder / "README.md")
+                classifier.save_pretrained(folder, safe_serialization=True)
+                _card(job.classifier_preset, GUIDED, "classifier", classifier_flag_text, job.repo_id, job.classifier, False,
+                      True, {}, {}, license=job.license).save(folder / "README.md")
 
             return write_classifier
-
-        model_only = unet_preset.flags if unet_preset else model_flags
-        flag_text = " ".join(x for x in (model_only, diffusion_flags) if x)
-        if model_config is not None:
-            flags = parse_flags(diffusion_flags, source)
-            unet_kwargs = model_config
-            flags["learn_sigma"] = model_config.get("out_channels", 3) == 2 * model_config.get("in_channels", 3) or flags["learn_sigma"]
-            flag_text = json.dumps(model_config) + (f"\n{diffusion_flags}" if diffusion_flags else "")
-        else:  # the model's and the process's flags, read once (the originals' scripts read them as one command line)
-            flags = parse_flags(flag_text, source)
-            unet_kwargs = _with_context(unet_preset, lambda: unet_kwargs_from_parsed(flags, source, is_super_res(model_only)))
-        unet = _with_context(
-            unet_preset if model_config is None else None,
-            lambda: convert_unet_checkpoint(_unet_state_dict(checkpoint), source=source, constructor_kwargs=unet_kwargs),
-        ).to(torch_dtype)
-        # The networks own their timestep scale (the originals' --rescale_timesteps): the U-Net and its classifier alike.
-        timestep_scale = timestep_scale_from_flags(flags)
-        for network in (unet, classifier_model):
-            if network is not None:
-                network.register_to_config(timestep_scale=timestep_scale)
-        # Where the recommended sampling comes from: the preset (the original README), else the user's flags.
-        sampling = dict(unet_preset.sampling) if unet_preset else {}
-        user_sampling = {}
-        if given_flags(diffusion_flags).get("timestep_respacing") or (unet_preset is None and flags["timestep_respacing"]):
-            user_sampling["timestep_respacing"] = flags["timestep_respacing"]
-            sampling["timestep_respacing"] = flags["timestep_respacing"]
-        scheduler = _scheduler_for(flags, sampling, flags["diffusion_steps"])
-        num_classes = unet.config.num_classes or (classifier_model.config.num_classes if classifier_model is not None else None)
-        id2label = imagenet_id2label() if num_classes == NUM_CLASSES else None
-        super_res = unet_preset.kind == "super_res" if unet_preset else (is_super_res(model_flags) or "large_size" in (model_config or {}))
-        if super_res:
-            small = given_flags(model_only).get("small_size") or (model_config or {}).get("small_size")
-            pipeline = ADMUpsamplingPipeline(unet=unet, scheduler=scheduler, low_res_size=int(small) if small else None, id2label=id2label)
-        else:
-            pipeline = ClassifierGuidedPipeline(
-                unet=unet, scheduler=scheduler, classifier=classifier_model, id2label=id2label,
-                classifier_scale=sampling.get("classifier_scale") if classifier_model is not None else None,
-            )
-        card_flags = flag_text + (f"\n\nclassifier: {classifier_flag_text}" if classifier_flag_text else "")
-        preset_sampling = {k: v for k, v in sampling.items() if k not in user_sampling}
+        unet, flags, flag_text = _read_unet(job)
+        sampling, user_sampling = _recommended_sampling(job, flags)
+        pipeline = _adm_pipeline(job, unet, classifier, flags, sampling)
+        card = _card(
+            job.unet_preset, job.source, "super_res" if _is_super_res(job) else "diffusion",
+            flag_text + (f"\n\nclassifier: {classifier_flag_text}" if classifier_flag_text else ""), job.repo_id,
+            job.checkpoint, bool(unet.config.num_classes), classifier is not None,
+            {k: v for k, v in sampling.items() if k not in user_sampling}, user_sampling, pipeline,
+            classifier_source=(job.classifier_preset or Path(job.classifier).name) if job.classifier is not None else None,
+            license=job.license,
+        )
 
         def write_pipeline(folder: Path) -> None:
             pipeline.save_pretrained(folder, safe_serialization=True)
-            _card(unet_preset, source, "super_res" if super_res else "diffusion", card_flags, push_to_hub or str(output), checkpoint,
-                  bool(unet.config.num_classes), classifier_model is not None, preset_sampling, user_sampling, pipeline,
-                  classifier_source=classifier_source, license=license).save(folder / "README.md")
+            card.save(folder / "README.md")
 
         return write_pipeline
 
-    _convert_into(output, build)
-    return _maybe_push(output, push_to_hub)
+    _convert_into(job.output, build)
+    return _maybe_push(job.output, job.push_to_hub)
 
 
 def convert_ddpm(
