@@ -77,6 +77,21 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _watched_processes(pid: int, stack_dir: str) -> list[int]:
+    """The running processes of the watched run started as ``pid``: those below it, and each Python process that
+    opened a stack file in ``stack_dir`` (one whose parent died, in a session of its own, is found only that way)."""
+    marker = f"WATCHDOG_STACK_DIR={stack_dir}".encode()
+    found = {pid, *_descendants(pid)}
+    for path in Path(stack_dir).glob("*.txt"):
+        try:
+            with open(f"/proc/{path.stem}/environ", "rb") as handle:  # the same pid, not a later process's
+                if marker in handle.read().split(b"\0"):
+                    found.add(int(path.stem))
+        except OSError:
+            continue
+    return sorted(other for other in found if _running(other))
+
+
 def _signal(pids: Sequence[int], signum: int) -> None:
     for pid in pids:
         try:
@@ -109,7 +124,7 @@ def run_with_watchdog(command: Sequence[str], *, env: dict[str, str], timeout: f
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            processes = [*_descendants(process.pid), process.pid]
+            processes = _watched_processes(process.pid, stack_dir)
             _signal(processes, signal.SIGABRT)
             try:
                 stdout, stderr = process.communicate(timeout=_STACK_DUMP_GRACE)
@@ -119,7 +134,8 @@ def run_with_watchdog(command: Sequence[str], *, env: dict[str, str], timeout: f
             deadline = time.monotonic() + _STACK_DUMP_GRACE
             while any(map(_running, processes)) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            _signal([pid for pid in processes if _running(pid)], signal.SIGKILL)
+            # Those still alive, and any started after the first look (found by their stack files), are killed.
+            _signal([pid for pid in {*processes, *_watched_processes(process.pid, stack_dir)} if _running(pid)], signal.SIGKILL)
             process.wait()
             files = sorted(Path(stack_dir).glob("*.txt"), key=lambda path: int(path.stem))
             stacks = {int(path.stem): path.read_text(errors="replace") for path in files if path.stat().st_size}

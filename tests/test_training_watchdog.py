@@ -9,36 +9,52 @@ import sys
 import pytest
 from launch import HungRun, run_with_watchdog
 
-# A parent that starts a child in a session of its own (as torchrun starts its workers), both stuck in a function.
+# A parent that starts a child in a session of its own (as torchrun starts its workers), both stuck in a function;
+# each marks in the folder sys.argv[1] when it is there.
 HUNG = """
 import subprocess, sys, time
 CHILD = '''
-import time
+import sys, time
 def child_waits_on_a_collective():
+    open(sys.argv[1] + "/child", "w").close()
     time.sleep(600)
 child_waits_on_a_collective()
 '''
 def parent_waits_on_its_child():
-    subprocess.Popen([sys.executable, "-c", CHILD], start_new_session=True)
+    subprocess.Popen([sys.executable, "-c", CHILD, sys.argv[1]], start_new_session=True)
+    open(sys.argv[1] + "/parent", "w").close()
     time.sleep(600)
 parent_waits_on_its_child()
 """
-# The run's limit: both processes must be stuck in their functions by then. Two bare interpreters started one after
-# the other took at most 0.7 s beside two busy processes on the 2-core machine; 8 s leaves a margin of 10.
-HUNG_AFTER = 8
+# The run's limit must come once both processes are in their functions: about 0.7 s after the start beside two busy
+# processes on the 2-core machine. Where a limit came first (a process had not marked), the run is repeated with the
+# next one, so a slow machine makes the test longer, not red; only a machine that cannot start two interpreters in
+# two minutes fails it.
+LIMITS = (4, 8, 16, 32, 64, 128)
+
+
+def _hung_run(tmp_path) -> HungRun:
+    """The watchdog's error for the first limit that found both processes in their functions."""
+    for limit in LIMITS:
+        ready = tmp_path / f"ready-after-{limit}"
+        ready.mkdir()
+        with pytest.raises(HungRun) as raised:
+            run_with_watchdog([sys.executable, "-c", HUNG, str(ready)], env=dict(os.environ), timeout=limit)
+        both_there = sorted(path.name for path in ready.iterdir()) == ["child", "parent"]
+        if both_there and "of its 2 processes" in str(raised.value):
+            return raised.value
+    pytest.fail(f"the hung run's two processes were not both in their functions within {LIMITS[-1]} s")
 
 
 def test_a_hung_run_fails_with_every_processs_stack(tmp_path):
-    with pytest.raises(HungRun) as raised:
-        run_with_watchdog([sys.executable, "-c", HUNG], env=dict(os.environ), timeout=HUNG_AFTER)
-    message = str(raised.value)
+    error = _hung_run(tmp_path)
+    message = str(error)
     assert message.startswith("timed out after ") and "of its 2 processes (faulthandler, a file each)" in message
     # Two stacks, one per process, each whole: the function each process is stuck in, and not the other's.
-    stacks = raised.value.stacks
-    assert len(stacks) == 2, message
-    stuck_in = sorted(("in parent_waits_on_its_child" in stack, "in child_waits_on_a_collective" in stack) for stack in stacks.values())
+    assert len(error.stacks) == 2, message
+    stuck_in = sorted(("in parent_waits_on_its_child" in stack, "in child_waits_on_a_collective" in stack) for stack in error.stacks.values())
     assert stuck_in == [(False, True), (True, False)], message
-    for pid, stack in stacks.items():
+    for pid, stack in error.stacks.items():
         assert stack.startswith("Fatal Python error: Aborted") and stack.count("Current thread") == 1, stack
         assert f"--- process {pid} ---\n{stack}" in message
 

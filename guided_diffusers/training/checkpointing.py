@@ -26,6 +26,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -394,7 +395,9 @@ def _torch_load(path: Path) -> Any:
         ValueError: one line naming the file and what it holds instead (never torch's advice to load it unsafely).
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle's protocol warning would come before the one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - every failure refuses the resume in one line
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         if found:
