@@ -2,7 +2,8 @@
 dataset, checked, preprocessed as the originals do, in a deterministic per-process order that a resumed run
 reproduces.
 
-- [`images_from_folder`]: every jpg/jpeg/png/gif/webp file under a folder (recursively), labelled by
+- [`images_from_folder`]: every jpg/jpeg/png/gif/webp file under a folder (recursively, each real folder once: see
+  [`list_image_files`] for folder links), labelled by
   [`folder_class_names`]: the originals' file-name prefix before the first underscore (``n01440764_10026.JPEG`` is
   class ``n01440764``, as guided-diffusion's ``load_data`` does) or the class subfolder (``dog/001.png``, the layout
   of ``imagefolder`` and diffusers' examples); classes numbered in sorted order.

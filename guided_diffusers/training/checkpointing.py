@@ -131,7 +131,7 @@ def check_checkpoint_folders(output_dir: str | os.PathLike) -> None:
         names = [name for _, name in foreign]
         raise ValueError(
             f"expected only checkpoints with {CHECKPOINT_STATE_FILE} in --output_dir {str(folder)!r}, got {names[:5]} without "
-            "one (another tool's, or its file list lost): it is neither resumed nor replaced; move it out of --output_dir"
+            "one (another tool's, or its file list lost), which a run neither resumes from nor replaces: move it out of --output_dir"
         )
 
 
