@@ -2,7 +2,8 @@
 dataset, checked, preprocessed as the originals do, in a deterministic per-process order that a resumed run
 reproduces.
 
-- [`images_from_folder`]: every jpg/jpeg/png/gif/webp file under a folder (recursively), labelled by
+- [`images_from_folder`]: every jpg/jpeg/png/gif/webp file under a folder (recursively, each real folder once: see
+  [`list_image_files`] for folder links), labelled by
   [`folder_class_names`]: the originals' file-name prefix before the first underscore (``n01440764_10026.JPEG`` is
   class ``n01440764``, as guided-diffusion's ``load_data`` does) or the class subfolder (``dog/001.png``, the layout
   of ``imagefolder`` and diffusers' examples); classes numbered in sorted order.
@@ -19,6 +20,7 @@ reproduces.
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +49,8 @@ __all__ = [
     "random_crop_array",
     "split_held_out",
 ]
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp")
 # Where an image folder's labels come from (--label_from); see folder_class_names.
@@ -103,15 +107,48 @@ class LabelledImages:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _within(path: str, folder: str) -> bool:
+    """Whether the real path ``path`` is ``folder`` or lies under it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def list_image_files(folder: str | os.PathLike) -> list[str]:
-    """Image files under ``folder`` (recursively, sorted by path), by extension as the originals list them."""
+    """Image files under ``folder`` (recursively, sorted by path), by extension as the originals list them.
+
+    Each real folder is read once, at its own place: a link to a folder inside ``folder`` or above it (a loop such as
+    ``cat/loop -> ..``, or a second name for a class folder) is not followed, since it would read the same images
+    again under another name and label; a link to a folder elsewhere is followed, unless that folder was read
+    already (a loop there, or a second link to it). The links not followed are named in one logged warning.
+    """
+    root = os.path.realpath(folder)
     found: list[str] = []
-    for entry in sorted(os.listdir(folder)):
-        path = os.path.join(folder, entry)
-        if os.path.isdir(path):
-            found.extend(list_image_files(path))
-        elif "." in entry and entry.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
-            found.append(path)
+    not_followed: list[str] = []
+    read: set[tuple[int, int]] = set()  # (device, inode) of each folder read
+
+    def visit(directory: str) -> None:
+        status = os.stat(directory)
+        read.add((status.st_dev, status.st_ino))
+        for entry in sorted(os.listdir(directory)):
+            path = os.path.join(directory, entry)
+            if os.path.isdir(path):
+                target = os.path.realpath(path)
+                status = os.stat(path)
+                loop = os.path.islink(path) and (_within(target, root) or _within(root, target))
+                if loop or (status.st_dev, status.st_ino) in read:
+                    not_followed.append(path)
+                else:
+                    visit(path)
+            elif "." in entry and entry.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
+                found.append(path)
+
+    visit(os.fspath(folder))
+    if not_followed:
+        example = not_followed[0]
+        logger.warning(
+            f"not following {len(not_followed)} folder link(s) under {os.fspath(folder)!r} that lead to a folder read "
+            f"already, inside it or above it, e.g. {os.path.relpath(example, folder)!r} -> {os.path.realpath(example)!r}: each "
+            "image is read once, at its own place"
+        )
     return found
 
 

@@ -63,6 +63,20 @@ def normal_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def normalize_file_modes(folder: Path) -> None:
+    """Give every file under ``folder`` the permissions ``open()`` gives a new file under the umask (bits it has
+    beyond those, an executable bit, are kept). Call it on a written folder before it is moved into place:
+    safetensors writes its files 0600 whatever the umask, so models and checkpoints were readable by their owner
+    alone.
+    """
+    mode = normal_file_mode()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, os.stat(path).st_mode & 0o7777 | mode)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -150,8 +164,9 @@ def recover_directory(target: Path) -> None:
 
 
 def write_folder_atomically(output: Path, write: Callable[[Path], Any], temp: Path | None = None) -> Path:
-    """Call ``write(temp)``, then move the result to ``output``: ``output`` is never half-written, and a failure
-    removes the temporary folder (a kill leaves it for [`remove_stale_temp_folders`]).
+    """Call ``write(temp)``, then move the result to ``output``: ``output`` is never half-written, its files have the
+    umask's permissions ([`normalize_file_modes`]), and a failure removes the temporary folder (a kill leaves it for
+    [`remove_stale_temp_folders`]).
 
     Args:
         output: the folder to create or replace.
@@ -162,6 +177,7 @@ def write_folder_atomically(output: Path, write: Callable[[Path], Any], temp: Pa
     temp = temp if temp is not None else make_temp_folder(output)
     try:
         write(temp)
+        normalize_file_modes(temp)
         replace_directory(temp, output)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)

@@ -20,7 +20,8 @@ def _free_port() -> int:
 
 
 def _get(port: int, host_header: str) -> tuple[int, str]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    # A guard against a server that never answers, not a budget: a loopback GET takes well under a second.
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
         connection.putrequest("GET", "/", skip_host=True)
         connection.putheader("Host", host_header)

@@ -220,3 +220,45 @@ def test_a_png_cut_short_after_a_valid_header_is_found_by_the_scan(tmp_path):
     images = images_from_folder(folder)
     problems = find_unreadable_images(images, range(len(images)))
     assert len(problems) == 1 and problems[0].startswith(str(folder / "cat_2.png"))
+
+
+# -- folder links --------------------------------------------------------------------------------------------------------
+
+
+def test_a_folder_link_back_into_the_tree_is_read_once_at_its_own_place(tmp_path, caplog):
+    folder = tmp_path / "data"
+    _folder(folder / "cat", ["1.png", "2.png"])
+    _folder(folder / "dog", ["3.png"])
+    (folder / "cat" / "loop").symlink_to("..")  # a loop: data/cat/loop/dog/3.png would be a dog labelled cat
+    with caplog.at_level("WARNING", logger="guided_diffusers.data"):
+        images = images_from_folder(folder)
+    assert _labels(images) == {"cat/1.png": "cat", "cat/2.png": "cat", "dog/3.png": "dog"}
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and "not following 1 folder link(s)" in warnings[0] and "'cat/loop'" in warnings[0]
+    assert "\n" not in warnings[0]
+    # Two loops (each would multiply the other's paths) and a second name for a class folder: still each image once.
+    (folder / "dog" / "up").symlink_to(folder)
+    (folder / "a_cat").symlink_to("cat")  # sorted before cat: followed, it would name cat's images a_cat
+    assert _labels(images_from_folder(folder)) == {"cat/1.png": "cat", "cat/2.png": "cat", "dog/3.png": "dog"}
+    assert _labels(images_from_folder(folder, label_from="filename")) == {"cat/1.png": "1.png", "cat/2.png": "2.png", "dog/3.png": "3.png"}
+
+
+def test_a_link_to_a_folder_elsewhere_is_followed_once(tmp_path):
+    elsewhere = _folder(tmp_path / "foxes", ["4.png"])
+    (elsewhere / "self").symlink_to(".")  # a loop outside the tree
+    folder = tmp_path / "data"
+    _folder(folder / "cat", ["1.png"])
+    (folder / "fox").symlink_to(elsewhere)  # how a dataset is often put together from folders kept elsewhere
+    assert _labels(images_from_folder(folder)) == {"cat/1.png": "cat", "fox/4.png": "fox"}
+    (elsewhere / "above").symlink_to(tmp_path)  # above the tree: it holds the tree itself
+    assert _labels(images_from_folder(folder)) == {"cat/1.png": "cat", "fox/4.png": "fox"}
+
+
+def test_the_reference_writer_reads_a_looping_folder_once(tmp_path):
+    from guided_diffusers.evaluation.image_data import open_evaluation_images
+
+    folder = _folder(tmp_path / "data", ["cat_1.png", "cat_2.png", "dog_3.png"])
+    (folder / "loop").symlink_to(".")
+    assert len(open_evaluation_images(folder, image_size=8)) == 3
+    (folder / "again").symlink_to(".")
+    assert len(open_evaluation_images(folder, image_size=8)) == 3

@@ -10,6 +10,7 @@ import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_training_scripts import TINY_UNET, _image_folder, _train_here
@@ -146,3 +147,94 @@ def test_resuming_with_another_architecture_or_without_ema_is_one_line(trained, 
     assert "of other shapes" in wider
     no_ema = _resume(data, output, "--use_ema", "False")
     assert "expected saved states ['progress', 'timestep_sampler']" in no_ema and "'ema'" in no_ema
+
+
+# -- files that are not weights-only tensor files, RNG states of another version ----------------------------------------
+
+
+@pytest.mark.parametrize("content", ["a plain pickle", "random bytes"])
+@pytest.mark.parametrize("name", ["optimizer.bin", "scheduler.bin"])
+def test_a_file_that_is_not_a_tensor_file_is_refused_with_our_reason(trained, tmp_path, name, content):
+    data, output = _copy(trained, tmp_path)
+    checkpoint = output / "checkpoint-2"
+    marker = tmp_path / "payload-ran"
+    if content == "a plain pickle":  # pickle's own protocol, not torch.save's archive
+        (checkpoint / name).write_bytes(pickle.dumps({"state": _Payload(marker)}))
+    else:
+        (checkpoint / name).write_bytes(np.random.default_rng(0).bytes(4096))
+    _rehash(checkpoint, name)
+    message = _resume(data, output)
+    assert f"expected a weights-only tensor file in {str(checkpoint / name)!r}" in message, message
+    assert "got a file that is not a torch.save archive" in message
+    assert "weights_only=False" not in message and "weights_only` set to `False`" not in message and "Re-running" not in message
+    assert not marker.exists()
+
+
+def test_a_torch_save_payload_is_refused_naming_what_it_calls(trained, tmp_path):
+    data, output = _copy(trained, tmp_path)
+    checkpoint = output / "checkpoint-2"
+    torch.save({"state": _Payload(tmp_path / "payload-ran")}, checkpoint / "optimizer.bin")
+    _rehash(checkpoint, "optimizer.bin")
+    message = _resume(data, output)
+    assert "optimizer.bin" in message and "got a pickle that calls io.open, which is code, not data" in message
+    assert "Re-running" not in message and not (tmp_path / "payload-ran").exists()
+
+
+@pytest.mark.parametrize(("part", "value"), [("python", 4), ("python", 1)])
+def test_an_rng_state_of_another_version_is_refused_naming_its_file(trained, tmp_path, part, value):
+    data, output = _copy(trained, tmp_path)
+    checkpoint = output / "checkpoint-2"
+    state = json.loads((checkpoint / "rng_state_0.json").read_text())
+    state[part]["version"] = value
+    (checkpoint / "rng_state_0.json").write_text(json.dumps(state))
+    _rehash(checkpoint, "rng_state_0.json")
+    message = _resume(data, output)
+    assert f"expected RNG states in {str(checkpoint / 'rng_state_0.json')!r}, got an unusable file" in message
+    assert f"state with version {value} passed to Random.setstate()" in message
+
+
+# -- checkpoint-N folders that are not ours ----------------------------------------------------------------------------
+
+
+def _diffusers_checkpoint(folder: Path) -> Path:
+    """A checkpoint folder as diffusers' example scripts write it (accelerate's save_state; no training_state.json)."""
+    folder.mkdir(parents=True)
+    for name in ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"):
+        (folder / name).write_bytes(b"theirs")
+    return folder
+
+
+@pytest.mark.parametrize("resume", ["latest", None])
+def test_a_checkpoint_folder_without_its_file_list_refuses_the_run(trained, tmp_path, resume):
+    data, output = _copy(trained, tmp_path)  # checkpoint-2, complete
+    theirs = _diffusers_checkpoint(output / "checkpoint-4")
+    argv = ["--train_data_dir", str(data), "--output_dir", str(output), *ARGV, "--max_train_steps", "4"]
+    with pytest.raises(SystemExit) as raised:
+        _train_here("diffusion", [*argv, *(["--resume_from_checkpoint", resume] if resume else [])])
+    message = str(raised.value)
+    assert message.startswith("error: expected only checkpoints with training_state.json in --output_dir") and "\n" not in message
+    assert "got ['checkpoint-4'] without one" in message
+    # Nothing ran: not resumed from checkpoint-2, nothing saved, the folder as it was.
+    assert sorted(entry.name for entry in output.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(entry.name for entry in theirs.iterdir()) == ["model.safetensors", "optimizer.bin", "random_states_0.pkl", "scheduler.bin"]
+    assert all(entry.read_bytes() == b"theirs" for entry in theirs.iterdir())
+
+
+def test_a_lone_checkpoint_folder_without_its_file_list_is_not_a_fresh_start(trained, tmp_path):
+    data, _ = trained
+    output = tmp_path / "out"
+    _diffusers_checkpoint(output / "checkpoint-1")
+    message = _resume(data, output)  # latest: no silent new run beside it
+    assert "got ['checkpoint-1'] without one" in message
+
+
+# -- permissions --------------------------------------------------------------------------------------------------------
+
+
+def test_every_file_the_run_wrote_has_the_umask_permissions(trained):
+    from guided_diffusers.publishing import normal_file_mode
+
+    _, output = trained
+    modes = {str(path.relative_to(output)): path.stat().st_mode & 0o777 for path in output.rglob("*") if path.is_file()}
+    assert "unet/diffusion_pytorch_model.safetensors" in modes and "checkpoint-2/model.safetensors" in modes
+    assert modes == dict.fromkeys(modes, normal_file_mode())

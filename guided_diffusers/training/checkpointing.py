@@ -5,8 +5,10 @@ A checkpoint ``checkpoint-N/`` holds accelerate's model, optimizer, LR-scheduler
 JSON (``rng_state_{i}.json``), our own training state (EMA averages, timestep-sampler history, the step counter) in
 ``trainer_state.json`` + ``trainer_state.safetensors``, and ``training_state.json``: a summary plus the SHA-256 of
 every other file. It is written into ``.checkpoint-N.partial`` and renamed to ``checkpoint-N`` only once complete,
-so ``checkpoint-N`` folders are always whole; a partial folder left by a killed run is never picked up and is
-removed by the next save.
+and a pruned one is renamed to ``.checkpoint-N.trash`` before it is deleted, so ``checkpoint-N`` folders are always
+whole; what a killed run leaves is never picked up and is removed by the next save. A ``checkpoint-N`` without
+``training_state.json`` (diffusers' example scripts write such folders; or its file list was lost) is not ours to
+resume, replace or delete: a run into that ``--output_dir`` is refused ([`check_checkpoint_folders`]).
 
 A resume reads nothing before the folder checks out: every file listed and none other (any other file, e.g. a
 ``custom_checkpoint_0.pkl``, refuses the resume), every hash matching, the model's parameter names and shapes equal
@@ -24,20 +26,24 @@ import os
 import random
 import re
 import shutil
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..publishing import replace_directory
+from ..publishing import normalize_file_modes, recover_directory, replace_directory
 
 __all__ = [
     "CHECKPOINT_STATE_FILE",
     "TrainingProgress",
+    "check_checkpoint_folders",
     "list_checkpoints",
     "load_checkpoint",
     "prune_checkpoints",
+    "remove_checkpoint_leftovers",
     "resolve_resume_checkpoint",
     "save_checkpoint",
 ]
@@ -46,7 +52,7 @@ CHECKPOINT_STATE_FILE = "training_state.json"
 _OWN_STATE_JSON = "trainer_state.json"
 _OWN_STATE_TENSORS = "trainer_state.safetensors"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-_LEFTOVER = re.compile(r"^\.checkpoint-\d+\.(partial|old)$")
+_LEFTOVER = re.compile(r"^\.(checkpoint-\d+)\.(partial|old|trash)$")
 # accelerate's files of a single-process or DDP run (read here with weights_only=True), and ours.
 _ACCELERATE_FILES = re.compile(r"^(model(_\d+)?\.safetensors|optimizer(_\d+)?\.bin|scheduler(_\d+)?\.bin|scaler\.pt)$")
 _RNG_FILE = re.compile(r"^rng_state_(\d+)\.json$")
@@ -109,6 +115,26 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def check_checkpoint_folders(output_dir: str | os.PathLike) -> None:
+    """Refuse an ``output_dir`` that holds a ``checkpoint-N`` other than a complete checkpoint of ours (one without
+    ``training_state.json``, as diffusers' example scripts write them, or whose file list was lost): ``latest`` would
+    pass it over for an older one or start over, and saving step N would replace it. Call it before a run starts.
+
+    Raises:
+        ValueError: one line naming the folders.
+    """
+    folder = Path(output_dir)
+    entries = folder.iterdir() if folder.is_dir() else ()
+    foreign = sorted((int(match.group(1)), entry.name) for entry in entries
+                     if (match := _CHECKPOINT.match(entry.name)) and not (entry / CHECKPOINT_STATE_FILE).is_file())
+    if foreign:
+        names = [name for _, name in foreign]
+        raise ValueError(
+            f"expected only checkpoints with {CHECKPOINT_STATE_FILE} in --output_dir {str(folder)!r}, got {names[:5]} without "
+            "one (another tool's, or its file list lost), which a run neither resumes from nor replaces: move it out of --output_dir"
+        )
+
+
 def resolve_resume_checkpoint(output_dir: str | os.PathLike, resume_from_checkpoint: str | None) -> Path | None:
     """The checkpoint folder to resume from: ``"latest"`` (None when there is none yet) or a folder path.
 
@@ -143,17 +169,35 @@ def _fsync_tree(folder: Path) -> None:
             os.close(descriptor)
 
 
-def prune_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) -> list[Path]:
-    """Delete the oldest complete checkpoints beyond ``total_limit``, and leftovers of interrupted saves."""
+def remove_checkpoint_leftovers(output_dir: str | os.PathLike) -> None:
+    """Remove what killed saves and prunes left in ``output_dir`` (``.checkpoint-N.partial``, ``.trash``); a
+    ``.checkpoint-N.old`` backup of a swap cut short is put back where ``checkpoint-N`` is missing."""
     folder = Path(output_dir)
-    removed = []
-    for entry in folder.iterdir() if folder.is_dir() else ():
-        if _LEFTOVER.match(entry.name):
+    for entry in list(folder.iterdir()) if folder.is_dir() else ():
+        match = _LEFTOVER.match(entry.name)
+        if match and match.group(2) == "old":
+            recover_directory(folder / match.group(1))
+        if match and entry.exists():
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _delete_checkpoint(path: Path) -> None:
+    """Delete a checkpoint folder so that a kill at any moment leaves it whole or gone: renamed out of the
+    ``checkpoint-N`` names in one step, then deleted (a kill during the deletion leaves a ``.trash`` folder, which
+    the next save removes)."""
+    trash = path.with_name(f".{path.name}.trash")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond ``total_limit``, and leftovers of interrupted saves and prunes."""
+    remove_checkpoint_leftovers(output_dir)
+    removed = []
     if total_limit is not None:
-        checkpoints = list_checkpoints(folder)
+        checkpoints = list_checkpoints(output_dir)
         for _, path in checkpoints[: max(0, len(checkpoints) - total_limit)]:
-            shutil.rmtree(path, ignore_errors=True)
+            _delete_checkpoint(path)
             removed.append(path)
     return removed
 
@@ -236,6 +280,11 @@ def _parse_rng_state(state: Any) -> dict[str, Any]:
         if len(state.get("cuda", ())) != len(current):
             raise ValueError(f"CUDA states of {len(state.get('cuda', ()))} devices, this process sees {len(current)}")
         parsed["cuda"] = [_byte_tensor(text, like) for text, like in zip(state["cuda"], current)]
+    # Set on throwaway generators first: a state of another version (Python's Random, NumPy's MT19937, torch's) is
+    # refused here, with the file named, not halfway through restoring the run.
+    random.Random().setstate(parsed["python"])
+    np.random.RandomState().set_state(parsed["numpy"])
+    torch.Generator().set_state(parsed["torch"])
     return parsed
 
 
@@ -287,10 +336,18 @@ def save_checkpoint(
 
     Returns:
         `Path`: the checkpoint folder.
+
+    Raises:
+        ValueError: ``checkpoint-{step}`` exists and is not a checkpoint of ours (it is never replaced).
     """
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     partial = output_dir / f".checkpoint-{step}.partial"
+    if final.exists() and not (final / CHECKPOINT_STATE_FILE).is_file():  # checked on every process: all stop
+        raise ValueError(
+            f"expected to save step {step} as {str(final)!r}, got a folder there without {CHECKPOINT_STATE_FILE} (not a "
+            "checkpoint of ours): it is left as it is; move it out of --output_dir and resume"
+        )
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -308,6 +365,7 @@ def save_checkpoint(
         skeleton = {name: _flatten(obj.state_dict(), name, tensors) for name, obj in (state_objects or {}).items()}
         save_file(tensors, str(partial / _OWN_STATE_TENSORS))
         _write_json(partial / _OWN_STATE_JSON, skeleton)
+        normalize_file_modes(partial)  # safetensors' files (ours and accelerate's model) are 0600 otherwise
         files = {entry.name: _sha256(entry) for entry in sorted(partial.iterdir())}
         _write_json(partial / CHECKPOINT_STATE_FILE, {"global_step": step, **(summary or {}), "files": files})
         _fsync_tree(partial)
@@ -331,13 +389,24 @@ def _read_json(path: Path) -> Any:
 
 
 def _torch_load(path: Path) -> Any:
-    """A ``.bin`` / ``.pt`` of tensors and plain containers, read with ``weights_only=True`` (no code runs)."""
+    """A ``.bin`` / ``.pt`` of tensors and plain containers, read with ``weights_only=True`` (no code runs).
+
+    Raises:
+        ValueError: one line naming the file and what it holds instead (never torch's advice to load it unsafely).
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle's protocol warning would come before the one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - every failure refuses the resume in one line
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        reason = f"it names {found.group(1)}, which is not data" if found else f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
-        raise ValueError(f"expected only tensors and plain values in {str(path)!r} (read with weights_only=True), got a file that cannot be read as such ({reason})") from error
+        if found:
+            got = f"a pickle that calls {found.group(1)}, which is code, not data"
+        elif not zipfile.is_zipfile(path):
+            got = "a file that is not a torch.save archive (random or truncated bytes, or a plain pickle)"
+        else:
+            got = f"a torch.save archive that holds more than tensors and plain values, or is damaged ({type(error).__name__})"
+        raise ValueError(f"expected a weights-only tensor file in {str(path)!r} (tensors and plain values; nothing in it is run), got {got}") from None
 
 
 def _model_mismatch(unwrapped: torch.nn.Module, path: Path) -> str | None:

@@ -32,7 +32,8 @@ from ..data import (
     images_from_dataset,
     images_from_folder,
 )
-from .checkpointing import TrainingProgress, list_checkpoints, load_checkpoint, resolve_resume_checkpoint, save_checkpoint
+from ..publishing import normalize_file_modes
+from .checkpointing import TrainingProgress, check_checkpoint_folders, list_checkpoints, load_checkpoint, resolve_resume_checkpoint, save_checkpoint
 from .ema import ExponentialMovingAverage, parse_ema_rates
 from .export import publish_folder, push_output_to_hub
 from .metrics import MetricsWriter, available_trackers, summarize_terms
@@ -323,6 +324,7 @@ class Trainer:
 
         args, task = self.args, self.task
         output_dir = Path(args.output_dir)
+        check_checkpoint_folders(output_dir)
         resume = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
         existing = list_checkpoints(output_dir)
         if resume is None and existing:
@@ -530,6 +532,7 @@ class Trainer:
             if results:
                 with open(staging / "eval_results.json", "w") as handle:
                     json.dump(results, handle, indent=2, sort_keys=True)
+            normalize_file_modes(staging)  # safetensors writes 0600 whatever the umask
             publish_folder(staging, output_dir, self.task.loadable_entry)
             logger.info("saved the trained model to %s", output_dir)
             if args.push_to_hub:
