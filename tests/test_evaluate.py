@@ -417,6 +417,7 @@ def test_cli_rejects_bad_input_before_any_work(tmp_path, capsys, ref_images):
         ([str(good), str(nchw)], "(NCHW? the originals store NHWC)"),
         ([str(good), str(good), "--batch_size", "0"], "expected --batch_size >= 1, got 0"),
         ([str(good), str(good), "--json", json_in_missing_dir], "expected --json in an existing directory"),
+        ([str(good), str(good), "--json", str(image_folder)], "expected --json to name a file, got the folder"),
         ([str(good), str(good)], "no_weights.pth' (the given path), no such file"),
         # Non-finite precomputed statistics: refused from the file, before the network is built.
         ([str(nan_mu), str(good)], "expected finite values in mu of"),

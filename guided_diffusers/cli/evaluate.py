@@ -149,6 +149,8 @@ def _check_evaluation_args(args: argparse.Namespace):
         sources.append(source)
     if args.json is not None and not Path(args.json).resolve().parent.is_dir():
         raise ValueError(f"expected --json in an existing directory, got {args.json!r}")
+    if args.json is not None and Path(args.json).is_dir():
+        raise ValueError(f"expected --json to name a file, got the folder {args.json!r}")
     if args.cache:
         for source in sources:
             _check_writable_folder(source.path, "--cache: the batch")
