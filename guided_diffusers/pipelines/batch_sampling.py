@@ -160,8 +160,9 @@ def _move_into_place(reservation: OutputReservation, num_samples: int) -> None:
     except OSError:
         kept, note = temp, " (rename it: a later run into the same place removes folders of that name)"
     reservation.kept = True
-    raise ValueError(f"could not move the {num_samples} finished samples into {str(output_dir)!r} ({reason}); they are "
-                     f"all in {str(kept)!r}{note}: move them from there") from None
+    where = "those not moved yet are" if reservation.inside else "they are all"
+    raise ValueError(f"could not move the {num_samples} finished samples into {str(output_dir)!r} ({reason}); {where} "
+                     f"in {str(kept)!r}{note}: move them from there") from None
 
 
 def run_sampling_job(
