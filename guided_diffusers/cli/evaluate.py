@@ -40,8 +40,7 @@ from guided_diffusers.evaluation.evaluator import (
     NpzImages,
     make_reference_batch,
 )
-from guided_diffusers.evaluation.metrics import MANIFOLD_NUM_NEIGHBOURS
-from guided_diffusers.evaluation.metrics import DISTANCE_PRECISIONS
+from guided_diffusers.evaluation.metrics import DISTANCE_PRECISIONS, MANIFOLD_NUM_NEIGHBOURS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
