@@ -2,8 +2,10 @@
 batches, weight loading, and scripts/evaluate.py end to end, all with seeded random Inception weights (no download)."""
 
 import importlib.util
+import io
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import huggingface_hub
@@ -270,7 +272,7 @@ def test_npz_reader_streams_images_and_reads_statistics(tmp_path, ref_images):
     [
         (
             {"arr_0": np.zeros((5, 3, 8, 8), np.uint8)},
-            r"uint8 images of shape \(N, H, W, 3\), got uint8 of shape \(5, 3, 8, 8\) \(NCHW",
+            r"uint8 images of shape \(N, H, W, 3\) \(or grey \(N, H, W, 1\)\), got uint8 of shape \(5, 3, 8, 8\) \(NCHW",
         ),
         ({"arr_0": np.zeros((5, 8, 8, 3), np.float32)}, "got float32 of shape"),
         ({"arr_0": np.zeros((3, 8, 8, 3), np.uint8)}, "expected at least 4 non-empty images"),
@@ -396,15 +398,26 @@ def test_cli_rejects_bad_input_before_any_work(tmp_path, capsys, ref_images):
     read_only.chmod(0o555)
     image_folder = tmp_path / "folder"
     image_folder.mkdir()
+    folder_npz = tmp_path / "folder.npz"
+    folder_npz.mkdir()
+    short = tmp_path / "short.npz"  # arr_0's header promises 8 images, the member holds 7
+    with zipfile.ZipFile(short, "w") as archive:
+        buffer = io.BytesIO()
+        np.save(buffer, ref_images)
+        archive.writestr("arr_0.npy", buffer.getvalue()[: -32 * 32 * 3])
     cases = [
         *(  # root writes into a read-only folder anyway
             [([str(locked), str(good), "--cache"], "expected --cache: the batch in an existing writable directory")]
             if os.geteuid() != 0 else []
         ),
-        ([str(tmp_path / "missing.npz"), str(good)], "expected an .npz image batch at"),
+        ([str(tmp_path / "missing.npz"), str(good)], "expected an .npz image batch or a folder of images at"),
+        ([str(good), str(short)], "to hold 24576 bytes for its shape (8, 32, 32, 3), got 21504 (a truncated array)"),
+        # A folder where the reference batch would go: refused before the pass, not after it (issue 23).
+        (["--write_reference", str(folder_npz), "--overwrite", "--source", str(good)], "expected --write_reference to name a file, got the folder"),
         ([str(good), str(nchw)], "(NCHW? the originals store NHWC)"),
         ([str(good), str(good), "--batch_size", "0"], "expected --batch_size >= 1, got 0"),
         ([str(good), str(good), "--json", json_in_missing_dir], "expected --json in an existing directory"),
+        ([str(good), str(good), "--json", str(image_folder)], "expected --json to name a file, got the folder"),
         ([str(good), str(good)], "no_weights.pth' (the given path), no such file"),
         # Non-finite precomputed statistics: refused from the file, before the network is built.
         ([str(nan_mu), str(good)], "expected finite values in mu of"),
@@ -428,5 +441,7 @@ def test_cli_rejects_bad_input_before_any_work(tmp_path, capsys, ref_images):
     read_only.chmod(0o755)
     # Nothing was written: no cache, no reference batch, no temporary file.
     assert sorted(path.name for path in tmp_path.rglob("*")) == sorted(
-        ["folder", "good.npz", "inf_sigma_s.npz", "locked.npz", "nan_mu.npz", "nchw.npz", "read_only", "skewed.npz"]
+        ["folder", "folder.npz", "good.npz", "inf_sigma_s.npz", "locked.npz", "nan_mu.npz", "nchw.npz", "read_only", "short.npz",
+         "skewed.npz"]
     )
+

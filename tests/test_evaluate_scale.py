@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from guided_diffusers.evaluation import (
     NpzImages,
     RunningMoments,
+    StaleCacheError,
     cache_path,
     compute_activations,
     compute_statistics,
@@ -158,9 +159,11 @@ def test_cache_serves_a_second_run_without_network_pass_and_never_a_changed_file
         assert key["allow_tf32"] is False and key["batch_sha256"] == file_sha256(samples)
         # Other weights or another TF32 setting are other keys: not served.
         other = cache_key(samples, weights_fingerprint(random_fid_inception(seed=1)), allow_tf32=False)
-        assert load_cached_features(samples, other) is None
-        assert load_cached_features(samples, cache_key(samples, weights_fingerprint(model), allow_tf32=True)) is None
-        assert load_cached_features(samples, cache_key(samples, weights_fingerprint(model), allow_tf32=False)) is not None
+        with pytest.raises(StaleCacheError, match="is stale"):
+            load_cached_features(samples, other, 4)
+        with pytest.raises(StaleCacheError, match="is stale"):
+            load_cached_features(samples, cache_key(samples, weights_fingerprint(model), allow_tf32=True), 4)
+        assert load_cached_features(samples, cache_key(samples, weights_fingerprint(model), allow_tf32=False), 4) is not None
     finally:
         counter.remove()
 

@@ -6,8 +6,11 @@ shows what comes back, so the logic is tested without a browser.
 
 from __future__ import annotations
 
+import io
+import os
+import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -18,10 +21,46 @@ from ..schedulers import GuidedDDPMScheduler
 from .chain import Guidance, check_seed
 from .images import to_grid_image
 
-__all__ = ["InpaintResult", "inpaint", "mask_from_layers"]
+__all__ = ["MAX_UPLOAD_PIXELS", "InpaintResult", "check_upload", "inpaint", "mask_from_layers"]
 
 # A model pixel is filled when the strokes cover at least this share of it (thin strokes on a large canvas still count).
 _COVERAGE = 0.25
+# The largest upload decoded (a 12-megapixel phone photo fits): its RGBA copies stay near 64 MB each. Every upload is
+# resized to the model's size (at most a few hundred pixels a side), so nothing larger is needed.
+MAX_UPLOAD_PIXELS = 4096 * 4096
+
+
+def check_upload(file: str | os.PathLike | bytes | IO[bytes], max_pixels: int = MAX_UPLOAD_PIXELS) -> tuple[int, int]:
+    """An uploaded image's ``(width, height)``, read from its header, refused above ``max_pixels`` before any pixel is
+    decoded (a 9000 x 9000 upload decoded whole takes about 1 GB as the page's RGBA copies, to be resized to 64 px).
+
+    Args:
+        file: the upload: a path, its bytes, or a binary file.
+        max_pixels: the most pixels accepted.
+
+    Raises:
+        ValueError: one line: not an image PIL reads, or too large (with its size).
+    """
+    source = io.BytesIO(file) if isinstance(file, (bytes, bytearray, memoryview)) else file
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below, in one line
+            with Image.open(source) as image:  # reads the header only
+                width, height = image.size
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"expected an image of at most {max_pixels / 1e6:.1f} megapixels, got a larger one ({error})") from None
+    except (OSError, ValueError) as error:  # UnidentifiedImageError is an OSError
+        raise ValueError(f"expected an image file (PNG, JPEG, WebP, ...), got one PIL cannot read ({error})") from None
+    _check_size(width, height, max_pixels)
+    return width, height
+
+
+def _check_size(width: int, height: int, max_pixels: int = MAX_UPLOAD_PIXELS) -> None:
+    if width * height > max_pixels:
+        raise ValueError(
+            f"expected an image of at most {max_pixels / 1e6:.1f} megapixels, got {width} x {height} ({width * height / 1e6:.1f} "
+            "megapixels): scale it down before uploading (it is resized to the model's size anyway)"
+        )
 
 
 @dataclass(frozen=True)
@@ -65,7 +104,8 @@ def inpaint(
     Args:
         pipeline: a loaded [`ClassifierGuidedPipeline`]; its components are shared, the scheduler is a fresh
             [`GuidedDDPMScheduler`] of the same process (each request has its own).
-        background: the uploaded image, any size (resized to the model's, as a square).
+        background: the uploaded image, up to ``MAX_UPLOAD_PIXELS`` (resized to the model's size, as a square); an
+            image opened lazily (``Image.open``) is refused above that before it is decoded.
         layers: the editor's drawing layers.
         guidance: the class and scales, as the sampling controls set them.
         steps: the sampling steps the RePaint schedule runs over.
@@ -76,6 +116,7 @@ def inpaint(
     if background is None:
         raise ValueError("expected an image to inpaint: upload one into the editor first")
     seed = check_seed(seed)
+    _check_size(*background.size)
     size = pipeline.unet.config.sample_size
     image = background.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     mask = mask_from_layers(layers, size)

@@ -27,7 +27,7 @@ from starlette.responses import PlainTextResponse  # noqa: E402
 
 from .chain import DenoisingChain, Guidance, check_seed  # noqa: E402
 from .images import to_grid_image  # noqa: E402
-from .inpaint import inpaint  # noqa: E402
+from .inpaint import check_upload, inpaint  # noqa: E402
 from ..pipelines.recipes import FAST_RECIPE, SAMPLERS  # noqa: E402
 from .options import UNCONDITIONAL, PipelineOptions, load_pipeline, parse_class_choice  # noqa: E402
 
@@ -187,6 +187,28 @@ def _run(action: str, state: _Session | None, count: float | None, *values: Any)
     return _render(session, settings, note)
 
 
+def _upload_editor(**kwargs: Any) -> gr.ImageEditor:
+    """Gradio's image editor (``kwargs`` as ``gr.ImageEditor``'s), with every image the page sends (the background,
+    each drawn layer, the composite) refused in one line above ``MAX_UPLOAD_PIXELS`` before Gradio decodes it whole.
+
+    The check wraps this instance's converter: a subclass of a Gradio component would make Gradio write a ``.pyi`` stub
+    beside this module whenever it is imported.
+    """
+    editor = gr.ImageEditor(**kwargs)
+    convert = editor.convert_and_format_image
+
+    def checked_convert(file: Any, flatten_on_white: bool = False) -> Any:
+        if file is not None:
+            try:
+                check_upload(getattr(file, "path", None) or file)
+            except ValueError as error:
+                raise gr.Error(str(error)) from None
+        return convert(file, flatten_on_white)
+
+    editor.convert_and_format_image = checked_convert
+    return editor
+
+
 def _inpaint_tab(image_args: dict[str, Any]) -> tuple:
     """The inpainting tab's components: an image editor to upload an image and draw on it, RePaint's two settings,
     Fill, and the results. The class, scales, steps and seed are the sampling controls above."""
@@ -194,7 +216,7 @@ def _inpaint_tab(image_args: dict[str, Any]) -> tuple:
         "Upload an image (it is resized to the model's size) and paint over what to replace; **Fill** inpaints it "
         "with RePaint (resampling with time jumps) under the class, guidance, steps and seed chosen above."
     )
-    editor = gr.ImageEditor(
+    editor = _upload_editor(
         type="pil", label="Image: paint the region to fill", elem_id="inpaint-editor", height=360, layers=False,
         sources=("upload", "clipboard"), transforms=(), brush=gr.Brush(default_size=24, colors=["#ff00ff"], color_mode="fixed"),
     )

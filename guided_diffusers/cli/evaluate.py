@@ -3,13 +3,15 @@ reference batches in the originals' format.
 
     guided-diffusers-evaluate REF_BATCH.npz SAMPLE_BATCH.npz [--batch_size 64] [--device cpu] [--cache] \
         [--json OUT.json] [--inception_weights PATH] [--pr_distances float16] [--allow_tf32]
+    guided-diffusers-evaluate REF_BATCH.npz SAMPLE_PNGS/ --image_size 64
     accelerate launch --num_processes 8 -m guided_diffusers.cli.evaluate REF_BATCH.npz SAMPLE_BATCH.npz --cache
     guided-diffusers-evaluate --write_reference REF.npz --source IMAGES [--image_size 256] [--num_images 10000]
 
 (``python scripts/evaluate.py ...`` from a checkout is the same.)
 
-Both batches are the originals' .npz format (``arr_0`` uint8 NHWC; a reference may carry precomputed
-``mu``/``sigma``/``mu_s``/``sigma_s``). Prints "Inception Score: ...", "FID: ...", "sFID: ...", "Precision: ...",
+Each batch is the originals' .npz format (``arr_0`` uint8 NHWC, RGB or grey; a reference may carry precomputed
+``mu``/``sigma``/``mu_s``/``sigma_s``) or a folder of images, resized and centre-cropped to --image_size as
+--write_reference prepares them. Prints "Inception Score: ...", "FID: ...", "sFID: ...", "Precision: ...",
 "Recall: ..." as the original does. Under ``accelerate launch`` every process extracts the features of a share of
 the images. The FID Inception weights come from --inception_weights, else $GUIDED_DIFFUSERS_INCEPTION_WEIGHTS, else
 the Hub.
@@ -38,14 +40,15 @@ from guided_diffusers.evaluation.evaluator import (
     NpzImages,
     make_reference_batch,
 )
-from guided_diffusers.evaluation.metrics import DISTANCE_PRECISIONS
+from guided_diffusers.evaluation.metrics import DISTANCE_PRECISIONS, MANIFOLD_NUM_NEIGHBOURS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "batches", nargs="*", metavar="REF_BATCH SAMPLE_BATCH",
-        help="reference batch .npz (arr_0 uint8 NHWC, optionally mu/sigma/mu_s/sigma_s), then the sample batch .npz",
+        help="reference batch .npz (arr_0 uint8 NHWC, optionally mu/sigma/mu_s/sigma_s), then the sample batch .npz; "
+        "either may be a folder of images instead (with --image_size)",
     )  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="images per Inception forward")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -70,7 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--source", default=None,
         help="its images: an .npz batch, a folder of images, a save_to_disk folder or a Hub dataset id",
     )  # fmt: skip
-    reference.add_argument("--image_size", type=int, default=None, help="side images are centre-cropped to (not for .npz)")
+    reference.add_argument(
+        "--image_size", type=int, default=None,
+        help="side images are resized and centre-cropped to (an image --source or an image folder batch; not for .npz)",
+    )  # fmt: skip
     reference.add_argument("--num_images", type=int, default=10000, help="images kept in arr_0 (the originals keep 10000)")
     reference.add_argument("--seed", type=int, default=0, help="seed of the choice of the kept images")
     reference.add_argument("--split", default=None, help="dataset split (default: test)")
@@ -94,6 +100,8 @@ def _check_reference_args(args: argparse.Namespace):
     output = Path(args.write_reference)
     if output.suffix != ".npz":
         raise ValueError(f"expected --write_reference to name an .npz file, got {str(output)!r}")
+    if output.exists() and not output.is_file():
+        raise ValueError(f"expected --write_reference to name a file, got the folder {str(output)!r} (not replaced, even with --overwrite)")
     if output.exists() and not args.overwrite:
         raise ValueError(f"expected a new --write_reference file, {str(output)!r} exists (pass --overwrite)")
     _check_writable_folder(output, "--write_reference")
@@ -104,31 +112,48 @@ def _check_reference_args(args: argparse.Namespace):
             raise ValueError("expected no --image_size/--split/--image_column with an .npz --source (its images are used as they are)")
         info = inspect_image_batch(args.source)
         return NpzImages(info.path, info.num_images)
+    return _decoded_images(args.source, args, "the image source")
+
+
+def _decoded_images(source: str, args: argparse.Namespace, what: str) -> DecodedImages:
+    """An image folder or dataset, resized and centre-cropped to --image_size (every image header read first)."""
     if args.image_size is None or args.image_size < 1:
-        raise ValueError(f"expected --image_size >= 1 for the image source {args.source!r}, got {args.image_size}")
+        raise ValueError(f"expected --image_size >= 1 for {what} {source!r} (its images are resized and centre-cropped to it), got {args.image_size}")
     from guided_diffusers.evaluation.image_data import open_evaluation_images
 
-    images = open_evaluation_images(
-        args.source, image_size=args.image_size, split=args.split, image_column=args.image_column
-    )
-    return DecodedImages(images)
+    return DecodedImages(open_evaluation_images(source, image_size=args.image_size, split=args.split, image_column=args.image_column))
 
 
 def _check_evaluation_args(args: argparse.Namespace):
-    """The two batches' infos, after checking every argument."""
+    """The two batches (:class:`NpzImages` or, for folders, :class:`DecodedImages`), after checking every argument."""
     if len(args.batches) != 2:
         raise ValueError(f"expected two batches (REF_BATCH SAMPLE_BATCH), got {len(args.batches)}")
+    folders = [batch for batch in args.batches if Path(batch).is_dir()]
     stray = [name for name in ("source", "image_size", "split", "image_column") if getattr(args, name) is not None]
-    if stray:
-        raise ValueError(f"expected --{stray[0]} only with --write_reference")
-    ref_info = inspect_image_batch(args.batches[0])
-    sample_info = inspect_image_batch(args.batches[1])
+    if args.source is not None or (stray and not folders):
+        raise ValueError(f"expected --{stray[0]} only with --write_reference or an image folder batch")
+    if args.cache and folders:
+        raise ValueError(f"expected .npz batches with --cache (features are cached beside an .npz file), got the folder {folders[0]!r}")
+    sources = []
+    for batch in args.batches:
+        if Path(batch).is_dir():
+            source = _decoded_images(batch, args, "the image folder")
+            if source.num_images <= MANIFOLD_NUM_NEIGHBOURS:
+                raise ValueError(f"expected at least {MANIFOLD_NUM_NEIGHBOURS + 1} images in {batch!r}, got {source.num_images}")
+        else:
+            if not Path(batch).exists():
+                raise FileNotFoundError(f"expected an .npz image batch or a folder of images at {batch!r}, got no such file or folder")
+            info = inspect_image_batch(batch)
+            source = NpzImages(info.path, info.num_images)
+        sources.append(source)
     if args.json is not None and not Path(args.json).resolve().parent.is_dir():
         raise ValueError(f"expected --json in an existing directory, got {args.json!r}")
+    if args.json is not None and Path(args.json).is_dir():
+        raise ValueError(f"expected --json to name a file, got the folder {args.json!r}")
     if args.cache:
-        for info in (ref_info, sample_info):
-            _check_writable_folder(info.path, "--cache: the batch")
-    return ref_info, sample_info
+        for source in sources:
+            _check_writable_folder(source.path, "--cache: the batch")
+    return sources
 
 
 def _is_main_launch_process() -> bool:
@@ -143,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_size < 1:
             raise ValueError(f"expected --batch_size >= 1, got {args.batch_size}")
         if args.write_reference is not None:
-            source, infos = _check_reference_args(args), None
+            source, batches = _check_reference_args(args), None
         else:
-            source, infos = None, _check_evaluation_args(args)
+            source, batches = None, _check_evaluation_args(args)
         from accelerate import PartialState
         from accelerate.utils import parse_flag_from_env
 
@@ -175,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         _leave_process_group(state)
         return 0
 
-    ref_info, sample_info = infos
+    ref_source, sample_source = batches
     results = evaluate_image_batches(
-        ref_info.path, sample_info.path, model, batch_size=args.batch_size, device=device, progress=progress,
+        ref_source, sample_source, model, batch_size=args.batch_size, device=device, progress=progress,
         state=state, cache=args.cache, distance_precision=args.pr_distances, allow_tf32=args.allow_tf32,
     )  # fmt: skip
     if results is not None:
@@ -185,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
         if args.json is not None:
             report = {
-                "ref_batch": str(ref_info.path),
-                "sample_batch": str(sample_info.path),
-                "num_ref_images": ref_info.num_images,
-                "num_sample_images": sample_info.num_images,
+                "ref_batch": args.batches[0],
+                "sample_batch": args.batches[1],
+                "num_ref_images": ref_source.num_images,
+                "num_sample_images": sample_source.num_images,
                 "pr_distances": args.pr_distances,
                 "allow_tf32": args.allow_tf32,
                 "num_processes": state.num_processes,

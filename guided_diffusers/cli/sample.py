@@ -4,9 +4,11 @@
     accelerate launch --num_processes 2 -m guided_diffusers.cli.sample --pipeline DIR --num_samples 100 --classifier_scale 1.0 ...
     guided-diffusers-sample --pipeline UPSAMPLER_DIR --base_samples samples_16x64x64x3.npz --num_samples 16
 
-Writes samples_NxHxWx3.npz (arr_0: uint8 NHWC; arr_1: labels for class-conditional runs) and one PNG per sample into
---output_dir, which must be new or empty (--overwrite replaces it whole: one run's samples are never mixed with
-another's). Every argument is checked before the pipeline's weights are loaded.
+Writes samples_NxHxWxC.npz (arr_0: uint8 NHWC with the model's C channels, 1 for grey; arr_1: labels for
+class-conditional runs) and one PNG per sample (grey or RGB) into --output_dir, which must be new or empty
+(--overwrite replaces it whole: one run's samples are never mixed with another's). Every argument is checked before
+the pipeline's weights are loaded, and the output place is taken (a temporary folder made) before any sampling; if the
+finished samples cannot be moved into --output_dir at the end, they are kept beside it and the error says where.
 """
 
 from __future__ import annotations
@@ -102,14 +104,14 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
     index = _load_config(args.pipeline)
     upsampling = index.get("_class_name") == "ADMUpsamplingPipeline"
+    unet = _load_config(args.pipeline, "unet") or {}
     if args.base_samples is not None:
         if not upsampling:
             raise ValueError(f"expected --base_samples only for an ADMUpsamplingPipeline, got a {index.get('_class_name')} at --pipeline")
-        check_base_samples(args.base_samples, args.num_samples)
+        check_base_samples(args.base_samples, args.num_samples, int(unet.get("in_channels", 3)))
     elif upsampling:
         raise ValueError("expected --base_samples (an .npz of low-resolution images, arr_0) for an upsampling pipeline, got none")
 
-    unet = _load_config(args.pipeline, "unet") or {}
     num_classes = unet.get("num_classes")
     if not num_classes and args.classifier_scale:
         num_classes = (_load_config(args.pipeline, "classifier") or {}).get("num_classes")
@@ -135,9 +137,9 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     return {"labels": labels, "upsampling": upsampling}
 
 
-def check_base_samples(path: str, num_samples: int) -> None:
-    """``--base_samples``: a readable .npz with ``arr_0`` uint8 NHWC RGB images, at least ``num_samples`` of them, and
-    integer labels ``arr_1`` (one per image) if any."""
+def check_base_samples(path: str, num_samples: int, channels: int = 3) -> None:
+    """``--base_samples``: a readable .npz with ``arr_0`` uint8 NHWC images of the upsampler's ``channels`` (3: RGB,
+    1: grey), at least ``num_samples`` of them, and integer labels ``arr_1`` (one per image) if any."""
     import zipfile
 
     import numpy as np
@@ -153,8 +155,9 @@ def check_base_samples(path: str, num_samples: int) -> None:
         if isinstance(error, ValueError) and str(error).startswith("expected"):
             raise
         raise ValueError(f"expected an .npz file of images at --base_samples {path!r}, got one numpy cannot read ({type(error).__name__})") from None
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected arr_0 of --base_samples as uint8 NHWC RGB images, got {images.dtype} of shape {images.shape}")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != channels:
+        kind = {1: "grey", 3: "RGB"}.get(channels, f"{channels}-channel")
+        raise ValueError(f"expected arr_0 of --base_samples as uint8 NHWC {kind} images, got {images.dtype} of shape {images.shape}")
     if len(images) < num_samples:
         raise ValueError(f"expected at least {num_samples} (--num_samples) base samples, got {len(images)} in {path!r}")
     if labels is not None:
@@ -186,23 +189,31 @@ def main(argv: list[str] | None = None) -> int:
 
     import guided_diffusers  # noqa: F401  (registers the pipeline classes with diffusers)
     from guided_diffusers import GuidedDDIMScheduler
-    from guided_diffusers.pipelines.batch_sampling import SamplingJob, run_sampling_job
+    from guided_diffusers.pipelines.batch_sampling import SamplingJob, reserve_output_dir, run_sampling_job
 
     accelerator = Accelerator()
-    pipeline = exit_on((OSError, ValueError, TypeError), lambda: DiffusionPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype)))
-    if args.use_ddim:
-        pipeline.scheduler = GuidedDDIMScheduler.from_config(pipeline.scheduler.config)
-    pipeline = pipeline.to(accelerator.device)
-    pipeline.set_progress_bar_config(disable=not accelerator.is_local_main_process)
-    job = SamplingJob(
-        num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, class_labels=checked["labels"],
-        classifier_scale=args.classifier_scale, guidance_scale=args.guidance_scale,
-        num_inference_steps=args.num_inference_steps, timestep_respacing=args.timestep_respacing, eta=args.eta,
-        clip_denoised=args.clip_denoised, base_samples=args.base_samples,
-    )
-    path = exit_on((ValueError,), lambda: run_sampling_job(pipeline, job, args.output_dir, accelerator, args.overwrite))
+    # The output place first (an unwritable one is refused before the weights load and anything is sampled).
+    reservation = exit_on((ValueError,), lambda: reserve_output_dir(args.output_dir, args.overwrite)) if accelerator.is_main_process else None
+    try:
+        pipeline = exit_on((OSError, ValueError, TypeError), lambda: DiffusionPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype)))
+        if args.use_ddim:
+            pipeline.scheduler = GuidedDDIMScheduler.from_config(pipeline.scheduler.config)
+        pipeline = pipeline.to(accelerator.device)
+        pipeline.set_progress_bar_config(disable=not accelerator.is_local_main_process)
+        job = SamplingJob(
+            num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, class_labels=checked["labels"],
+            classifier_scale=args.classifier_scale, guidance_scale=args.guidance_scale,
+            num_inference_steps=args.num_inference_steps, timestep_respacing=args.timestep_respacing, eta=args.eta,
+            clip_denoised=args.clip_denoised, base_samples=args.base_samples,
+        )
+        path = exit_on((ValueError,), lambda: run_sampling_job(pipeline, job, args.output_dir, accelerator, args.overwrite, reservation))
+    finally:
+        if reservation is not None:
+            reservation.release()
     if path is not None:
-        print(f"saved {args.num_samples} samples to {path}; sampled with {accelerator.num_processes} processes")
+        channels = pipeline.unet.config.in_channels
+        pngs = "" if channels in (1, 3) else f" (no PNGs: a PNG holds 1 or 3 channels, these samples have {channels})"
+        print(f"saved {args.num_samples} samples to {path}{pngs}; sampled with {accelerator.num_processes} processes")
     return 0
 
 

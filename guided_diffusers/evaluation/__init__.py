@@ -26,7 +26,7 @@ from .evaluator import (
     float32_precision,
     make_reference_batch,
 )
-from .feature_cache import BatchFeatures, cache_path, load_cached_features
+from .feature_cache import BatchFeatures, StaleCacheError, cache_path, load_cached_features
 from .inception import (
     INCEPTION_HUB_FILENAME,
     INCEPTION_HUB_REPO_ID,
@@ -68,6 +68,7 @@ __all__ = [
     "NpzImages",
     "InceptionWeightsUnavailableError",
     "SampleQualityResults",
+    "StaleCacheError",
     "compute_activations",
     "compute_class_logits",
     "compute_statistics",

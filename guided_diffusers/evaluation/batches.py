@@ -1,5 +1,8 @@
 """The originals' ``.npz`` batches (images as ``arr_0``, uint8 NHWC, optionally FID statistics): reading, atomic writing.
 
+Images are RGB ``(N, H, W, 3)`` as the originals write them, or grey ``(N, H, W, 1)`` as ``guided-diffusers-sample``
+writes a grey model's samples (the evaluator reads grey as RGB, its channel repeated).
+
 A reference batch of the originals (e.g. ``VIRTUAL_imagenet256_labeled.npz``) holds ``arr_0`` and may hold
 ``mu``/``sigma`` (pool features) and ``mu_s``/``sigma_s`` (spatial features); a sample batch is what the
 originals' sampling scripts save (``np.savez(path, arr_0)``, sometimes with labels as ``arr_1``). Images are read
@@ -61,19 +64,28 @@ def _read_npy_header(member: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype
 
 
 def _array_header(archive: zipfile.ZipFile, path: Path, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """An array's ``(shape, fortran_order, dtype)``, refused in one line when the member holds fewer bytes than its
+    header promises (a short array would end the work halfway with a traceback)."""
     with archive.open(f"{name}.npy") as member:
         header = _read_npy_header(member)
+        data_offset = member.tell()
     if header is None:  # a newer .npy version: np.load understands it, at the cost of reading the array
         with np.load(path) as arrays:
             array = arrays[name]
-        header = (array.shape, bool(np.isfortran(array)), array.dtype)
+        return (array.shape, bool(np.isfortran(array)), array.dtype)
+    shape, _, dtype = header
+    expected = int(np.prod(shape)) * dtype.itemsize
+    held = archive.getinfo(f"{name}.npy").file_size - data_offset
+    if not dtype.hasobject and held < expected:
+        raise ValueError(f"expected {name} in {str(path)!r} to hold {expected} bytes for its shape {tuple(shape)}, got {held} (a truncated array)")
     return header
 
 
 def inspect_image_batch(
     path: str | os.PathLike, min_images: int = MANIFOLD_NUM_NEIGHBOURS + 1
 ) -> ImageBatchInfo:
-    """Check an ``.npz`` batch without reading its images: ``arr_0`` uint8 ``(N, H, W, 3)``, statistics complete.
+    """Check an ``.npz`` batch without reading its images: ``arr_0`` uint8 ``(N, H, W, 3)`` (or grey ``(N, H, W, 1)``)
+    holding all its bytes, statistics complete and finite.
 
     Args:
         path: the ``.npz`` file.
@@ -101,10 +113,10 @@ def inspect_image_batch(
         if IMAGES_KEY not in arrays:
             raise ValueError(f"expected an {IMAGES_KEY!r} image array in {str(path)!r}, found arrays {arrays}")
         shape, _, dtype = _array_header(archive, path, IMAGES_KEY)
-        if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
-            hint = " (NCHW? the originals store NHWC)" if len(shape) == 4 and shape[1] == 3 and shape[-1] != 3 else ""
+        if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3):
+            hint = " (NCHW? the originals store NHWC)" if len(shape) == 4 and shape[1] in (1, 3) and shape[-1] not in (1, 3) else ""
             raise ValueError(
-                f"expected {IMAGES_KEY} in {str(path)!r} as uint8 images of shape (N, H, W, 3), "
+                f"expected {IMAGES_KEY} in {str(path)!r} as uint8 images of shape (N, H, W, 3) (or grey (N, H, W, 1)), "
                 f"got {dtype} of shape {tuple(shape)}{hint}"
             )
         if shape[0] < min_images or shape[1] < 1 or shape[2] < 1:

@@ -1,5 +1,5 @@
-"""The originals' evaluator end to end: two ``.npz`` batches -> Inception features -> IS, FID, sFID, P/R; and
-reference batches in the originals' format from an image folder, a dataset or an ``.npz``.
+"""The originals' evaluator end to end: two batches (``.npz`` or image folders) -> Inception features -> IS, FID, sFID,
+P/R; and reference batches in the originals' format from an image folder, a dataset or an ``.npz``.
 
 Features are extracted by any number of processes (``accelerate launch``): each takes a contiguous run of the
 Inception batches, the features are gathered, and the main process computes the metrics. The network pass runs
@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .batches import inspect_image_batch, iterate_image_batches, read_precomputed_statistics, write_reference_batch
 from .feature_cache import (
     BatchFeatures,
+    StaleCacheError,
     cache_key,
     cache_path,
     load_cached_features,
@@ -83,7 +84,8 @@ def compute_activations(
 
     Args:
         model: the feature network (on ``device``).
-        batches: uint8 ``(B, H, W, 3)`` arrays with values in [0, 255].
+        batches: uint8 ``(B, H, W, 3)`` arrays with values in [0, 255]; grey ``(B, H, W, 1)`` is read as RGB (its
+            channel repeated, as PIL converts grey to RGB).
         device: where the images go.
         num_batches: the number of batches, for the progress bar.
         progress: show a progress bar.
@@ -96,6 +98,8 @@ def compute_activations(
     spatial_features = [np.zeros((0, SPATIAL_FEATURES_DIM), np.float32)]
     for batch in tqdm(batches, total=num_batches, disable=not progress, desc=description, unit="batch"):
         images = torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2)
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
         features = model(images)
         pool_features.append(features.pool_features.float().cpu().numpy())
         spatial_features.append(features.spatial_features.float().cpu().numpy())
@@ -323,17 +327,26 @@ def _broadcast_flag(flag: bool, state: Any) -> bool:
     return bool(broadcast(torch.tensor([int(flag)], device=state.device), from_process=0).item())
 
 
-def _batch_statistics(path: str | os.PathLike, features: BatchFeatures) -> tuple[FIDStatistics, FIDStatistics]:
+def _batch_statistics(source: ImageSource, features: BatchFeatures) -> tuple[FIDStatistics, FIDStatistics]:
     # As the original: a batch's own mu/sigma (and mu_s/sigma_s) when it carries them, else fitted to its features.
-    precomputed = read_precomputed_statistics(path)
+    precomputed = read_precomputed_statistics(source.path) if isinstance(source, NpzImages) else None
     if precomputed is not None:
         return precomputed
     return features.pool_statistics, features.spatial_statistics
 
 
+def image_source(batch: str | os.PathLike | ImageSource) -> ImageSource:
+    """An evaluation batch as an :class:`ImageSource`: a path is an ``.npz`` batch, checked with
+    :func:`inspect_image_batch`; a source (:class:`NpzImages`, :class:`DecodedImages` of an image folder) as it is."""
+    if isinstance(batch, (str, os.PathLike)):
+        info = inspect_image_batch(batch)
+        return NpzImages(info.path, info.num_images)
+    return batch
+
+
 def evaluate_image_batches(
-    ref_batch: str | os.PathLike,
-    sample_batch: str | os.PathLike,
+    ref_batch: str | os.PathLike | ImageSource,
+    sample_batch: str | os.PathLike | ImageSource,
     model: FIDInceptionV3,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | torch.device = "cpu",
@@ -347,13 +360,15 @@ def evaluate_image_batches(
 ) -> SampleQualityResults | None:
     """Evaluate a sample batch against a reference batch as the original evaluator does.
 
-    Both files are checked (headers and precomputed statistics) before any work. The reference's activations are
+    Both batches are checked (headers and precomputed statistics) before any work. The reference's activations are
     always computed (precision and recall need them); its FID statistics are its precomputed ones when it carries
     them.
 
     Args:
-        ref_batch: the reference ``.npz`` (``arr_0`` uint8 NHWC, optionally ``mu``/``sigma``/``mu_s``/``sigma_s``).
-        sample_batch: the sample ``.npz`` (same format).
+        ref_batch: the reference: an ``.npz`` path (``arr_0`` uint8 NHWC, optionally ``mu``/``sigma``/``mu_s``/
+            ``sigma_s``) or an :class:`ImageSource` (:class:`DecodedImages` of an image folder, resized and
+            centre-cropped as for a reference batch).
+        sample_batch: the samples (the same kinds).
         model: the FID Inception (see ``load_fid_inception``), on ``device``.
         batch_size: images per Inception forward (does not change the results).
         device: where features and distances are computed.
@@ -362,7 +377,8 @@ def evaluate_image_batches(
         state: an ``accelerate.PartialState`` to share the feature extraction among its processes (see
             :func:`extract_features`); the metrics are computed on the main process.
         cache: read each batch's features from its cache beside it (``NAME.inception-features.npz``) when that
-            cache matches the file, the weights and ``allow_tf32``, and write it otherwise; see
+            cache matches the file, the weights and ``allow_tf32`` and fits the batch, and write it otherwise (a
+            stale or damaged cache is said in one line and replaced); ``.npz`` batches only. See
             :mod:`.feature_cache`.
         distance_precision: precision/recall distances: ``"float16"`` (the original's), ``"float32"``, ``"float64"``.
         allow_tf32: let the network pass use TF32 on GPUs that have it (faster; the figures move).
@@ -372,26 +388,29 @@ def evaluate_image_batches(
     """
     if batch_size < 1:
         raise ValueError(f"expected batch_size >= 1, got {batch_size}")
-    ref_info = inspect_image_batch(ref_batch)
-    sample_info = inspect_image_batch(sample_batch)
+    ref_source, sample_source = image_source(ref_batch), image_source(sample_batch)
+    if cache:
+        for source in (ref_source, sample_source):
+            if not isinstance(source, NpzImages):
+                raise ValueError("expected .npz batches with --cache (features are cached beside an .npz file), got an image folder")
     is_main = state is None or state.is_main_process
     say = log if log is not None and is_main else (lambda message: None)
 
     with float32_precision(allow_tf32):
         fingerprint = weights_fingerprint(model) if cache else None
 
-        def features_of(info, name: str) -> BatchFeatures | None:
+        def features_of(source: ImageSource, name: str) -> BatchFeatures | None:
             key = cached = None
             if cache and is_main:
-                key = cache_key(info.path, fingerprint, allow_tf32)
-                cached = load_cached_features(info.path, key)
+                key = cache_key(source.path, fingerprint, allow_tf32)
+                try:
+                    cached = load_cached_features(source.path, key, source.num_images)
+                except StaleCacheError as miss:
+                    say(f"{miss}: replacing it")
             if _broadcast_flag(cached is not None, state):
-                say(f"reading {name} batch activations from {cache_path(info.path)}...")
+                say(f"reading {name} batch activations from {cache_path(source.path)}...")
                 return cached
-            if cache and cache_path(info.path).is_file():
-                say(f"{cache_path(info.path)} is stale (another file, other weights or TF32 setting): replacing it")
             say(f"computing {name} batch activations...")
-            source = NpzImages(info.path, info.num_images)
             pool, spatial = extract_features(
                 model, source, batch_size, device, state=state, progress=progress, description=f"{name} batch"
             )
@@ -399,17 +418,17 @@ def evaluate_image_batches(
                 return None
             features = BatchFeatures.from_features(pool, spatial)
             if cache:
-                save_cached_features(info.path, key, features)
+                save_cached_features(source.path, key, features)
             return features
 
-        ref_features = features_of(ref_info, "reference")
+        ref_features = features_of(ref_source, "reference")
         say("computing/reading reference batch statistics...")
-        sample_features = features_of(sample_info, "sample")
+        sample_features = features_of(sample_source, "sample")
         if not is_main:
             return None
-        ref_stats, ref_stats_spatial = _batch_statistics(ref_info.path, ref_features)
+        ref_stats, ref_stats_spatial = _batch_statistics(ref_source, ref_features)
         say("computing/reading sample batch statistics...")
-        sample_stats, sample_stats_spatial = _batch_statistics(sample_info.path, sample_features)
+        sample_stats, sample_stats_spatial = _batch_statistics(sample_source, sample_features)
 
         say("Computing evaluations...")
         precision, recall = precision_recall(
