@@ -81,10 +81,6 @@ class LabelledImages:
         return len(self.dataset)
 
     @property
-    def has_labels(self) -> bool:
-        return "label" in self.dataset.column_names
-
-    @property
     def num_classes(self) -> int | None:
         return len(self.id2label) if self.id2label is not None else None
 

@@ -128,7 +128,7 @@ def test_dataset_sources_save_to_disk_imagefolder_and_string_labels(tmp_path):
     with pytest.raises(ValueError, match="expected a label column 'label' \\(--label_column\\) for class-conditional training"):
         images_from_dataset(str(tmp_path / "saved"), image_column="img", require_labels=True)
     unlabelled = images_from_dataset(str(tmp_path / "saved"), image_column="img")
-    assert not unlabelled.has_labels and unlabelled.id2label is None
+    assert "label" not in unlabelled.dataset.column_names and unlabelled.id2label is None
 
 
 def test_held_out_split_is_seeded_and_disjoint(tmp_path):
