@@ -59,13 +59,6 @@ def usage_snippet(card: ModelCard) -> str:
     return block
 
 
-# diffusers' DPM-Solver schedulers keep model_output[:, :3] of a learned-range output, and the stock-scheduler adapter
-# (pipelines/stepping.py) hands a learned-sigma model's variance channels on to them: a grey (1-channel) learned-sigma
-# model fails under the fast recipe at its second step. The pipelines' consolidation (the lead's) drops those channels;
-# until it is merged this one failure is an expected failure, and any other still fails the test.
-GREY_STOCK_SCHEDULER_BUG = "expected sample of shape (batch, 1, height, width), got (1, 2, "
-
-
 def run_usage_snippet(card: ModelCard, workdir) -> dict:
     """Execute the card's python block exactly as written (cwd = workdir); returns its namespace."""
     cwd = os.getcwd()
@@ -73,10 +66,6 @@ def run_usage_snippet(card: ModelCard, workdir) -> dict:
     try:
         namespace: dict = {}
         exec(compile(usage_snippet(card), "<model card>", "exec"), namespace)  # noqa: S102 - our own generated snippet
-    except ValueError as error:
-        if GREY_STOCK_SCHEDULER_BUG in str(error):
-            pytest.xfail("a grey learned-sigma model under a stock DPM-Solver scheduler (fixed by the pipelines' consolidation)")
-        raise
     finally:
         os.chdir(cwd)
     return namespace

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from diffusers import DiffusionPipeline
 
-    import guided_diffusers  # noqa: F401  (registers the pipeline classes with diffusers)
+    import guided_diffusers.pipelines  # noqa: F401  (registers the pipeline classes with diffusers)
     from guided_diffusers import GuidedDDIMScheduler
     from guided_diffusers.pipelines.batch_sampling import SamplingJob, reserve_output_dir, run_sampling_job
 
