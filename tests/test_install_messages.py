@@ -112,7 +112,7 @@ def test_lms_without_scipy_is_one_line_before_any_step(monkeypatch):
     from diffusers import LMSDiscreteScheduler
 
     from guided_diffusers import ADMUNet2DModel, ClassifierGuidedPipeline, GuidedDDPMScheduler
-    from guided_diffusers.pipelines import stepping
+    from guided_diffusers.pipelines import sampling as stepping
 
     unet = ADMUNet2DModel(sample_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_downsample_factors=(2,))
     pipe = ClassifierGuidedPipeline(unet=unet, scheduler=GuidedDDPMScheduler(num_train_timesteps=20))
