@@ -9,12 +9,13 @@ Definitions follow guided-diffusion's ``evaluations/evaluator.py``:
   distance to its 3rd nearest neighbour in its own set (itself excluded); precision is the fraction of samples
   inside (``<=``) some reference ball, recall the fraction of references inside some sample ball. Distances are
   computed in blocks of 10000 x 10000 vectors. By default they are computed as the original's ``DistanceBlock``
-  does (``distance_precision="float16"``): features rounded to float16, ``|u|^2 - 2 u.v + |v|^2`` with float16
-  results (float32 accumulation inside the norms and the matrix product, as TensorFlow's GPU kernels do), and the
-  whole block recomputed in float32 when any float16 distance is not finite. The float16 rounding makes many
-  distances exactly equal to a radius, and ``<=`` counts them in: this is what the published precision and recall
-  are. ``"float32"`` and ``"float64"`` compute the same formula in that dtype (no ties from rounding; precision and
-  recall come out lower by up to about half a point, see the README).
+  does in TensorFlow (``distance_precision="float16"``): features rounded to float16, ``|u|^2 - 2 u.v + |v|^2``
+  with float16 results, the squared norms summed in float16 in the order of TensorFlow's CPU kernels (bit for
+  bit), the matrix product accumulated in float32, and the whole block recomputed in float32 when any float16
+  distance is not finite. The float16 rounding makes many distances exactly equal to a radius, and ``<=`` counts
+  them in: this is what the original's precision and recall are. ``"float32"`` and ``"float64"`` compute the same
+  formula in that dtype (no ties from rounding; precision and recall come out lower by up to about half a point,
+  see the README).
 """
 
 from __future__ import annotations
@@ -252,41 +253,154 @@ def pairwise_squared_distances(rows: torch.Tensor, columns: torch.Tensor) -> tor
     return (row_norms - 2 * rows @ columns.T + column_norms).clamp_min(0.0)
 
 
-def _float16_norms(vectors: torch.Tensor) -> torch.Tensor:
-    # Squares rounded to float16, summed with a float32 accumulator, the sum rounded to float16.
-    return vectors.square().half().float().sum(dim=1).half()
+# TensorFlow's CPU kernels are Eigen's, built for AVX in TensorFlow's x86 wheels: a float16 sum adds packets of 8
+# lanes (each addition computed in float32 and rounded to float16) and sums a row of more than 8 * 200 values as two
+# halves, apart (a tree).
+_EIGEN_HALF_PACKET = 8
+_EIGEN_HALF_LEAF = 200
 
 
-def float16_squared_distances(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+def _round_to_half(values: torch.Tensor) -> torch.Tensor:
+    # Sums are held in float32 tensors whose values are float16 numbers: an Eigen float16 addition is a float32
+    # addition rounded to float16.
+    return values.half().float()
+
+
+def _eigen_half_leaf_sum(values: torch.Tensor) -> torch.Tensor:
+    """Eigen's vectorised float16 sum of each row of ``(R, n)`` values, ``n <= 8 * 200``: ``(R,)``."""
+    lanes = _EIGEN_HALF_PACKET
+    num_rows, count = values.shape
+    packet = values.new_zeros(num_rows, lanes)
+    start = 0
+    if count >= 4 * lanes:
+        # Four packet accumulators take turns over runs of four packets, then fold into the first, in order.
+        unrolled = count // (4 * lanes) * (4 * lanes)
+        runs = values[:, :unrolled].reshape(num_rows, -1, 4, lanes)
+        accumulators = values.new_zeros(num_rows, 4, lanes)
+        for run in range(runs.shape[1]):
+            accumulators = _round_to_half(accumulators + runs[:, run])
+        packet = accumulators[:, 0]
+        for accumulator in range(1, 4):
+            packet = _round_to_half(packet + accumulators[:, accumulator])
+        start = unrolled
+    whole_packets = count // lanes * lanes
+    for column in range(start, whole_packets, lanes):
+        packet = _round_to_half(packet + values[:, column : column + lanes])
+    rest = values.new_zeros(num_rows)
+    for column in range(whole_packets, count):
+        rest = _round_to_half(rest + values[:, column])
+    # The packet's lanes are summed in float32 (its halves, then pairs, then the two), rounded once to float16.
+    quads = packet[:, :4] + packet[:, 4:]
+    pairs = quads[:, :2] + quads[:, 2:]
+    return _round_to_half(rest + _round_to_half(pairs[:, 0] + pairs[:, 1]))
+
+
+def _eigen_half_sum(values: torch.Tensor, first: int) -> torch.Tensor:
+    """Eigen's float16 tree sum of each row of ``values``, whose first column is at flat index ``first``."""
+    num_rows, count = values.shape
+    lanes, leaf = _EIGEN_HALF_PACKET, _EIGEN_HALF_PACKET * _EIGEN_HALF_LEAF
+    if count <= leaf:
+        return _eigen_half_leaf_sum(values)
+    # The split point is the packet boundary (in flat indices) at or after the middle.
+    split = lanes * -(-(first + -(-count // 2)) // lanes)
+    left = min(split - first, count)
+    if 2 * left == count and left <= leaf:
+        # Two leaves of one length (2048-d features: 1024 and 1024), summed side by side.
+        halves = _eigen_half_leaf_sum(torch.cat([values[:, :left], values[:, left:]]))
+        return _round_to_half(halves[:num_rows] + halves[num_rows:])
+    total = _eigen_half_sum(values[:, :left], first)
+    if left < count:
+        total = _round_to_half(total + _eigen_half_sum(values[:, left:], split))
+    return total
+
+
+def float16_squared_norms(vectors: torch.Tensor) -> torch.Tensor:
+    """``reduce_sum(square(v), 1)`` of float16 vectors as TensorFlow computes it on a CPU, bit for bit.
+
+    The squares are rounded to float16 and summed in float16 in Eigen's order: each row in packets of 8 lanes with
+    four packet accumulators, every addition rounded to float16, the lanes summed in float32 at the end, and a row
+    of more than 1600 values summed as two halves (split at a packet boundary of the flat index) added last. For
+    2048-d features that is two sums of 1024 values; a float32 sum rounded once differs from it in 40-50% of the
+    norms of pool_3-like features, by one or two float16 steps.
+
+    Args:
+        vectors: ``(R, D)`` float16.
+
+    Returns:
+        ``(R,)`` float16.
+    """
+    squares = _round_to_half(vectors.float() * vectors.float())
+    num_rows, dim = squares.shape
+    if dim % _EIGEN_HALF_PACKET == 0:
+        return _eigen_half_sum(squares, 0).half()
+    norms = torch.empty(num_rows, dtype=torch.float16, device=vectors.device)
+    # Row r starts at flat index r * dim: rows with the same offset within a packet split alike.
+    offsets = torch.arange(num_rows, device=vectors.device) * dim % _EIGEN_HALF_PACKET
+    for offset in offsets.unique().tolist():
+        rows = offsets == offset
+        norms[rows] = _eigen_half_sum(squares[rows], offset).half()
+    return norms
+
+
+def float16_squared_distances(
+    rows: torch.Tensor,
+    columns: torch.Tensor,
+    row_norms: torch.Tensor | None = None,
+    column_norms: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The original evaluator's distance block: squared distances in float16, float32 if float16 overflows.
 
-    The features are rounded to float16, then ``max(|u|^2 - 2 u.v + |v|^2, 0)`` is evaluated with float16 results
-    for every operation: the squared norms and the matrix product accumulate in float32 and round their results to
-    float16 (TensorFlow's GPU reduction and cuBLAS half GEMM do so), the subtraction and addition round to float16
-    in that order. The products of two float16 numbers are exact in float32, so the float32 matrix product of the
-    rounded features is that accumulation on any device. When any distance of the block is not finite (a norm or
-    product above float16's 65504), the whole block is :func:`pairwise_squared_distances` in float32 instead.
+    The features are rounded to float16, then ``max(|u|^2 - 2 u.v + |v|^2, 0)`` is evaluated as TensorFlow does on
+    a CPU: the squared norms by :func:`float16_squared_norms` (bit for bit), the matrix product accumulated in
+    float32 and rounded to float16 (TensorFlow's CPU kernel converts float16 operands to float32 for it; the
+    products of two float16 numbers are exact in float32, only the summation order can differ), the subtraction
+    and the addition each rounded to float16, in that order. When any distance of the block is not finite (a norm
+    or product above float16's 65504), the whole block is :func:`pairwise_squared_distances` in float32 instead.
 
     Args:
         rows: float32 ``(R, D)``.
         columns: float32 ``(C, D)``.
+        row_norms, column_norms: the :func:`float16_squared_norms` of ``rows`` / ``columns`` in float16, each as
+            its own tensor, when already known (a set's blocks share them); computed here when ``None``.
 
     Returns:
         float32 ``(R, C)`` (holding float16 values unless the block fell back to float32).
     """
     rows16, columns16 = rows.half(), columns.half()
+    row_norms = float16_squared_norms(rows16) if row_norms is None else row_norms
+    column_norms = float16_squared_norms(columns16) if column_norms is None else column_norms
     # Eager element-wise ops on half tensors round each result to float16 (computed in float32: correctly rounded).
     products = (rows16.float() @ columns16.float().T).half()
-    distances = (_float16_norms(rows16.float())[:, None] - 2 * products) + _float16_norms(columns16.float())[None, :]
+    distances = (row_norms[:, None] - 2 * products) + column_norms[None, :]
     distances = distances.clamp_min(0.0)
     if not torch.isfinite(distances).all():
         return pairwise_squared_distances(rows.float(), columns.float())
     return distances.float()
 
 
-def _block_distances(rows: torch.Tensor, columns: torch.Tensor, distance_precision: str) -> torch.Tensor:
+def _block_norms(features: torch.Tensor, batch_size: int, distance_precision: str) -> list[torch.Tensor | None]:
+    """The float16 squared norms of each block of ``batch_size`` vectors, as TensorFlow computes them for the
+    block's own tensor (``None`` per block outside the ``"float16"`` mode)."""
+    starts = range(0, features.shape[0], batch_size)
+    if distance_precision != "float16":
+        return [None for _ in starts]
+    features16 = features.half()
+    if batch_size * features.shape[1] % _EIGEN_HALF_PACKET == 0:
+        # Every block starts at a packet boundary of the set's flat index: one pass gives every block's norms.
+        norms = float16_squared_norms(features16)
+        return [norms[start : start + batch_size] for start in starts]
+    return [float16_squared_norms(features16[start : start + batch_size]) for start in starts]
+
+
+def _block_distances(
+    rows: torch.Tensor,
+    columns: torch.Tensor,
+    distance_precision: str,
+    row_norms: torch.Tensor | None,
+    column_norms: torch.Tensor | None,
+) -> torch.Tensor:
     if distance_precision == "float16":
-        return float16_squared_distances(rows, columns)
+        return float16_squared_distances(rows, columns, row_norms, column_norms)
     return pairwise_squared_distances(rows, columns)
 
 
@@ -344,13 +458,21 @@ def manifold_radii(
         raise ValueError(
             f"expected more than {num_neighbours} feature vectors for k={num_neighbours}, got {num_vectors}"
         )
+    row_norms = _block_norms(features, row_batch_size, distance_precision)
+    column_norms = _block_norms(features, col_batch_size, distance_precision)
     radii = torch.empty(num_vectors, dtype=dtype)
-    for row_start in range(0, num_vectors, row_batch_size):
+    for row_block, row_start in enumerate(range(0, num_vectors, row_batch_size)):
         rows = features[row_start : row_start + row_batch_size]
         distances = torch.cat(
             [
-                _block_distances(rows, features[col_start : col_start + col_batch_size], distance_precision)
-                for col_start in range(0, num_vectors, col_batch_size)
+                _block_distances(
+                    rows,
+                    features[col_start : col_start + col_batch_size],
+                    distance_precision,
+                    row_norms[row_block],
+                    column_norms[col_block],
+                )
+                for col_block, col_start in enumerate(range(0, num_vectors, col_batch_size))
             ],
             dim=1,
         )
@@ -402,13 +524,21 @@ def precision_recall(
         ).to(device)
         for features in (ref, samples)
     )
+    ref_norms = _block_norms(ref, row_batch_size, distance_precision)
+    sample_norms = _block_norms(samples, col_batch_size, distance_precision)
     ref_in_sample_manifold = torch.zeros(ref.shape[0], dtype=torch.bool, device=device)
     sample_in_ref_manifold = torch.zeros(samples.shape[0], dtype=torch.bool, device=device)
-    for ref_start in range(0, ref.shape[0], row_batch_size):
+    for ref_block, ref_start in enumerate(range(0, ref.shape[0], row_batch_size)):
         ref_stop = ref_start + row_batch_size
-        for sample_start in range(0, samples.shape[0], col_batch_size):
+        for sample_block, sample_start in enumerate(range(0, samples.shape[0], col_batch_size)):
             sample_stop = sample_start + col_batch_size
-            distances = _block_distances(ref[ref_start:ref_stop], samples[sample_start:sample_stop], distance_precision)
+            distances = _block_distances(
+                ref[ref_start:ref_stop],
+                samples[sample_start:sample_stop],
+                distance_precision,
+                ref_norms[ref_block],
+                sample_norms[sample_block],
+            )
             in_sample_balls = distances <= sample_radii[None, sample_start:sample_stop]
             in_ref_balls = distances <= ref_radii[ref_start:ref_stop, None]
             ref_in_sample_manifold[ref_start:ref_stop] |= in_sample_balls.any(dim=1)
