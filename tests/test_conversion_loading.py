@@ -72,7 +72,7 @@ class Payload:
 def test_load_original_state_dict_is_weights_only(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"weight": torch.zeros(1), "payload": Payload()}, path)
-    with pytest.raises(ValueError, match="expected a PyTorch checkpoint .* holds objects other than tensors, which are refused"):
+    with pytest.raises(ValueError, match="expected a PyTorch checkpoint .* code, not data"):
         load_original_state_dict(path)
     with pytest.raises(FileNotFoundError, match="expected an original checkpoint file"):
         load_original_state_dict(tmp_path / "missing.pt")

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from diffusers import UNet2DModel
 
+from ..safe_loading import load_weights_only
 from ..models import ADMClassifier, ADMSuperResUNet2DModel, ADMUNet2DModel
 from ..models.folders import check_config_types
 from .flags import SOURCES, classifier_kwargs_from_flags, unet_kwargs_from_flags
@@ -25,16 +26,7 @@ def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
         raise FileNotFoundError(f"expected an original checkpoint file, got {str(path)!r} (no such file)")
     if os.path.getsize(path) == 0:
         raise ValueError(f"expected a PyTorch checkpoint (torch.save) at {str(path)!r}, got an empty file (0 bytes)")
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - re-raised in one line with what was expected
-        text = str(error)
-        if "Weights only load failed" in text:
-            reason = "it holds objects other than tensors, which are refused (weights_only=True: no code from a checkpoint runs)"
-        else:
-            first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
-            reason = f"torch cannot read it ({type(error).__name__}: {first})"
-        raise ValueError(f"expected a PyTorch checkpoint (torch.save) at {str(path)!r}, got a file {reason}") from None
+    state_dict = load_weights_only(path, "a PyTorch checkpoint (torch.save)")
     if isinstance(state_dict, Mapping) and "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
         state_dict = state_dict["state_dict"]
     if not isinstance(state_dict, Mapping) or not all(torch.is_tensor(v) for v in state_dict.values()):

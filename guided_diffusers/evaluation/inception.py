@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+from ..safe_loading import load_weights_only
 import torch.nn.functional as F
 from torch import nn
 
@@ -462,15 +464,15 @@ def load_inception_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor
         the state dict, ``num_batches_tracked`` counters dropped (they do not affect inference).
     """
     path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state_dict = load_file(str(path))
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - re-raised with what was expected
-        raise ValueError(f"expected FID Inception weights at {str(path)!r}, could not read them: {error}") from error
+        except Exception as error:  # noqa: BLE001 - re-raised with what was expected
+            raise ValueError(f"expected FID Inception weights at {str(path)!r}, could not read them: {error}") from error
+    else:
+        state_dict = load_weights_only(path, "FID Inception weights")
     if not isinstance(state_dict, Mapping) or not all(torch.is_tensor(value) for value in state_dict.values()):
         raise ValueError(f"expected a state dict of tensors at {str(path)!r}, got {type(state_dict).__name__}")
     return {key: value for key, value in state_dict.items() if not key.endswith("num_batches_tracked")}

@@ -26,8 +26,6 @@ import os
 import random
 import re
 import shutil
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ import numpy as np
 import torch
 
 from ..publishing import normalize_file_modes, recover_directory, replace_directory
+from ..safe_loading import load_weights_only
 
 __all__ = [
     "CHECKPOINT_STATE_FILE",
@@ -388,27 +387,6 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"expected JSON in {str(path)!r}, could not read it ({type(error).__name__}: {error})") from error
 
 
-def _torch_load(path: Path) -> Any:
-    """A ``.bin`` / ``.pt`` of tensors and plain containers, read with ``weights_only=True`` (no code runs).
-
-    Raises:
-        ValueError: one line naming the file and what it holds instead (never torch's advice to load it unsafely).
-    """
-    try:
-        with warnings.catch_warnings():  # a plain pickle's protocol warning would come before the one line
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - every failure refuses the resume in one line
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if found:
-            got = f"a pickle that calls {found.group(1)}, which is code, not data"
-        elif not zipfile.is_zipfile(path):
-            got = "a file that is not a torch.save archive (random or truncated bytes, or a plain pickle)"
-        else:
-            got = f"a torch.save archive that holds more than tensors and plain values, or is damaged ({type(error).__name__})"
-        raise ValueError(f"expected a weights-only tensor file in {str(path)!r} (tensors and plain values; nothing in it is run), got {got}") from None
-
-
 def _model_mismatch(unwrapped: torch.nn.Module, path: Path) -> str | None:
     """How the checkpoint's model differs from the run's (names and shapes), or None when they match."""
     from safetensors import safe_open
@@ -505,9 +483,9 @@ def load_checkpoint(
             raise ValueError(f"expected RNG states in {str(folder / rng_file)!r}, got an unusable file ({error})") from error
         except (KeyError, TypeError, AttributeError, IndexError) as error:
             raise ValueError(f"expected RNG states in {str(folder / rng_file)!r}, got an unusable file ({type(error).__name__}: {error})") from error
-    optimizer_state = _torch_load(folder / "optimizer.bin")
-    scheduler_state = _torch_load(folder / "scheduler.bin")
-    scaler_state = _torch_load(folder / "scaler.pt") if accelerator.scaler is not None else None
+    optimizer_state = load_weights_only(folder / "optimizer.bin")
+    scheduler_state = load_weights_only(folder / "scheduler.bin")
+    scaler_state = load_weights_only(folder / "scaler.pt") if accelerator.scaler is not None else None
 
     load_model(unwrapped, str(folder / "model.safetensors"), strict=True, device="cpu")
     optimizer.load_state_dict(optimizer_state)
