@@ -1,4 +1,5 @@
 from .labels import imagenet_id2label, resolve_class_labels
+from .pipeline_adm_consistency import ADMConsistencyPipeline
 from .pipeline_adm_img2img import ADMImg2ImgPipeline
 from .pipeline_adm_inpaint import ADMInpaintPipeline
 from .pipeline_classifier_guided import ClassifierGuidedPipeline
@@ -7,10 +8,11 @@ from .pipeline_upsampling import ADMUpsamplingPipeline
 from .registry import register_with_diffusers
 
 register_with_diffusers(
-    ClassifierGuidedPipeline, ADMUpsamplingPipeline, DDIMInversionPipeline, ADMInpaintPipeline, ADMImg2ImgPipeline
+    ADMConsistencyPipeline, ClassifierGuidedPipeline, ADMUpsamplingPipeline, DDIMInversionPipeline, ADMInpaintPipeline, ADMImg2ImgPipeline
 )
 
 __all__ = [
+    "ADMConsistencyPipeline",
     "ADMImg2ImgPipeline",
     "ADMInpaintPipeline",
     "ADMUpsamplingPipeline",
