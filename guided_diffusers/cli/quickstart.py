@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fast", default=None, help="the fast sampling recipe shown beside the baseline, NAME:STEPS "
                         "(default: the package's fast recipe, guided_diffusers.pipelines.recipes.FAST_RECIPE)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distill", action="store_true", help="also distil the pipeline into a 1-4 step consistency model "
+                        "(demo_output/distilled, guided-diffusers-distill) and judge it beside 250 ancestral steps of its teacher")
     args = parser.parse_args(argv)
     if args.fast is not None:
         from guided_diffusers.pipelines.recipes import SamplingRecipe
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from guided_diffusers.demo.quickstart import QuickstartSettings, run_quickstart
 
-    settings = QuickstartSettings(output_dir=Path(args.output_dir), retrain=args.retrain, seed=args.seed)
+    settings = QuickstartSettings(output_dir=Path(args.output_dir), retrain=args.retrain, seed=args.seed, distill=args.distill)
     for name in ("diffusion_train_steps", "classifier_train_steps", "samples_per_class", "fast"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))

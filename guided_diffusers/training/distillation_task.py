@@ -34,15 +34,18 @@ __all__ = ["GUIDANCE_KINDS", "DistillationTask", "consistency_scheduler", "write
 
 #: How the teacher is guided while the student learns it.
 GUIDANCE_KINDS = ("classifier-free", "classifier", "none")
+#: EDM's and the consistency models' largest noise level.
+SIGMA_MAX = 80.0
 
 
 def consistency_scheduler(teacher_scheduler: Any, num_discretization_steps: int) -> CMStochasticIterativeScheduler:
-    """The student's scheduler: the Karras grid (rho 7) of ``num_discretization_steps`` noise levels spanning the
-    teacher's process (its sigma at t = 0 and t = T - 1), sigma_data 1 (the teacher's input scaling), clipping as
-    the teacher clips."""
+    """The student's scheduler: the Karras grid (rho 7) of ``num_discretization_steps`` noise levels from the
+    teacher's sigma at t = 0 to EDM's 80 (or the teacher's sigma at t = T - 1 where lower; above 80 an image is
+    1/80 of x and the grid's levels would be spent on noise), sigma_data 1 (the teacher's input scaling), clipping
+    as the teacher clips."""
     levels = process_noise_levels(teacher_scheduler.alphas_cumprod)
     return CMStochasticIterativeScheduler(
-        num_train_timesteps=num_discretization_steps, sigma_min=float(levels[0]), sigma_max=float(levels[-1]),
+        num_train_timesteps=num_discretization_steps, sigma_min=float(levels[0]), sigma_max=min(float(levels[-1]), SIGMA_MAX),
         sigma_data=1.0, rho=7.0, clip_denoised=bool(teacher_scheduler.config.get("clip_sample", True)),
     )
 
@@ -173,8 +176,9 @@ class DistillationTask(TrainingTask):
     @torch.no_grad()
     def teacher_step(self, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, labels: torch.Tensor | None,
                      guidance_scale: torch.Tensor | None, guided: torch.Tensor | None) -> torch.Tensor:
-        """One DDIM step of the guided teacher from noise level ``sigma`` to ``sigma_next`` (Euler on the
-        variance-exploding x): x + (sigma_next - sigma) eps, with eps the teacher's guided prediction at x / sqrt(1 + sigma^2).
+        """One DDIM step of the guided teacher from noise level ``sigma`` to ``sigma_next``, on the variance-exploding
+        x: x_0 = x - sigma eps (clipped where the teacher's scheduler clips), then x_0 + sigma_next (x - x_0) / sigma,
+        with eps the teacher's guided prediction at x / sqrt(1 + sigma^2). Unclipped, this is Euler's step of the ODE.
 
         Args:
             x (`torch.Tensor`): the variance-exploding sample.
@@ -199,7 +203,10 @@ class DistillationTask(TrainingTask):
             # DDIM's classifier guidance: eps - sqrt(1 - alpha_bar) * scale * grad log p(y | x_t).
             gradient = classifier_gradient(self.teacher.classifier, x_t, timesteps, labels.clamp(max=self.num_classes - 1), self.classifier_scale)
             eps = eps - (view / (1.0 + view**2).sqrt()) * gradient * guided.view(-1, 1, 1, 1)
-        return x + (sigma_next - sigma).view(-1, 1, 1, 1) * eps
+        denoised = x - view * eps
+        if self.teacher.scheduler.config.get("clip_sample", True):  # as the teacher's own DDIM clips its x_0
+            denoised = denoised.clamp(-1, 1)
+        return denoised + sigma_next.view(-1, 1, 1, 1) * (x - denoised) / view
 
     def _move_to(self, device: torch.device) -> None:
         if self.teacher.unet.device != device:
