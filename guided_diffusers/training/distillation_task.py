@@ -296,12 +296,12 @@ tags:
 
 # {facts["model_name"]}
 
-A consistency model distilled with `guided-diffusers-distill` from the pipeline `{distillation["teacher"]}`: consistency
-distillation (Song et al. 2023) with an EMA target network (rate {distillation["target_ema_rate"]}) over a Karras grid of
-{distillation["num_discretization_steps"]} noise levels of the teacher's process, one DDIM step of the guided teacher per
-example, {how}. {distillation["unconditional_prob"]:.0%} of the examples were distilled without guidance (the null class),
-so the student also samples unguided (no class labels). It samples in 1 to 4 steps with diffusers'
-`CMStochasticIterativeScheduler`.
+A consistency model distilled with `guided-diffusers-distill` from the pipeline `{distillation["teacher"]}`: \
+consistency distillation (Song et al. 2023) with an EMA target network (rate {distillation["target_ema_rate"]}) over a \
+Karras grid of {distillation["num_discretization_steps"]} noise levels of the teacher's process, one DDIM step of the \
+guided teacher per example, {how}. {distillation["unconditional_prob"]:.0%} of the examples were distilled without \
+guidance (the null class), so the student also samples unguided (no class labels). It samples in 1 to 4 steps with \
+diffusers' `CMStochasticIterativeScheduler`.
 
 Data: {facts["dataset"]}
 
