@@ -24,7 +24,7 @@ def build_distill_parser() -> argparse.ArgumentParser:
     from ..training.args import build_parser
 
     parser = build_parser("diffusion", DESCRIPTION)
-    parser.set_defaults(output_dir="distilled-student", ema_rate="0.999")
+    parser.set_defaults(output_dir="distilled-student", ema_rate="0.99")  # distillations are short: a slow average keeps the start
     group = parser.add_argument_group("distillation")
     group.add_argument("--teacher", required=True, help="the pipeline folder to distil (an epsilon-predicting ADM with a guided scheduler)")
     group.add_argument("--guidance", choices=["classifier-free", "classifier", "none"], default="classifier-free",

@@ -33,7 +33,7 @@ class DistillSettings:
     learning_rate: float = 2e-4
     num_discretization_steps: int = 18
     target_ema_rate: float = 0.95
-    ema_rate: float = 0.999
+    ema_rate: float = 0.99
     w_min: float = 1.0
     w_max: float = 4.0
     unconditional_prob: float = 0.1
