@@ -67,6 +67,7 @@ class QuickstartSettings:
     recommended_guidance_scale: float = 2.0
     retrain: bool = False
     distill: bool = False  # also distil the pipeline into a 1-4 step student (demo_output/distilled) and judge it
+    distill_train_steps: int = 250
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -266,7 +267,10 @@ def run_quickstart(settings: QuickstartSettings) -> str:
     rows, judge, floor = evaluate(settings)
     times["sampling and judging"] = time.perf_counter() - start
     text = report(rows, judge, floor, times, settings)
-    return text + ("\n\n" + run_distillation(settings, judge) if settings.distill else "")
+    if not settings.distill:
+        return text
+    *lines, last = text.splitlines()  # the quickstart line stays the last
+    return "\n".join([*lines, "", run_distillation(settings, judge), "", last])
 
 
 def run_distillation(settings: QuickstartSettings, judge: DigitsJudge) -> str:
@@ -281,7 +285,7 @@ def run_distillation(settings: QuickstartSettings, judge: DigitsJudge) -> str:
 
             shutil.rmtree(settings.distilled_dir)
         start = time.perf_counter()
-        _launch("distill.py", DistillSettings().arguments(settings.pipeline_dir, settings.output_dir / "digits", settings.distilled_dir,
+        _launch("distill.py", DistillSettings(max_train_steps=settings.distill_train_steps).arguments(settings.pipeline_dir, settings.output_dir / "digits", settings.distilled_dir,
                                                           settings.recommended_guidance_scale, settings.seed), settings)
         seconds = time.perf_counter() - start
     else:
