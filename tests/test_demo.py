@@ -116,7 +116,7 @@ def test_tiny_quickstart_with_distillation(tmp_path):
     """--distill: the student folder is written, judged at 1, 2 and 4 steps beside 250 teacher steps, unguided and
     classifier-free, with a grid per row; the quickstart line stays the last."""
     settings = QuickstartSettings(output_dir=tmp_path / "demo", diffusion_train_steps=4, classifier_train_steps=4,
-                                  samples_per_class=2, balance_samples=40, baseline="ddpm:3", fast="ddim:2", classifier_scales=(0.0,),
+                                  samples_per_class=2, balance_samples=40, baseline="ddpm:3", fast="ddim:2", classifier_scales=(0.0, 2.0),
                                   guidance_scales=(2.0,), distill=True, distill_train_steps=2, extra_env={"OMP_NUM_THREADS": "1"})
     text = run_quickstart(settings)
     assert text.splitlines()[-1].startswith("quickstart: ")
