@@ -24,6 +24,8 @@ classifier (and so its gradient) in bfloat16; ``--autocast bfloat16`` runs every
 Guidance settings: ``none`` (the class-conditional model alone), ``cgS`` (classifier guidance at scale S), ``cfgW``
 (classifier-free guidance at weight W); ``@LOW:HIGH`` after one applies it only at noise levels sigma in (LOW, HIGH]
 (the pipeline's ``guidance_interval``, Kynkäänniemi et al. 2024), e.g. ``cg2@0.3:6``. A ``--plot`` PNG draws accuracy and distance against U-Net evaluations.
+The distilled student of ``make demo DEMO_ARGS=--distill`` (``--student``, default demo_output/distilled when it exists)
+adds ``consistency:N`` rows (its 1, 2, 4 steps) for ``none`` and ``cfgW``; the plot then shows ``cfg2``.
 """
 
 from __future__ import annotations
@@ -138,7 +140,47 @@ def run(args: argparse.Namespace) -> tuple[list[Row], float, float, str]:
             rows.append(row)
             print(_format(row), flush=True)
     pipe.scheduler = SamplingRecipe("ddpm", 1).scheduler(base_config)
+    if args.student:
+        rows += student_rows(args, judge, reference, targets, seeds)
     return rows, floor, judge.held_out_accuracy, str(settings.pipeline_dir)
+
+
+def student_rows(args: argparse.Namespace, judge, reference, targets: np.ndarray, seeds: list[int]) -> list[Row]:
+    """The distilled student (``--student``, an ADMConsistencyPipeline of guided-diffusers-distill) at each of
+    ``--student_steps``, for the guidance settings it takes: ``none`` (w = 1, the conditional student) and ``cfgW``
+    (its guidance input; a student with the classifier's guidance folded in takes ``none`` only)."""
+    from diffusers import DiffusionPipeline
+
+    from guided_diffusers.demo.digits import NUM_CLASSES, channel_spread, mean_pairwise_distance
+
+    pipe = DiffusionPipeline.from_pretrained(args.student)
+    pipe.set_progress_bar_config(disable=True)
+    unet_count = _Counter(pipe.unet)
+    labels = torch.from_numpy(targets)
+    rows = []
+    for steps in (int(s) for s in args.student_steps.split(",")):
+        for setting in args.guidance.split(","):
+            if setting.startswith("cg") or "@" in setting or (setting.startswith("cfg") and not pipe.has_guidance_input):
+                continue
+            kwargs = {"guidance_scale": float(setting[3:]) if setting.startswith("cfg") else 1.0} if pipe.has_guidance_input else {}
+            accuracies, distances, spreads, diversities, seconds = [], [], [], [], 0.0
+            unet_count.images = 0
+            for seed in seeds:
+                start = time.perf_counter()
+                images = pipe(class_labels=labels, num_inference_steps=steps, output_type="np",
+                              generator=torch.Generator().manual_seed(seed), **kwargs).images
+                seconds += time.perf_counter() - start
+                accuracies.append(float((judge.predict(images) == targets).mean()))
+                distances.append(reference.distance(images))
+                spreads.append(channel_spread(images))
+                diversities.append(float(np.mean([mean_pairwise_distance(images[targets == c]) for c in range(NUM_CLASSES)])))
+            total = len(seeds) * len(targets)
+            row = Row(f"consistency:{steps}", setting, unet_count.images / total, 0.0, float(np.mean(accuracies)),
+                      float(np.mean(distances)), float(np.max(distances) - np.min(distances)), float(np.mean(spreads)),
+                      float(np.mean(diversities)), seconds / len(seeds), total / seconds)
+            rows.append(row)
+            print(_format(row), flush=True)
+    return rows
 
 
 def _format(r: Row) -> str:
@@ -208,9 +250,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="the classifier's dtype (its gradient is evaluated in it)")
     parser.add_argument("--autocast", choices=["none", "bfloat16"], default="none",
                         help="run the whole sampling call (U-Net and classifier) under CPU bf16 autocast")
+    parser.add_argument("--student", default=None, help="also the distilled student in this folder (default: demo_output/distilled "
+                        "when it exists; '' for none), at --student_steps, as consistency:N rows")
+    parser.add_argument("--student_steps", default="1,2,4", help="the student's step counts")
     parser.add_argument("--plot", default=str(DOCS.parent / "images" / "bench_quality.png"), help="PNG path ('' to skip)")
     parser.add_argument("--output", default=str(DOCS), help="markdown file to append to ('' to skip)")
     args = parser.parse_args(argv)
+    if args.student is None:
+        distilled = Path(args.demo_dir) / "distilled"
+        args.student = str(distilled) if (distilled / "model_index.json").is_file() else ""
     rows, floor, judge_accuracy, pipeline_dir = run(args)
     lines = [
         f"### Quality against cost ({pipeline_dir}, {args.samples_per_class} samples per class, seeds {args.seeds}, "
@@ -229,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.plot:
         guidances = args.guidance.split(",")
-        plot(rows, Path(args.plot), floor, "cg2" if "cg2" in guidances else guidances[0])
+        # With a student, the classifier-free setting: the student's rows are drawn beside the samplers'.
+        shown = "cfg2" if args.student and "cfg2" in guidances else "cg2" if "cg2" in guidances else guidances[0]
+        plot(rows, Path(args.plot), floor, shown)
         lines += ["", f"![quality against cost]({Path(args.plot).relative_to(DOCS.parent) if Path(args.plot).is_relative_to(DOCS.parent) else args.plot})"]
     text = "\n".join(lines)
     print(text)

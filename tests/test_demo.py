@@ -109,3 +109,20 @@ def test_tiny_quickstart_end_to_end(tmp_path):
         "ddim2_unguided_cs0.png", "ddim2_classifier_cs2.png", "ddim2_classifier-free_cs0_w2.png"}
     again = run_quickstart(settings)  # reuses the trained pipeline: the same samples
     assert quickstart_fields(again.splitlines()[-1])["distance_classifier"] == fields["distance_classifier"]
+
+
+@pytest.mark.slow  # three accelerate launches
+def test_tiny_quickstart_with_distillation(tmp_path):
+    """--distill: the student folder is written, judged at 1, 2 and 4 steps beside 250 teacher steps, unguided and
+    classifier-free, with a grid per row; the quickstart line stays the last."""
+    settings = QuickstartSettings(output_dir=tmp_path / "demo", diffusion_train_steps=4, classifier_train_steps=4,
+                                  samples_per_class=2, balance_samples=40, baseline="ddpm:3", fast="ddim:2", classifier_scales=(0.0, 2.0),
+                                  guidance_scales=(2.0,), distill=True, distill_train_steps=2, extra_env={"OMP_NUM_THREADS": "1"})
+    text = run_quickstart(settings)
+    assert text.splitlines()[-1].startswith("quickstart: ")
+    distilled = next(line for line in text.splitlines() if line.startswith("distilled: student1_"))
+    assert "student2_accuracy_free=" in distilled and "teacher_free_distance=" in distilled and "seconds_distillation=" in distilled
+    assert (settings.distilled_dir / "model_index.json").is_file()
+    grids = {p.name for p in (settings.output_dir / "grids").glob("student*.png")} | {p.name for p in (settings.output_dir / "grids").glob("teacher*.png")}
+    assert grids == {f"student{n}_{mode}_seed0.png" for n in (1, 2, 4) for mode in ("unguided", "classifier-free_w2")} | {
+        "teacher250_unguided_seed0.png", "teacher250_classifier-free_w2_seed0.png"}

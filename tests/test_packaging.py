@@ -24,7 +24,8 @@ def test_every_console_script_resolves_to_a_function():
     scripts = PYPROJECT["project"]["scripts"]
     assert {"guided-diffusers-convert-guided-diffusion", "guided-diffusers-convert-ddpm", "guided-diffusers-train-diffusion",
             "guided-diffusers-train-classifier", "guided-diffusers-train-super-res", "guided-diffusers-sample",
-            "guided-diffusers-evaluate", "guided-diffusers-image-nll", "guided-diffusers-app", "guided-diffusers-quickstart"} == set(scripts)
+            "guided-diffusers-evaluate", "guided-diffusers-image-nll", "guided-diffusers-app", "guided-diffusers-quickstart",
+            "guided-diffusers-distill"} == set(scripts)
     for name, target in scripts.items():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function)), name
@@ -34,7 +35,7 @@ def test_checkout_wrappers_call_the_console_script_functions():
     scripts = PYPROJECT["project"]["scripts"]
     targets = {target for target in scripts.values()}
     wrappers = sorted((ROOT / "scripts").glob("*.py")) + sorted((ROOT / "convert").glob("*.py"))
-    assert len(wrappers) == 10
+    assert len(wrappers) == 11
     for path in wrappers:
         spec = importlib.util.spec_from_file_location(f"wrapper_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)

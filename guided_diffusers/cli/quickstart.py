@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fast", default=None, help="the fast sampling recipe shown beside the baseline, NAME:STEPS "
                         "(default: the package's fast recipe, guided_diffusers.pipelines.recipes.FAST_RECIPE)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distill", action="store_true", help="also distil the pipeline into a 1-4 step consistency model "
+                        "(demo_output/distilled, guided-diffusers-distill) and judge it beside 250 ancestral steps of its teacher")
     args = parser.parse_args(argv)
     if args.fast is not None:
         from guided_diffusers.pipelines.recipes import SamplingRecipe
@@ -40,11 +42,15 @@ def main(argv: list[str] | None = None) -> None:
 
     from guided_diffusers.demo.quickstart import QuickstartSettings, check_demo_extra, run_quickstart
 
+<<<<<<< HEAD
     try:
         check_demo_extra()  # before any folder is made
     except ModuleNotFoundError as error:
         sys.exit(f"error: {error}")
     settings = QuickstartSettings(output_dir=Path(args.output_dir), retrain=args.retrain, seed=args.seed)
+=======
+    settings = QuickstartSettings(output_dir=Path(args.output_dir), retrain=args.retrain, seed=args.seed, distill=args.distill)
+>>>>>>> wt-f
     for name in ("diffusion_train_steps", "classifier_train_steps", "samples_per_class", "fast"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))

@@ -67,11 +67,17 @@ class QuickstartSettings:
     recommended_classifier_scale: float = 2.0
     recommended_guidance_scale: float = 2.0
     retrain: bool = False
+    distill: bool = False  # also distil the pipeline into a 1-4 step student (demo_output/distilled) and judge it
+    distill_train_steps: int = 250
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def pipeline_dir(self) -> Path:
         return self.output_dir / "pipeline"
+
+    @property
+    def distilled_dir(self) -> Path:
+        return self.output_dir / "distilled"
 
 
 def _launch(script: str, arguments: list[str], settings: QuickstartSettings) -> None:
@@ -275,4 +281,48 @@ def run_quickstart(settings: QuickstartSettings) -> str:
     start = time.perf_counter()
     rows, judge, floor = evaluate(settings)
     times["sampling and judging"] = time.perf_counter() - start
-    return report(rows, judge, floor, times, settings)
+    text = report(rows, judge, floor, times, settings)
+    if not settings.distill:
+        return text
+    *lines, last = text.splitlines()  # the quickstart line stays the last
+    return "\n".join([*lines, "", run_distillation(settings, judge), "", last])
+
+
+def run_distillation(settings: QuickstartSettings, judge: DigitsJudge) -> str:
+    """Distil the pipeline (unless demo_output/distilled exists and no --retrain) and judge the student beside its
+    teacher; returns the table and a ``distilled:`` line of ``key=value`` pairs."""
+    from .distilled import DistillSettings, evaluate_distilled, table
+
+    seconds = None
+    if settings.retrain or not (settings.distilled_dir / "model_index.json").is_file():
+        if settings.distilled_dir.exists():
+            import shutil
+
+            shutil.rmtree(settings.distilled_dir)
+        start = time.perf_counter()
+        _launch("distill.py", DistillSettings(max_train_steps=settings.distill_train_steps).arguments(settings.pipeline_dir, settings.output_dir / "digits", settings.distilled_dir,
+                                                          settings.recommended_guidance_scale, settings.seed), settings)
+        seconds = time.perf_counter() - start
+    else:
+        print(f"reusing the distilled student in {settings.distilled_dir}", flush=True)
+    rows = evaluate_distilled(settings.distilled_dir, settings.pipeline_dir, judge, DigitsReference.load(), settings.samples_per_class,
+                              settings.balance_samples, settings.recommended_guidance_scale, settings.seed, settings.output_dir / "grids")
+    teacher = {r.mode: r for r in rows if r.model == "teacher"}
+    pairs = " ".join(
+        f"student{r.steps}_{'free' if r.accuracy is not None else 'unguided'}_distance={r.distance:.1f}"
+        + (f" student{r.steps}_accuracy_free={r.accuracy:.3f}" if r.accuracy is not None else "")
+        for r in rows if r.model == "student"
+    )
+    lines = [
+        f"distilled: a consistency model distilled from the pipeline (classifier-free guidance folded in, w = "
+        f"{settings.recommended_guidance_scale:g} here), in {settings.distilled_dir}; the teacher at 250 ancestral steps beside it",
+        "",
+        *table(rows),
+        "",
+        f"distilled: {pairs} teacher_free_distance={teacher['classifier-free'].distance:.1f} "
+        f"teacher_accuracy_free={teacher['classifier-free'].accuracy:.3f} teacher_unguided_distance={teacher['unguided'].distance:.1f}"
+        + (f" seconds_distillation={seconds:.0f}" if seconds is not None else ""),
+    ]
+    results = {"rows": [r.__dict__ for r in rows], "seconds_distillation": seconds}
+    write_text_atomically(settings.output_dir / "distilled_results.json", json.dumps(results, indent=2))
+    return "\n".join(lines)

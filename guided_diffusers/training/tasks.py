@@ -9,23 +9,26 @@ from pathlib import Path
 from ..conversion.presets import KINDS
 from .classifier_task import ClassifierTask
 from .diffusion_task import DiffusionTask
+from .distillation_task import DistillationTask
 from .trainer import Trainer, TrainingTask
 
 __all__ = ["TASK_CLASSES", "run_training", "task_for"]
 
 #: The task class of each kind.
-TASK_CLASSES: dict[str, type[TrainingTask]] = {"diffusion": DiffusionTask, "super_res": DiffusionTask, "classifier": ClassifierTask}
+TASK_CLASSES: dict[str, type[TrainingTask]] = {
+    "diffusion": DiffusionTask, "super_res": DiffusionTask, "classifier": ClassifierTask, "distill": DistillationTask,
+}
 
 
 def task_for(args: argparse.Namespace) -> TrainingTask:
     """The task of ``args.task`` (one of [`~guided_diffusers.conversion.presets.KINDS`])."""
     if args.task not in TASK_CLASSES:
-        raise ValueError(f"expected a task in {KINDS}, got {args.task!r}")
+        raise ValueError(f"expected a task in {tuple(TASK_CLASSES)}, got {args.task!r}")
     return TASK_CLASSES[args.task](args)
 
 
 def run_training(args: argparse.Namespace) -> Path:
-    """Run the training of ``args.task`` (``diffusion``, ``super_res`` or ``classifier``), as the scripts do.
+    """Run the training of ``args.task`` (``diffusion``, ``super_res``, ``classifier`` or ``distill``), as the scripts do.
 
     Returns:
         `Path`: the output folder.

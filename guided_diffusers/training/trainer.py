@@ -166,6 +166,9 @@ class TrainingTask(ABC):
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> MicroBatchResult:
         """The loss of one micro-batch (called on every process; the model is the prepared one)."""
 
+    def optimizer_step_done(self, model: nn.Module, step: int) -> None:
+        """Called after optimizer step ``step`` and the EMA update, on every process (a distillation's target network)."""
+
     def periodic_evaluation(self, accelerator: Any, model: nn.Module, step: int) -> dict[str, float]:
         """Metrics to log after optimizer step ``step`` (called on every process)."""
         return {}
@@ -427,6 +430,7 @@ class Trainer:
                 ema.update(accelerator.unwrap_model(model).parameters())
             progress.global_step += 1
             step = progress.global_step
+            task.optimizer_step_done(accelerator.unwrap_model(model), step)
             seconds = time.perf_counter() - start
 
             metrics = self._step_metrics(accelerator, results)

@@ -1,0 +1,325 @@
+"""Distilling a pipeline into a one- to few-step student (``guided-diffusers-distill``): consistency distillation
+(Song et al. 2023) with the teacher's guidance folded in, as a [`TrainingTask`] of the shared loop.
+
+The student is a consistency model in the parameterization diffusers' ``CMStochasticIterativeScheduler`` samples:
+f(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, t(sigma)) on the variance-exploding image x = x_t /
+sqrt(alpha_bar_t) of the teacher's process, with sigma_data = 1 so that c_in x is the teacher's own input x_t and
+t(sigma) the teacher's timestep. It starts as the teacher with its output negated (F = -eps, which is the
+v-prediction F of the parameterization at low noise) and learns f(x_{n+1}, sigma_{n+1}) = f_target(x_n, sigma_n),
+where x_n is one DDIM (Euler) step of the guided teacher from x_{n+1} and f_target an EMA of the student.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import CMStochasticIterativeScheduler, DiffusionPipeline
+from torch import nn
+
+from ..data import LabelledImages
+from ..models import ADMGuidanceUNet2DModel, ADMUNet2DModel
+from ..pipelines import ADMConsistencyPipeline
+from ..pipelines.pipeline_adm_consistency import process_noise_levels, teacher_timesteps
+from ..models import null_class_id
+from ..pipelines.sampling import classifier_gradient
+from .builders import DiffusionSetup, map_data_classes
+from .losses import LossType
+from .trainer import MicroBatchResult, TrainingTask, load_training_images
+
+__all__ = ["GUIDANCE_KINDS", "DistillationTask", "consistency_scheduler", "write_distilled_card"]
+
+#: How the teacher is guided while the student learns it.
+GUIDANCE_KINDS = ("classifier-free", "classifier", "none")
+#: EDM's and the consistency models' largest noise level.
+SIGMA_MAX = 80.0
+
+
+def consistency_scheduler(teacher_scheduler: Any, num_discretization_steps: int) -> CMStochasticIterativeScheduler:
+    """The student's scheduler: the Karras grid (rho 7) of ``num_discretization_steps`` noise levels from the
+    teacher's sigma at t = 0 to EDM's 80 (or the teacher's sigma at t = T - 1 where lower; above 80 an image is
+    1/80 of x and the grid's levels would be spent on noise), sigma_data 1 (the teacher's input scaling), clipping
+    as the teacher clips."""
+    levels = process_noise_levels(teacher_scheduler.alphas_cumprod)
+    return CMStochasticIterativeScheduler(
+        num_train_timesteps=num_discretization_steps, sigma_min=float(levels[0]), sigma_max=min(float(levels[-1]), SIGMA_MAX),
+        sigma_data=1.0, rho=7.0, clip_denoised=bool(teacher_scheduler.config.get("clip_sample", True)),
+    )
+
+
+class _TargetNetwork:
+    """The EMA of the student that gives the consistency targets (its state is kept in checkpoints)."""
+
+    def __init__(self, student: nn.Module, rate: float):
+        self.rate = rate
+        self.network = copy.deepcopy(student).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def update(self, student: nn.Module) -> None:
+        target = [param for param in self.network.parameters()]
+        source = [param.detach() for param in student.parameters()]
+        torch._foreach_mul_(target, self.rate)
+        torch._foreach_add_(target, source, alpha=1.0 - self.rate)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rate": self.rate, "weights": {key: value.clone() for key, value in self.network.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if float(state["rate"]) != self.rate:
+            raise ValueError(f"expected a checkpoint with --target_ema_rate {self.rate}, got {state['rate']}")
+        self.network.load_state_dict(state["weights"])
+
+
+class DistillationTask(TrainingTask):
+    """Consistency distillation of ``--teacher`` (a pipeline folder) into an [`ADMConsistencyPipeline`] student.
+
+    Each micro-batch: training images x_0 and labels; per example a grid index n, the noisy x = x_0 + sigma_{n+1} z,
+    one guided DDIM step of the teacher to sigma_n, and the squared distance between the student's f at
+    (x, sigma_{n+1}) and the target network's at the teacher's step (at sigma_min the boundary condition makes it
+    the step itself). ``--unconditional_prob`` of the examples get the null label and the unguided teacher, so the
+    student also samples without guidance.
+    """
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__(args, "diffusion", loadable_entry="model_index.json")
+        self.teacher: DiffusionPipeline | None = None
+        self.target: _TargetNetwork | None = None
+        self.cm_scheduler: CMStochasticIterativeScheduler | None = None
+        self.null_class: int | None = None
+        self.num_classes: int | None = None
+        self.classifier_scale = 0.0
+
+    # -- set-up -------------------------------------------------------------------------------------------------------
+
+    def load_images(self) -> tuple[LabelledImages, None]:
+        return load_training_images(self.args, require_labels=self.args.guidance != "none"), None
+
+    def _load_teacher(self) -> DiffusionPipeline:
+        args = self.args
+        teacher = DiffusionPipeline.from_pretrained(args.teacher)
+        unet, scheduler = getattr(teacher, "unet", None), getattr(teacher, "scheduler", None)
+        if type(unet) is not ADMUNet2DModel or not hasattr(scheduler, "alphas_cumprod") or not hasattr(scheduler, "diffusion"):
+            raise ValueError(
+                f"expected a teacher pipeline with an ADMUNet2DModel and a guided scheduler in --teacher, got {type(teacher).__name__} "
+                f"with {type(unet).__name__} and {type(scheduler).__name__}"
+            )
+        if scheduler.config.prediction_type != "epsilon" or unet.config.out_channels != unet.config.in_channels:
+            raise ValueError(
+                "expected an epsilon-predicting teacher without learned variances, got prediction_type "
+                f"{scheduler.config.prediction_type!r} with {unet.config.out_channels} output channels for {unet.config.in_channels} image channels"
+            )
+        null = null_class_id(unet)
+        if args.guidance == "classifier-free" and null is None:
+            raise ValueError("expected a teacher trained with label dropout (a null class) for --guidance classifier-free, got none")
+        if args.guidance == "classifier" and getattr(teacher, "classifier", None) is None:
+            raise ValueError("expected a teacher pipeline with a classifier for --guidance classifier, got none")
+        if args.guidance != "none" and not unet.config.num_classes:
+            raise ValueError(f"expected a class-conditional teacher for --guidance {args.guidance}, got an unconditional one")
+        if args.unconditional_prob > 0 and null is None:
+            raise ValueError(f"expected a teacher with a null class for --unconditional_prob {args.unconditional_prob}, got none (pass 0)")
+        if args.resolution is not None and args.resolution != unet.config.sample_size:
+            raise ValueError(f"expected --resolution {unet.config.sample_size} (the teacher's), got {args.resolution}")
+        return teacher
+
+    def build(self, train_images: LabelledImages) -> nn.Module:
+        args = self.args
+        teacher = self._load_teacher()
+        unet = teacher.unet.requires_grad_(False).eval()
+        if getattr(teacher, "classifier", None) is not None:
+            teacher.classifier.requires_grad_(False).eval()
+        self.teacher = teacher
+        self.num_classes = unet.config.num_classes or None
+        self.null_class = null_class_id(unet)
+        self.classifier_scale = args.classifier_scale if args.classifier_scale is not None else float(teacher.config.get("classifier_scale") or 0.0)
+        self.id2label = {int(k): v for k, v in (teacher.config.get("id2label") or {}).items()} or None
+        label_map = None
+        if self.num_classes:
+            data = train_images.id2label or {index: str(index) for index in range(train_images.num_classes or 0)}
+            label_map = map_data_classes(data, train_images.named, self.id2label, self.num_classes, "teacher")
+        student = ADMGuidanceUNet2DModel.from_unet(unet) if args.guidance == "classifier-free" else copy.deepcopy(unet)
+        with torch.no_grad():  # F = -eps: at low noise, the parameterization's F is -v = -eps
+            student.conv_out.weight.neg_()
+            student.conv_out.bias.neg_()
+        student.requires_grad_(True).train()
+        self.cm_scheduler = consistency_scheduler(teacher.scheduler, args.num_discretization_steps)
+        self.target = _TargetNetwork(student, args.target_ema_rate)
+        flags = {"teacher": args.teacher, "method": "consistency distillation", "guidance": args.guidance}
+        self.setup = DiffusionSetup(student, teacher.scheduler, LossType.MSE, unet.config.sample_size, None, self.id2label, flags, label_map)
+        self.label_map = label_map
+        self.resolution = unet.config.sample_size
+        self.num_timesteps = args.num_discretization_steps - 1
+        return student
+
+    def checkpoint_objects(self) -> dict[str, Any]:
+        return {"target_network": self.target}
+
+    # -- the loss -----------------------------------------------------------------------------------------------------
+
+    def _grid(self, device: torch.device) -> torch.Tensor:
+        """The N noise levels, descending (sigma_max .. sigma_min), float64."""
+        scheduler = self.cm_scheduler
+        ramp = torch.linspace(0, 1, scheduler.config.num_train_timesteps, dtype=torch.float64)
+        return torch.as_tensor(scheduler._convert_to_karras(ramp.numpy()), device=device)
+
+    def consistency_function(self, network: nn.Module, x: torch.Tensor, sigma: torch.Tensor, unet_kwargs: dict[str, Any]) -> torch.Tensor:
+        """f(x, sigma) = c_skip x + c_out F(c_in x, t(sigma)), exactly as the student's scheduler computes it."""
+        scheduler = self.cm_scheduler
+        view = sigma.view(-1, 1, 1, 1)
+        c_skip, c_out = scheduler.get_scalings_for_boundary_condition(view)
+        c_in = 1.0 / (view**2 + scheduler.config.sigma_data**2).sqrt()
+        timesteps = teacher_timesteps(self.teacher.scheduler, sigma)
+        return c_skip * x + c_out * network(c_in * x, timesteps, **unet_kwargs).sample
+
+    @torch.no_grad()
+    def teacher_step(self, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, labels: torch.Tensor | None,
+                     guidance_scale: torch.Tensor | None, guided: torch.Tensor | None) -> torch.Tensor:
+        """One DDIM step of the guided teacher from noise level ``sigma`` to ``sigma_next``, on the variance-exploding
+        x: x_0 = x - sigma eps (clipped where the teacher's scheduler clips), then x_0 + sigma_next (x - x_0) / sigma,
+        with eps the teacher's guided prediction at x / sqrt(1 + sigma^2). Unclipped, this is Euler's step of the ODE.
+
+        Args:
+            x (`torch.Tensor`): the variance-exploding sample.
+            sigma, sigma_next (`torch.Tensor`): (batch,) noise levels.
+            labels (`torch.Tensor`, *optional*): the teacher's labels (the null class for unguided examples).
+            guidance_scale (`torch.Tensor`, *optional*): (batch,) classifier-free weights.
+            guided (`torch.Tensor`, *optional*): (batch,) bool, the examples the classifier guides.
+        """
+        unet = self.teacher.unet
+        view = sigma.view(-1, 1, 1, 1)
+        x_t = x / (1.0 + view**2).sqrt()
+        timesteps = teacher_timesteps(self.teacher.scheduler, sigma)
+        kwargs = {"class_labels": labels} if labels is not None else {}
+        if guidance_scale is not None:
+            null = torch.full_like(labels, self.null_class)
+            both = unet(torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]), class_labels=torch.cat([labels, null])).sample
+            conditional, unconditional = both.chunk(2)
+            eps = unconditional + guidance_scale.view(-1, 1, 1, 1) * (conditional - unconditional)
+        else:
+            eps = unet(x_t, timesteps, **kwargs).sample
+        if guided is not None and self.classifier_scale:
+            # DDIM's classifier guidance: eps - sqrt(1 - alpha_bar) * scale * grad log p(y | x_t).
+            gradient = classifier_gradient(self.teacher.classifier, x_t, timesteps, labels.clamp(max=self.num_classes - 1), self.classifier_scale)
+            eps = eps - (view / (1.0 + view**2).sqrt()) * gradient * guided.view(-1, 1, 1, 1)
+        denoised = x - view * eps
+        if self.teacher.scheduler.config.get("clip_sample", True):  # as the teacher's own DDIM clips its x_0
+            denoised = denoised.clamp(-1, 1)
+        return denoised + sigma_next.view(-1, 1, 1, 1) * (x - denoised) / view
+
+    def _move_to(self, device: torch.device) -> None:
+        if self.teacher.unet.device != device:
+            self.teacher.to(device)
+            self.target.network.to(device)
+
+    def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> MicroBatchResult:
+        args = self.args
+        x0 = batch["pixel_values"]
+        device, size = x0.device, x0.shape[0]
+        self._move_to(device)
+        grid = self._grid(device)
+        index = torch.randint(0, len(grid) - 1, (size,), device=device)
+        sigma, sigma_next = grid[index].float(), grid[index + 1].float()
+        labels = guided = scales = None
+        student_kwargs: dict[str, Any] = {}
+        if self.num_classes:
+            labels = batch["class_labels"]
+            guided = torch.ones(size, dtype=torch.bool, device=device)
+            if args.unconditional_prob > 0:
+                guided = torch.rand(size, device=device) >= args.unconditional_prob
+                labels = torch.where(guided, labels, torch.full_like(labels, self.null_class))
+            student_kwargs["class_labels"] = labels
+        if args.guidance == "classifier-free":
+            scales = args.w_min + (args.w_max - args.w_min) * torch.rand(size, device=device)
+            student_kwargs["guidance_scale"] = scales
+        x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn_like(x0)
+        x_next = self.teacher_step(x, sigma, sigma_next, labels, scales, guided if args.guidance == "classifier" else None)
+        with torch.no_grad():
+            target = self.consistency_function(self.target.network, x_next, sigma_next, student_kwargs)
+        prediction = self.consistency_function(model, x, sigma, student_kwargs)
+        loss = ((prediction - target) ** 2).mean(dim=(1, 2, 3))
+        # Logged by grid interval, noisiest first: the "timestep" of each example is its index n.
+        return MicroBatchResult(loss.mean(), {"loss": loss.detach()}, index)
+
+    def optimizer_step_done(self, model: nn.Module, step: int) -> None:
+        self.target.update(model)
+
+    # -- output -------------------------------------------------------------------------------------------------------
+
+    def write_output(self, folder: Path, model: nn.Module, extra_models: dict[str, nn.Module], facts: dict[str, Any]) -> None:
+        args = self.args
+        distillation = {
+            "teacher": str(args.teacher), "method": "consistency distillation", "guidance": args.guidance,
+            "num_discretization_steps": args.num_discretization_steps, "target_ema_rate": args.target_ema_rate,
+            "unconditional_prob": args.unconditional_prob,
+        }
+        if args.guidance == "classifier":
+            distillation["classifier_scale"] = self.classifier_scale
+        if args.guidance == "classifier-free":
+            distillation.update(w_min=args.w_min, w_max=args.w_max)
+        guidance_scale = args.guidance_scale if args.guidance == "classifier-free" else None
+        pipeline = ADMConsistencyPipeline(
+            unet=model, scheduler=self.cm_scheduler, teacher_scheduler=self.teacher.scheduler, id2label=self.id2label,
+            guidance_scale=guidance_scale, distillation=distillation,
+        )
+        pipeline.save_pretrained(folder, safe_serialization=True)
+        for name, weights in extra_models.items():
+            weights.save_pretrained(folder / "weights" / name, safe_serialization=True)
+        write_distilled_card(folder / "README.md", distillation, facts, guidance_scale, bool(self.num_classes), args.license)
+
+
+def write_distilled_card(path: Path, distillation: dict[str, Any], facts: dict[str, Any], guidance_scale: float | None,
+                         conditional: bool, license: str) -> None:
+    """The student's model card: what it was distilled from and how, the loop's settings, and how to sample it."""
+    from ..publishing import write_text_atomically
+
+    guidance = distillation["guidance"]
+    how = {
+        "classifier-free": f"classifier-free guidance with the weight as a student input (trained for w in [{distillation.get('w_min')}, "
+        f"{distillation.get('w_max')}]; default {guidance_scale})",
+        "classifier": f"the teacher's classifier guidance folded in at classifier scale {distillation.get('classifier_scale')}",
+        "none": "no guidance",
+    }[guidance]
+    call = "pipe(class_labels=[0, 1, 2], num_inference_steps=2" if conditional else "pipe(batch_size=4, num_inference_steps=2"
+    if guidance == "classifier-free":
+        call += f", guidance_scale={guidance_scale}"
+    training = "\n".join(f"- {key}: {value}" for key, value in facts["training"].items())
+    text = f"""---
+license: {license}
+library_name: diffusers
+tags:
+- guided_diffusers
+- consistency-models
+- distillation
+---
+
+# {facts["model_name"]}
+
+A consistency model distilled with `guided-diffusers-distill` from the pipeline `{distillation["teacher"]}`: \
+consistency distillation (Song et al. 2023) with an EMA target network (rate {distillation["target_ema_rate"]}) over a \
+Karras grid of {distillation["num_discretization_steps"]} noise levels of the teacher's process, one DDIM step of the \
+guided teacher per example, {how}. {distillation["unconditional_prob"]:.0%} of the examples were distilled without \
+guidance (the null class), so the student also samples unguided (no class labels). It samples in 1 to 4 steps with \
+diffusers' `CMStochasticIterativeScheduler`.
+
+Data: {facts["dataset"]}
+
+## Use
+
+```python
+import guided_diffusers  # registers the pipeline classes with diffusers
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("{facts["location"]}")
+images = {call}).images
+```
+
+## Distillation
+
+{training}
+"""
+    results = facts.get("results") or {}
+    if results:
+        text += "\n## Results\n\n" + "\n".join(f"- {key}: {value}" for key, value in results.items()) + "\n"
+    write_text_atomically(path, text)

@@ -1,0 +1,222 @@
+"""Distillation (guided-diffusers-distill) and the consistency pipeline: a one-step student approaches its teacher's
+ODE endpoint on a toy distribution, a run resumes with identical state, the student folder loads through
+DiffusionPipeline.from_pretrained and samples as the in-memory one, the pipeline gives the U-Net the right timestep,
+and bad arguments are refused in one line before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread is fastest on a busy machine
+
+TINY = dict(sample_size=8, in_channels=1, out_channels=1, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+            attention_downsample_factors=(2,), num_head_channels=32)
+
+
+def _run(main, argv: list[str]) -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    try:
+        main([*argv, "--report_to", "none"])
+    finally:  # accelerate keeps process-wide state between Accelerator objects
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def _distill(argv: list[str]) -> None:
+    from guided_diffusers.cli.distill import main
+
+    _run(main, argv)
+
+
+def _toy_digits(folder: Path, count: int = 32) -> Path:
+    """Two classes of flat grey 8x8 images: 'lo' at -0.5 and 'hi' at +0.5 in the model's [-1, 1]."""
+    folder.mkdir(parents=True)
+    for k in range(count):
+        name, value = ("lo", 64) if k % 2 else ("hi", 191)
+        Image.fromarray(np.full((8, 8), value, dtype=np.uint8), mode="L").save(folder / f"{name}_{k:03d}.png")
+    return folder
+
+
+def _random_teacher(folder: Path, seed: int = 0) -> Path:
+    from guided_diffusers import ADMUNet2DModel, ClassifierGuidedPipeline, GuidedDDPMScheduler
+
+    torch.manual_seed(seed)
+    unet = ADMUNet2DModel(**TINY, num_classes=2, class_dropout_prob=0.1)
+    scheduler = GuidedDDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
+    ClassifierGuidedPipeline(unet=unet, scheduler=scheduler, id2label={0: "hi", 1: "lo"}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """The toy data and a teacher trained on it by the training script (conditional, with a null class)."""
+    from guided_diffusers.cli.train import train_diffusion
+
+    root = tmp_path_factory.mktemp("toy")
+    data = _toy_digits(root / "data")
+    _run(train_diffusion, [
+        "--train_data_dir", str(data), "--resolution", "8", "--in_channels", "1", "--num_channels", "32", "--num_res_blocks", "1",
+        "--channel_mult", "1,2", "--attention_resolutions", "4", "--num_head_channels", "32", "--diffusion_steps", "100",
+        "--noise_schedule", "cosine", "--class_cond", "True", "--class_dropout_prob", "0.2", "--learning_rate", "2e-3",
+        "--train_batch_size", "16", "--max_train_steps", "400", "--ema_rate", "0.95", "--output_dir", str(root / "teacher"),
+    ])
+    return root
+
+
+def _teacher_ode_endpoint(task, noise: torch.Tensor, labels: torch.Tensor, levels: int = 200) -> torch.Tensor:
+    """The teacher's probability-flow ODE from sigma_max to sigma_min in ``levels`` DDIM steps, from sigma_max * noise."""
+    from diffusers import CMStochasticIterativeScheduler
+
+    grid_scheduler = CMStochasticIterativeScheduler(**{**task.cm_scheduler.config, "num_train_timesteps": levels})
+    sigmas = torch.as_tensor(grid_scheduler._convert_to_karras(np.linspace(0, 1, levels)), dtype=torch.float32)
+    x = noise * sigmas[0]
+    for high, low in zip(sigmas[:-1], sigmas[1:]):
+        x = task.teacher_step(x, high.expand(len(x)), low.expand(len(x)), labels, None, None)
+    return x
+
+
+@pytest.mark.slow  # two short trainings: about a minute on a quiet machine
+def test_one_step_student_approaches_the_teachers_ode_endpoint(toy):
+    """After a short distillation the student's one step from sigma_max lands nearer the end of the teacher's
+    200-step ODE from the same noise: its squared error falls below half the starting student's (the teacher, trained
+    briefly, is erratic at high noise, so its endpoints are a hard function of the noise; 0.41 of it after 100 steps here)."""
+    from diffusers import DiffusionPipeline
+
+    from guided_diffusers.cli.distill import parse_distill_args
+    from guided_diffusers.data import images_from_folder
+    from guided_diffusers.training.distillation_task import DistillationTask
+
+    output = toy / "student"
+    argv = ["--teacher", str(toy / "teacher"), "--train_data_dir", str(toy / "data"), "--guidance", "none", "--unconditional_prob", "0",
+            "--num_discretization_steps", "8", "--target_ema_rate", "0", "--learning_rate", "5e-4", "--train_batch_size", "16",
+            "--max_train_steps", "150", "--use_ema", "False", "--output_dir", str(output)]
+    task = DistillationTask(parse_distill_args(argv))
+    task.build(images_from_folder(toy / "data"))
+    noise = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(16) % 2
+    endpoint = _teacher_ode_endpoint(task, noise, labels).clamp(-1, 1)
+
+    def one_step_error(pipe) -> float:
+        images = pipe(class_labels=labels, latents=noise, num_inference_steps=1, output_type="latent").images
+        return float(((images - endpoint) ** 2).mean())
+
+    from guided_diffusers import ADMConsistencyPipeline
+
+    start = ADMConsistencyPipeline(unet=task.setup.model.eval(), scheduler=task.cm_scheduler, teacher_scheduler=task.teacher.scheduler)
+    start.set_progress_bar_config(disable=True)
+    before = one_step_error(start)
+    _distill(argv)
+    student = DiffusionPipeline.from_pretrained(output)
+    student.set_progress_bar_config(disable=True)
+    after = one_step_error(student)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_resumed_distillation_equals_the_uninterrupted_one_and_the_folder_round_trips(tmp_path):
+    """A run stopped at its step-2 checkpoint and resumed ends with the uninterrupted run's student, target network
+    and logs; the student folder loads through DiffusionPipeline.from_pretrained and samples as the weights it holds."""
+    import json
+
+    from diffusers import CMStochasticIterativeScheduler, DiffusionPipeline
+    from safetensors.torch import load_file
+
+    from guided_diffusers import ADMConsistencyPipeline, ADMGuidanceUNet2DModel, GuidedDDPMScheduler
+
+    data, teacher = _toy_digits(tmp_path / "data", 8), _random_teacher(tmp_path / "teacher")
+    argv = ["--teacher", str(teacher), "--train_data_dir", str(data), "--train_batch_size", "2", "--checkpointing_steps", "2",
+            "--num_discretization_steps", "6", "--w_min", "1", "--w_max", "3", "--ema_rate", "0.9"]
+    _distill([*argv, "--max_train_steps", "4", "--output_dir", str(tmp_path / "straight")])
+    _distill([*argv, "--max_train_steps", "2", "--output_dir", str(tmp_path / "resumed")])
+    _distill([*argv, "--max_train_steps", "4", "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "latest"])
+    for part in ("unet/diffusion_pytorch_model.safetensors", "weights/model/diffusion_pytorch_model.safetensors",
+                 "checkpoint-4/trainer_state.safetensors"):
+        straight, resumed = load_file(tmp_path / "straight" / part), load_file(tmp_path / "resumed" / part)
+        assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight), part
+    assert any(key.startswith("target_network") for key in load_file(tmp_path / "resumed/checkpoint-4/trainer_state.safetensors"))
+    logs = [[json.loads(line)["loss"] for line in open(tmp_path / run / "logs/metrics.jsonl")] for run in ("straight", "resumed")]
+    assert logs[0] == logs[1] and len(logs[0]) == 4
+
+    folder = tmp_path / "straight"
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    assert isinstance(pipe, ADMConsistencyPipeline) and isinstance(pipe.unet, ADMGuidanceUNet2DModel)
+    assert isinstance(pipe.scheduler, CMStochasticIterativeScheduler) and isinstance(pipe.teacher_scheduler, GuidedDDPMScheduler)
+    assert pipe.config.guidance_scale == 2.0 and pipe.config.distillation["teacher"] == str(teacher)
+    unet = ADMGuidanceUNet2DModel.from_pretrained(folder / "unet")
+    again = ADMConsistencyPipeline(unet=unet, scheduler=CMStochasticIterativeScheduler.from_pretrained(folder / "scheduler"),
+                                   teacher_scheduler=GuidedDDPMScheduler.from_pretrained(folder / "teacher_scheduler"), id2label=pipe.config.id2label,
+                                   guidance_scale=2.0)
+    for steps in (1, 2, 4):
+        kwargs = dict(class_labels=["hi", "lo", 1], num_inference_steps=steps, guidance_scale=2.0, output_type="np")
+        first = pipe(generator=torch.Generator().manual_seed(0), **kwargs).images
+        second = again(generator=torch.Generator().manual_seed(0), **kwargs).images
+        assert first.shape == (3, 8, 8, 1) and np.array_equal(first, second)
+    unguided = pipe(batch_size=2, num_inference_steps=2, output_type="np").images  # the null class
+    assert unguided.shape == (2, 8, 8, 1)
+    card = (folder / "README.md").read_text()
+    assert str(teacher) in card and "consistency distillation" in card and "optimizer steps: 4" in card
+
+
+def test_the_pipeline_gives_the_unet_the_teachers_timestep_or_the_schedulers_own(tmp_path):
+    """With a teacher process the U-Net sees the teacher's timestep of each noise level (the integer t at sigma_t);
+    without one (OpenAI's consistency models) the scheduler's 250 log(sigma); one step is c_skip x + c_out F, clamped."""
+    from diffusers import CMStochasticIterativeScheduler
+
+    from guided_diffusers import ADMConsistencyPipeline, ADMUNet2DModel, GuidedDDPMScheduler
+    from guided_diffusers.pipelines.pipeline_adm_consistency import process_noise_levels, teacher_timesteps
+
+    process = GuidedDDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
+    levels = process_noise_levels(process.alphas_cumprod).float()
+    picked = torch.tensor([0, 7, 50, 99])
+    assert torch.allclose(teacher_timesteps(process, levels[picked]), picked.float(), atol=1e-3)
+    between = (levels[10] * levels[11]).sqrt()  # halfway in log sigma
+    assert abs(float(teacher_timesteps(process, between[None])[0]) - 10.5) < 1e-3
+
+    torch.manual_seed(0)
+    unet = ADMUNet2DModel(**TINY)
+    seen = []
+    forward = unet.forward
+    unet.forward = lambda sample, timestep, **kwargs: (seen.append((sample.clone(), timestep.clone())), forward(sample, timestep, **kwargs))[1]
+    scheduler = CMStochasticIterativeScheduler(num_train_timesteps=10, sigma_min=0.01, sigma_max=20.0, sigma_data=1.0)
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    for teacher, expected in ((None, 250 * np.log(20.0)), (process, None)):
+        seen.clear()
+        pipe = ADMConsistencyPipeline(unet=unet, scheduler=scheduler, teacher_scheduler=teacher)
+        pipe.set_progress_bar_config(disable=True)
+        images = pipe(batch_size=2, latents=noise, output_type="latent").images
+        sample, timestep = seen[0]
+        if expected is None:
+            expected = float(teacher_timesteps(process, torch.tensor([20.0]))[0])
+        assert abs(float(timestep) - expected) < 1e-3
+        assert torch.allclose(sample, noise * 20.0 / (20.0**2 + 1) ** 0.5, atol=1e-6)  # c_in x
+        c_skip, c_out = scheduler.get_scalings_for_boundary_condition(torch.tensor(20.0))
+        output = forward(sample, timestep).sample
+        assert torch.allclose(images, (c_skip * noise * 20.0 + c_out * output).clamp(-1, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--num_channels", "64"], "expected no model or process flags (the student is the --teacher's model), got --num_channels"),
+        (["--w_min", "3", "--w_max", "2"], "expected 1 <= --w_min <= --w_max, got 3.0 and 2.0"),
+        (["--classifier_scale", "2"], "expected --classifier_scale >= 0 with --guidance classifier only"),
+        (["--guidance", "classifier"], "expected a teacher pipeline with a classifier for --guidance classifier, got none"),
+        (["--resolution", "16"], "expected --resolution 8 (the teacher's), got 16"),
+    ],
+)
+def test_bad_arguments_are_refused_in_one_line_before_any_work(tmp_path, capsys, extra, expected):
+    data, teacher = _toy_digits(tmp_path / "data", 4), _random_teacher(tmp_path / "teacher")
+    output = tmp_path / "out"
+    with pytest.raises(SystemExit) as stopped:
+        _distill(["--teacher", str(teacher), "--train_data_dir", str(data), "--train_batch_size", "2", "--max_train_steps", "2",
+                  "--output_dir", str(output), *extra])
+    # argparse's refusals print usage and the reason; a refused run exits with "error: ..." as its code
+    message = stopped.value.code if isinstance(stopped.value.code, str) else capsys.readouterr().err.strip().splitlines()[-1]
+    assert "\n" not in message
+    assert expected in message
+    assert not output.exists() or not any(output.glob("checkpoint-*"))
