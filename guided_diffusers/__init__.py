@@ -5,23 +5,6 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-<<<<<<< HEAD
-=======
-# diffusers' component loader accepts a library's classes only if the library exposes these two base classes.
-from diffusers import ModelMixin, SchedulerMixin
-
-from .models import ADMClassifier, ADMGuidanceUNet2DModel, ADMSuperResUNet2DModel, ADMUNet2DModel
-from .pipelines import (
-    ADMConsistencyPipeline,
-    ADMImg2ImgPipeline,
-    ADMInpaintPipeline,
-    ADMUpsamplingPipeline,
-    ClassifierGuidedPipeline,
-    DDIMInversionPipeline,
-)
-from .schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler
-
->>>>>>> wt-f
 __all__ = [
     "ADMClassifier",
     "ADMConsistencyPipeline",
@@ -45,8 +28,9 @@ def _import_public_names() -> None:
     # diffusers' component loader accepts a library's classes only if the library exposes these two base classes.
     from diffusers import ModelMixin, SchedulerMixin
 
-    from .models import ADMClassifier, ADMSuperResUNet2DModel, ADMUNet2DModel
+    from .models import ADMClassifier, ADMGuidanceUNet2DModel, ADMSuperResUNet2DModel, ADMUNet2DModel
     from .pipelines import (
+        ADMConsistencyPipeline,
         ADMImg2ImgPipeline,
         ADMInpaintPipeline,
         ADMUpsamplingPipeline,

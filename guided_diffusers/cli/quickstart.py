@@ -42,15 +42,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from guided_diffusers.demo.quickstart import QuickstartSettings, check_demo_extra, run_quickstart
 
-<<<<<<< HEAD
     try:
         check_demo_extra()  # before any folder is made
     except ModuleNotFoundError as error:
         sys.exit(f"error: {error}")
-    settings = QuickstartSettings(output_dir=Path(args.output_dir), retrain=args.retrain, seed=args.seed)
-=======
     settings = QuickstartSettings(output_dir=Path(args.output_dir), retrain=args.retrain, seed=args.seed, distill=args.distill)
->>>>>>> wt-f
     for name in ("diffusion_train_steps", "classifier_train_steps", "samples_per_class", "fast"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
