@@ -24,7 +24,7 @@ SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scrip
 # which are not this change's to restructure: their --help still imports torch (measured 7 to 18 s on a busy 2-core
 # machine). Every other script's --help is checked below.
 HEAVY_HELP = {"guided-diffusers-train-diffusion", "guided-diffusers-train-classifier", "guided-diffusers-train-super-res",
-              "guided-diffusers-evaluate"}
+              "guided-diffusers-distill", "guided-diffusers-evaluate"}
 HELP_PROBE = """
 import importlib, io, json, sys, contextlib
 results = {}

@@ -19,9 +19,9 @@ from diffusers import CMStochasticIterativeScheduler, DiffusionPipeline, ImagePi
 from ..models import ADMGuidanceUNet2DModel, ADMUNet2DModel
 from .labels import ClassLabels, normalize_id2label, resolve_class_labels
 from ..models import null_class_id
+from ..checks import check_whole_number
 from .sampling import (
     CallStateMixin,
-    check_batch_size,
     check_output_type,
     check_scale,
     image_pipeline_output,
@@ -110,7 +110,8 @@ class ADMConsistencyPipeline(CallStateMixin, DiffusionPipeline):
         self, class_labels: ClassLabels | None, batch_size: int | None, guidance_scale: float | None
     ) -> tuple[torch.Tensor | None, int, float | None]:
         """(U-Net labels, batch, guidance weight), each checked in one line before any work."""
-        check_batch_size(batch_size)
+        if batch_size is not None:
+            check_whole_number("batch_size", batch_size, 1)
         check_scale("guidance_scale", guidance_scale)
         num_classes = getattr(self.unet.config, "num_classes", None)
         labels = None
