@@ -246,12 +246,17 @@ def test_inpainting_classifier_free_guidance_runs_the_null_class(components):
     assert not torch.equal(out, plain)
 
 
-def test_inpainting_callback_sees_merged_latents_and_can_stop(components):
+def test_inpainting_callback_sees_merged_latents_and_can_stop(components, monkeypatch):
+    """The callback's latents hold, in the known region, the known image noised by the forward process to the level
+    just reached (what the scheduler's add_noise gave in the loop), not the reverse step's own sample there."""
     pipe = _make(ADMInpaintPipeline, components)
-    steps = []
+    steps, seen, known = [], [], []
+    add_noise = pipe.scheduler.add_noise
+    monkeypatch.setattr(pipe.scheduler, "add_noise", lambda *args: known.append(add_noise(*args)) or known[-1])
 
     def callback(p, i, t, tensors):
         steps.append(int(t))
+        seen.append(tensors["latents"].clone())
         if i == 2:
             p._interrupt = True
         return tensors
@@ -261,6 +266,10 @@ def test_inpainting_callback_sees_merged_latents_and_can_stop(components):
                callback_on_step_end=callback, output_type="latent").images
     assert len(steps) == 3 and steps == sorted(steps, reverse=True)
     assert torch.equal(out[:, :, _box_mask() == 0], images[:, :, _box_mask() == 0])
+    assert len(known) == len(seen) == 3
+    for latents, noised in zip(seen, known):
+        assert torch.equal(latents[:, :, _box_mask() == 0], noised[:, :, _box_mask() == 0])
+        assert not torch.equal(latents[:, :, _box_mask() == 1], noised[:, :, _box_mask() == 1])
 
 
 # -- image-to-image ---------------------------------------------------------------------------------------------------

@@ -273,6 +273,12 @@ def test_learned_variances():
     torch.testing.assert_close(low.log_variance, ranged.extract(ranged.tables.posterior_log_variance_clipped, t, x_t))
     torch.testing.assert_close(high.log_variance, ranged.extract(ranged.tables.log_betas, t, x_t))
     torch.testing.assert_close(high.variance, ranged.extract(ranged.tables.betas, t, x_t))
+    # v interpolates the log variances: at v = 0 the variance is the geometric mean of the two, not the arithmetic one
+    middle = ranged.p_mean_variance(torch.cat([x_t, torch.zeros_like(x_t)], 1), x_t, t)
+    geometric = (low.variance * high.variance).sqrt()
+    torch.testing.assert_close(middle.variance, geometric)
+    torch.testing.assert_close(middle.log_variance, (low.log_variance + high.log_variance) / 2)
+    assert (((low.variance + high.variance) / 2 - geometric) / geometric).max() > 1e-3  # the two means differ here
     learned = _process(variance_type="learned")
     values = torch.full_like(x_t, -3.0)
     out = learned.p_mean_variance(torch.cat([x_t, values], 1), x_t, t)

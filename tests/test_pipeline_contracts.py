@@ -430,11 +430,15 @@ def test_interval_guides_only_inside_and_saves_evaluations():
     levels = [noise_level(pipe.scheduler, t) for t in pipe.scheduler.timesteps]
     low, high = sorted(levels)[1], sorted(levels)[3]  # inside: the 3rd and 4th lowest noise levels
     unet_batches, classifier_calls = [], []
-    pipe.unet.register_forward_hook(lambda module, args, output: unet_batches.append(args[0].shape[0]))
-    pipe.classifier.register_forward_hook(lambda *args: classifier_calls.append(1))
+    pipe.unet.register_forward_hook(lambda module, args, output: unet_batches.append((int(args[1]), args[0].shape[0])))
+    pipe.classifier.register_forward_hook(lambda module, args, output: classifier_calls.append(int(args[1])))
     run = dict(class_labels=[1, 2], num_inference_steps=6, classifier_scale=2.0, guidance_scale=3.0, output_type="latent")
     inside = pipe(**run, guidance_interval=(low, high), generator=torch.Generator().manual_seed(0)).images
-    assert len(classifier_calls) == 2 and sorted(unet_batches) == [2, 2, 2, 2, 4, 4]
+    # exactly the steps whose noise level is in (low, high]: the classifier and the null-class batch there, not elsewhere
+    timesteps = pipe.scheduler.timesteps.tolist()
+    guided = [t for t, level in zip(timesteps, levels) if low < level <= high]
+    assert len(guided) == 2 and classifier_calls == guided
+    assert unet_batches == [(t, 4 if t in guided else 2) for t in timesteps]
     nowhere = pipe(**run, guidance_interval=(0.0, min(levels) / 2), generator=torch.Generator().manual_seed(0)).images
     conditional = pipe(class_labels=[1, 2], num_inference_steps=6, output_type="latent",
                        generator=torch.Generator().manual_seed(0)).images
