@@ -290,17 +290,20 @@ def report(rows: list[Row], judge: DigitsJudge, floor: float, times: dict[str, f
     return "\n".join(lines)
 
 
-def curve_lines(curve: TrainingCurve, floor: float, seconds: float | None) -> list[str]:
-    """The report's lines on the training curve: the distance by step, the best, and what validating cost."""
+def curve_lines(curve: TrainingCurve, floor: float, times: dict[str, float]) -> list[str]:
+    """The report's lines on the training curve: the distance by step, the best, and what validating cost (when this
+    run trained: ``times`` has each phase's seconds)."""
     best = int(np.argmin(curve.distances))
     lines = [
         "training curve (demo_output/training_curve.png): distance of the EMA weights' fast-recipe samples by step: "
         + ", ".join(f"{step} {distance:.1f}" for step, distance in zip(curve.steps, curve.distances)),
         f"best {curve.distances[best]:.1f} at step {curve.steps[best]} (floor {floor:.1f})",
     ]
-    if seconds:
-        lines.append(f"validation: {len(curve.steps)} evaluations, {curve.validation_seconds:.1f} s in all "
-                     f"({curve.validation_seconds / len(curve.steps):.2f} s each, {curve.validation_seconds / seconds:.1%} of the diffusion training's {seconds:.0f} s)")
+    training = times.get("diffusion training")
+    if training:
+        spent, total = curve.validation_seconds, sum(times.values())
+        lines.append(f"validation: {len(curve.steps)} evaluations, {spent:.1f} s in all ({spent / len(curve.steps):.2f} s each; "
+                     f"{spent / (training - spent):.1%} added to the diffusion training, {spent / (total - spent):.1%} to the whole run)")
     return lines
 
 
@@ -328,4 +331,4 @@ def run_quickstart(settings: QuickstartSettings) -> str:
     results["training_curve"] = {"steps": curve.steps, "distances": curve.distances, "validation_seconds": curve.validation_seconds}
     write_text_atomically(settings.output_dir / "results.json", json.dumps(results, indent=2))
     *table, last = text.split("\n")
-    return "\n".join([*table, *curve_lines(curve, floor, times.get("diffusion training")), "", last])
+    return "\n".join([*table, *curve_lines(curve, floor, times), "", last])
