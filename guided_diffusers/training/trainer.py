@@ -311,7 +311,10 @@ class Trainer:
     def _check_distributed_support(self, accelerator: Any) -> None:
         from accelerate.utils import DistributedType
 
-        wanting = [flag for flag, on in (("--use_ema", self.args.use_ema), ("validation", self.task.validation_steps)) if on]
+        # What needs whole parameters, and how to do without it.
+        wanting = {flag: remedy for flag, on, remedy in (("--use_ema", self.args.use_ema, "pass --use_ema False"),
+                                                          ("validation", self.task.validation_steps, "validate after training"))
+                   if on}
         if not wanting:
             return
         sharded = accelerator.distributed_type == DistributedType.FSDP
@@ -320,7 +323,7 @@ class Trainer:
         if sharded:
             raise ValueError(
                 f"expected whole parameters on every process for {' and '.join(wanting)} (DDP, or DeepSpeed ZeRO stage 1-2), "
-                f"got sharded parameters ({accelerator.distributed_type}); pass --use_ema False and no validation steps"
+                f"got sharded parameters ({accelerator.distributed_type}); {' and '.join(wanting.values())}"
             )
 
     # -- the run ----------------------------------------------------------------------------------------------------
@@ -625,17 +628,15 @@ class Trainer:
             unwrapped.load_state_dict(kept)
         results = self.task.final_evaluation(accelerator, model)
         if accelerator.is_main_process:
-            extra = {}
             if kept is not None:  # the best weights published; the last step's (raw and every EMA rate) kept beside
-                primary = _fresh_copy(unwrapped, kept)
-                extra["model"] = _fresh_copy(unwrapped, raw_state)
-                extra.update({name: _fresh_copy(unwrapped, state) for name, state in states.items()})
+                primary_state, extra_states = kept, {"model": raw_state, **states}
+            elif ema is not None:
+                primary_state = states.pop(f"ema_{ema.rates[0]}")
+                extra_states = {"model": raw_state, **states}
             else:
-                primary_name = f"ema_{ema.rates[0]}" if ema is not None else "model"
-                primary = _fresh_copy(unwrapped, states.pop(primary_name) if ema is not None else raw_state)
-                if ema is not None:
-                    extra["model"] = _fresh_copy(unwrapped, raw_state)
-                    extra.update({name: _fresh_copy(unwrapped, state) for name, state in states.items()})
+                primary_state, extra_states = raw_state, {}
+            primary = _fresh_copy(unwrapped, primary_state)
+            extra = {name: _fresh_copy(unwrapped, state) for name, state in extra_states.items()}
             training = self._training_facts(accelerator, run.progress.global_step, run.recent_losses)
             training.update(self._validation_facts(run, kept is not None))
             location = args.hub_model_id or (output_dir.name if args.push_to_hub else str(output_dir))

@@ -67,6 +67,7 @@ REFERENCE_CACHE = "validation_reference.npz"
 _CACHE_FORMAT = 1
 #: At most this many reference images (a seeded draw from larger sets), as the originals' reference batches.
 MAX_REFERENCE_IMAGES = 10_000
+INCEPTION_BATCH_SIZE = 64
 GRID_COLUMNS = 8
 #: A class-conditional grid shows at most this many classes (evenly spread over the ids), one row each.
 GRID_MAX_CLASSES = 16
@@ -214,7 +215,7 @@ def inception_space(weights_path: str | os.PathLike, device: torch.device | str)
         pixels = (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
         if pixels.shape[-1] == 1:
             pixels = np.repeat(pixels, 3, axis=-1)
-        pool, _ = compute_activations(network, [pixels], device=device)
+        pool, _ = compute_activations(network, _chunks(pixels, INCEPTION_BATCH_SIZE), device=device)
         return pool
 
     return FeatureSpace("FID Inception pool_3 (2048)", "inception:" + weights_fingerprint(network), extract)
@@ -475,13 +476,11 @@ class DiffusionValidation:
         indices = list(range(count))
         if count > MAX_REFERENCE_IMAGES:
             indices = sorted(np.random.default_rng(sample_seed(seed, _REFERENCE, 0)).choice(count, MAX_REFERENCE_IMAGES, replace=False).tolist())
-        needs_space = num_samples > 0
         space = None
-        if needs_space:
+        if num_samples > 0:
             space = inception_space(inception_weights, accelerator.device) if inception_weights else pixel_space()
         validation = cls(
-            scheduler, resolution, channels, num_classes, low_res_size, reference, indices,
-            TrainingImageDataset(held_out, resolution, role="validation", channels=channels) if held_out is not None else None,
+            scheduler, resolution, channels, num_classes, low_res_size, reference, indices, reference if held_out is not None else None,
             space, None, num_samples, batch_size, bpd_evaluations, seed, output_dir,
         )
         if space is not None:
