@@ -107,6 +107,8 @@ def test_tiny_quickstart_end_to_end(tmp_path):
     assert {p.name for p in (settings.output_dir / "grids").glob("*.png")} == {
         "ddpm3_unguided_cs0.png", "ddpm3_classifier_cs0.png", "ddpm3_classifier_cs2.png", "ddpm3_classifier-free_cs0_w2.png",
         "ddim2_unguided_cs0.png", "ddim2_classifier_cs2.png", "ddim2_classifier-free_cs0_w2.png"}
+    assert (settings.output_dir / "training_curve.png").is_file()  # one validation, at the last step
+    assert "distance of the EMA weights' fast-recipe samples by step: 4 " in text
     again = run_quickstart(settings)  # reuses the trained pipeline: the same samples
     assert quickstart_fields(again.splitlines()[-1])["distance_classifier"] == fields["distance_classifier"]
 

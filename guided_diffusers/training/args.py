@@ -103,12 +103,38 @@ def build_parser(task: str, description: str | None = None) -> argparse.Argument
     _add_switch(data, "random_flip", False, "flip images horizontally at random (guided-diffusion does; improved-diffusion does not)")
     _add_switch(data, "random_crop", task == "classifier", "the originals' random-resized crop instead of the centre crop")
     data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    validation = parser.add_argument_group("validation")
+    validation.add_argument("--validation_data_dir", "--val_data_dir", dest="validation_data_dir", default=None,
+                            help="held-out images labelled like --train_data_dir (default: hold out --validation_split)")
     if task == "classifier":
-        data.add_argument("--validation_data_dir", "--val_data_dir", dest="validation_data_dir", default=None,
-                          help="held-out images labelled like --train_data_dir (default: hold out --validation_split)")
-        data.add_argument("--validation_split", type=float, default=0.05, help="share of the training images held out for top-1/top-5 accuracy (0: none)")
-        data.add_argument("--validation_steps", type=int, default=5, help="evaluate one held-out batch every N steps (the originals' --eval_interval)")
-        data.add_argument("--validation_batch_size", type=int, default=None, help="default: --train_batch_size")
+        validation.add_argument("--validation_split", type=float, default=0.05, help="share of the training images held out for top-1/top-5 accuracy (0: none)")
+        validation.add_argument("--validation_steps", type=int, default=5, help="evaluate one held-out batch every N steps (the originals' --eval_interval)")
+        validation.add_argument("--evaluation_steps", type=int, default=None,
+                                help="evaluate the whole held-out split every N steps and at the last (loss, top-1/top-5 accuracy, per quartile "
+                                "of t, logged as eval_*): what --keep_best and --early_stopping_patience judge (eval_acc@1_q3, the noisiest "
+                                "quartile's accuracy). Default: only after training")
+    else:
+        validation.add_argument("--validation_split", type=float, default=0.0,
+                                help="share of the training images held out for the validation bits/dim and as the distance's reference (0: none)")
+        validation.add_argument("--validation_steps", type=int, default=None,
+                                help="every N steps and at the last: a fixed-seed sample grid (validation/step-N.png and the trackers), the "
+                                "Fréchet distance of --validation_samples samples to the real images and the held-out bits/dim, from the "
+                                "published (EMA) weights with the fast sampling recipe. Default: none")
+        validation.add_argument("--validation_samples", type=int, default=200,
+                                help="K: samples for the Fréchet distance (to the held-out images when there are some, else to the training "
+                                "images; 0: no distance)")
+        validation.add_argument("--validation_bpd_timesteps", type=int, default=50,
+                                help="timesteps at which the held-out bits/dim's terms are evaluated (t = 0 and strata of the others; the "
+                                "number of diffusion steps gives the whole bound)")
+        validation.add_argument("--inception_weights", default=None,
+                                help="the FID Inception weights file: measure the distance on its 2048 pool features (the evaluator's FID) "
+                                "instead of pixels area-averaged to 8x8")
+    validation.add_argument("--validation_batch_size", type=int, default=None, help="images per forward in validation, per process (default: --train_batch_size)")
+    _add_switch(validation, "keep_best", False, "publish the weights with the best validation score (diffusion: the lowest distance, else "
+                "bits/dim; classifier: eval_acc@1_q3) instead of the last step's, which go under weights/")
+    validation.add_argument("--early_stopping_patience", type=int, default=None,
+                            help="stop when the validation score has not improved for this many validations in a row")
 
     loop = parser.add_argument_group("training loop")
     loop.add_argument("--output_dir", default=defaults["output_dir"])
@@ -212,18 +238,42 @@ def check_arguments(args: argparse.Namespace, task: str) -> None:
     check_license(args.license)
     if args.push_to_hub and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         raise ValueError("expected the Hub to be reachable for --push_to_hub, got HF_HUB_OFFLINE set")
-    if task == "classifier":
-        if not 0.0 <= args.validation_split < 1.0:
-            raise ValueError(f"expected --validation_split in [0, 1), got {args.validation_split}")
-        if args.validation_steps < 1:
-            raise ValueError(f"expected --validation_steps >= 1, got {args.validation_steps}")
-        if args.validation_batch_size is not None and args.validation_batch_size < 1:
-            raise ValueError(f"expected --validation_batch_size >= 1, got {args.validation_batch_size}")
-    else:
-        if not 0.0 <= args.class_dropout_prob < 1.0:
-            raise ValueError(f"expected --class_dropout_prob in [0, 1), got {args.class_dropout_prob}")
+    _check_validation_arguments(args, task)
+    if task != "classifier" and not 0.0 <= args.class_dropout_prob < 1.0:
+        raise ValueError(f"expected --class_dropout_prob in [0, 1), got {args.class_dropout_prob}")
     if task == "super_res" and args.small_size is not None and args.small_size < 1:
         raise ValueError(f"expected --small_size >= 1, got {args.small_size}")
+
+
+def _check_validation_arguments(args: argparse.Namespace, task: str) -> None:
+    """The validation flags: ranges, and a validation to judge for --keep_best and --early_stopping_patience."""
+    if not 0.0 <= args.validation_split < 1.0:
+        raise ValueError(f"expected --validation_split in [0, 1), got {args.validation_split}")
+    steps_flag = "--evaluation_steps" if task == "classifier" else "--validation_steps"
+    counts = {"--validation_steps": args.validation_steps, "--validation_batch_size": args.validation_batch_size,
+              "--early_stopping_patience": args.early_stopping_patience}
+    if task == "classifier":
+        counts["--evaluation_steps"] = args.evaluation_steps
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise ValueError(f"expected {name} >= 1, got {value}")
+    held_out = bool(args.validation_data_dir) or args.validation_split > 0
+    if task != "classifier":
+        if args.validation_samples < 0:
+            raise ValueError(f"expected --validation_samples >= 0, got {args.validation_samples}")
+        if args.validation_bpd_timesteps < 2:
+            raise ValueError(f"expected --validation_bpd_timesteps >= 2, got {args.validation_bpd_timesteps}")
+        if args.inception_weights is not None and not os.path.isfile(args.inception_weights):
+            raise ValueError(f"expected the FID Inception weights file at --inception_weights {args.inception_weights!r}, got no such file")
+    judging = [name for name, on in (("--keep_best", args.keep_best), ("--early_stopping_patience", args.early_stopping_patience)) if on]
+    if judging:
+        scored = held_out if task == "classifier" else (args.validation_samples > 0 or held_out)
+        steps = args.evaluation_steps if task == "classifier" else args.validation_steps
+        what = "held-out images (--validation_split or --validation_data_dir)" if task == "classifier" else (
+            "--validation_samples > 0 or held-out images (--validation_split or --validation_data_dir)")
+        if not steps or not scored:
+            raise ValueError(f"expected {steps_flag} and {what} for {' and '.join(judging)}, got "
+                             + (f"no {steps_flag}" if not steps else "nothing to score"))
 
 
 def parse_training_args(task: str, argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:

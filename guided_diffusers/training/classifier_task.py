@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .builders import build_classifier_setup
-from ..data import EpochShuffledBatchSampler, LabelledImages, TrainingImageDataset, images_from_folder, split_held_out
+from ..data import EpochShuffledBatchSampler, LabelledImages, TrainingImageDataset
 from .metrics import summarize_terms, top_k_correct
 from .timestep_samplers import LossAwareSampler
-from .trainer import MicroBatchResult, TrainingTask, load_training_images
+from .trainer import MicroBatchResult, TrainingTask, load_held_out_images, load_training_images
 
 __all__ = ["ClassifierTask"]
 
@@ -41,13 +41,7 @@ class ClassifierTask(TrainingTask):
         images = load_training_images(args, require_labels=True)
         if not images.num_classes or images.num_classes < 2:
             raise ValueError(f"expected at least 2 classes to train a classifier on, got {images.num_classes or 0} in {images.source}")
-        held_out = None
-        if args.validation_data_dir:
-            held_out = images_from_folder(
-                args.validation_data_dir, class_names=[images.id2label[i] for i in range(images.num_classes)], label_from=args.label_from
-            )
-        elif args.validation_split > 0:
-            images, held_out = split_held_out(images, args.validation_split, args.seed)
+        images, held_out = load_held_out_images(args, images)
         self.held_out = held_out
         return images, held_out
 
@@ -135,6 +129,22 @@ class ClassifierTask(TrainingTask):
         keys = list(terms)
         gathered = accelerator.gather(torch.stack([terms[key] for key in keys] + [timesteps.float()], dim=1)).cpu()
         return summarize_terms({key: gathered[:, i] for i, key in enumerate(keys)}, gathered[:, -1], self.num_timesteps)
+
+    @property
+    def validation_steps(self) -> int | None:
+        return self.args.evaluation_steps
+
+    @property
+    def validation_score(self) -> tuple[str, bool] | None:
+        """The noisiest quartile's held-out top-1 accuracy, what guidance leans on most (clean images: the accuracy)."""
+        if self.held_out is None:
+            return None
+        return ("eval_acc@1_q3" if self.args.noised else "eval_acc@1", True)
+
+    def validate(self, accelerator: Any, model: nn.Module, step: int) -> dict[str, float]:
+        """The whole held-out split, as after training, logged as ``eval_*``."""
+        results = self.final_evaluation(accelerator, model)
+        return {"eval_" + key.removeprefix("val_"): value for key, value in results.items() if isinstance(value, (int, float))}
 
     def final_evaluation(self, accelerator: Any, model: nn.Module) -> dict[str, float]:
         """Loss, top-1 and top-5 accuracy over the whole held-out split (at uniform t when noised), and per quartile."""

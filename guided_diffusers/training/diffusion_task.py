@@ -16,7 +16,8 @@ from .builders import build_diffusion_setup, original_flag
 from ..data import LabelledImages
 from .losses import training_losses
 from .timestep_samplers import LossAwareSampler
-from .trainer import MicroBatchResult, TrainingTask, load_training_images
+from .trainer import MicroBatchResult, TrainingTask, load_held_out_images, load_training_images
+from .validation import REFERENCE_CACHE, DiffusionValidation
 
 __all__ = ["DiffusionTask"]
 
@@ -34,9 +35,13 @@ class DiffusionTask(TrainingTask):
         super().__init__(args, args.task, loadable_entry="model_index.json")
         self.num_classes: int | None = None
         self.null_class: int | None = None
+        self.held_out: LabelledImages | None = None
+        self.validation: DiffusionValidation | None = None  # set by prepare_validation with --validation_steps
 
-    def load_images(self) -> tuple[LabelledImages, None]:
-        return load_training_images(self.args, require_labels=bool(original_flag(self.args, "class_cond"))), None
+    def load_images(self) -> tuple[LabelledImages, LabelledImages | None]:
+        images = load_training_images(self.args, require_labels=bool(original_flag(self.args, "class_cond")))
+        images, self.held_out = load_held_out_images(self.args, images)
+        return images, self.held_out
 
     def build(self, train_images: LabelledImages) -> nn.Module:
         setup = build_diffusion_setup(self.args, train_images.num_classes, train_images.id2label, train_images.named)
@@ -44,6 +49,8 @@ class DiffusionTask(TrainingTask):
         self.num_classes = getattr(setup.model.config, "num_classes", None) or None
         self.null_class = self.num_classes if self.num_classes and self.args.class_dropout_prob > 0 else None
         self.id2label = (setup.id2label or train_images.id2label) if self.num_classes else None
+        if self.held_out is not None:
+            self.held_out = self.model_images(self.held_out)
         return setup.model
 
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> MicroBatchResult:
@@ -67,6 +74,36 @@ class DiffusionTask(TrainingTask):
         # Logged as the originals log them: each term times its importance weight.
         terms = {key: (value * weights).detach() for key, value in losses.items()}
         return MicroBatchResult((losses["loss"] * weights).mean(), terms, timesteps)
+
+    # -- validation -------------------------------------------------------------------------------------------------
+
+    @property
+    def validation_steps(self) -> int | None:
+        return self.args.validation_steps
+
+    @property
+    def validation_score(self) -> tuple[str, bool] | None:
+        """The Fréchet distance of the samples when there are some, else the held-out bits/dim; lower is better."""
+        if self.args.validation_samples > 0:
+            return ("val_frechet_distance", False)
+        return ("val_bpd", False) if self.held_out is not None else None
+
+    def prepare_validation(self, accelerator: Any, train_images: LabelledImages, output_dir: Path) -> None:
+        """The feature space and the reference statistics (read from the logging folder's cache when they are there)."""
+        args = self.args
+        if not args.validation_steps:
+            return
+        self.validation = DiffusionValidation.prepare(
+            accelerator, scheduler=self.setup.scheduler, resolution=self.resolution, channels=self.image_channels,
+            num_classes=self.num_classes, low_res_size=self.setup.low_res_size, train_images=train_images, held_out=self.held_out,
+            num_samples=args.validation_samples, batch_size=args.validation_batch_size or args.train_batch_size,
+            bpd_evaluations=args.validation_bpd_timesteps, inception_weights=args.inception_weights, seed=args.seed,
+            output_dir=output_dir, cache_path=output_dir / args.logging_dir / REFERENCE_CACHE,
+        )
+
+    def validate(self, accelerator: Any, model: nn.Module, step: int) -> dict[str, float]:
+        """The grid, the distance and the held-out bits/dim of the published weights."""
+        return self.validation.run(accelerator, model, step)
 
     def write_output(self, folder: Path, model: nn.Module, extra_models: dict[str, nn.Module], facts: dict[str, Any]) -> None:
         scheduler = self.setup.scheduler

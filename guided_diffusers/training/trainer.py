@@ -31,6 +31,7 @@ from ..data import (
     find_unreadable_images,
     images_from_dataset,
     images_from_folder,
+    split_held_out,
 )
 from ..publishing import normalize_file_modes
 from .checkpointing import TrainingProgress, check_checkpoint_folders, list_checkpoints, load_checkpoint, resolve_resume_checkpoint, save_checkpoint
@@ -39,11 +40,12 @@ from .export import publish_folder, push_output_to_hub
 from .metrics import MetricsWriter, available_trackers, summarize_terms
 from .model_card import render_trained_model_card
 from .timestep_samplers import ScheduleSampler, create_named_schedule_sampler
+from .validation import BEST_WEIGHTS_DIR, BestScore, load_best_weights, save_best_weights
 
 if TYPE_CHECKING:
     from .builders import ClassifierSetup, DiffusionSetup
 
-__all__ = ["MicroBatchResult", "Trainer", "TrainingSetupError", "TrainingTask", "load_training_images"]
+__all__ = ["MicroBatchResult", "Trainer", "TrainingSetupError", "TrainingTask", "load_held_out_images", "load_training_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ class _Run:
     resumed: bool
     state_objects: dict[str, Any] = field(default_factory=dict)
     recent_losses: deque[float] = field(default_factory=lambda: deque(maxlen=100))
+    best: BestScore | None = None  # the validation score so far, when the task validates
+    validation_model: nn.Module | None = None  # the published weights, refreshed at each validation
 
 
 def load_training_images(args: argparse.Namespace, require_labels: bool) -> LabelledImages:
@@ -97,10 +101,21 @@ def load_training_images(args: argparse.Namespace, require_labels: bool) -> Labe
     )
 
 
+def load_held_out_images(args: argparse.Namespace, images: LabelledImages) -> tuple[LabelledImages, LabelledImages | None]:
+    """(training images, held-out images or None): ``--validation_data_dir`` labelled with the training images'
+    classes, else a ``--validation_split`` share of ``images`` held out (and no longer trained on)."""
+    if args.validation_data_dir:
+        class_names = [images.id2label[i] for i in range(images.num_classes)] if images.id2label else None
+        return images, images_from_folder(args.validation_data_dir, class_names=class_names, label_from=args.label_from)
+    if args.validation_split > 0:
+        return split_held_out(images, args.validation_split, args.seed)
+    return images, None
+
+
 class TrainingTask(ABC):
     """What one kind of training does; [`Trainer`] calls it in this order: ``load_images``, ``build``,
-    ``checkpoint_objects``, then ``compute_loss`` per micro-batch and ``periodic_evaluation`` per step, then
-    ``final_evaluation`` and ``write_output``.
+    ``checkpoint_objects``, ``prepare_validation``, then ``compute_loss`` per micro-batch, ``periodic_evaluation`` per
+    step and ``validate`` every ``validation_steps``, then ``final_evaluation`` and ``write_output``.
 
     Args:
         args (`argparse.Namespace`): the parsed arguments.
@@ -171,6 +186,24 @@ class TrainingTask(ABC):
 
     def periodic_evaluation(self, accelerator: Any, model: nn.Module, step: int) -> dict[str, float]:
         """Metrics to log after optimizer step ``step`` (called on every process)."""
+        return {}
+
+    @property
+    def validation_steps(self) -> int | None:
+        """Validate every this many steps (and at the last step); None: never."""
+        return None
+
+    @property
+    def validation_score(self) -> tuple[str, bool] | None:
+        """The logged key ``--keep_best`` and ``--early_stopping_patience`` judge, and whether higher is better."""
+        return None
+
+    def prepare_validation(self, accelerator: Any, train_images: LabelledImages, output_dir: Path) -> None:
+        """Set up what ``validate`` needs once, before the first step (called on every process)."""
+
+    def validate(self, accelerator: Any, model: nn.Module, step: int) -> dict[str, float]:
+        """Metrics of ``model`` (a copy holding the weights the run publishes, in eval mode) after step ``step``
+        (called on every process; the main process's metrics are logged)."""
         return {}
 
     def final_evaluation(self, accelerator: Any, model: nn.Module) -> dict[str, float]:
@@ -282,15 +315,19 @@ class Trainer:
     def _check_distributed_support(self, accelerator: Any) -> None:
         from accelerate.utils import DistributedType
 
-        if not self.args.use_ema:
+        # What needs whole parameters, and how to do without it.
+        wanting = {flag: remedy for flag, on, remedy in (("--use_ema", self.args.use_ema, "pass --use_ema False"),
+                                                          ("validation", self.task.validation_steps, "validate after training"))
+                   if on}
+        if not wanting:
             return
         sharded = accelerator.distributed_type == DistributedType.FSDP
         if accelerator.distributed_type == DistributedType.DEEPSPEED:
             sharded = accelerator.state.deepspeed_plugin.zero_stage == 3
         if sharded:
             raise ValueError(
-                "expected whole parameters on every process for --use_ema (DDP, or DeepSpeed ZeRO stage 1-2), "
-                f"got sharded parameters ({accelerator.distributed_type}); pass --use_ema False"
+                f"expected whole parameters on every process for {' and '.join(wanting)} (DDP, or DeepSpeed ZeRO stage 1-2), "
+                f"got sharded parameters ({accelerator.distributed_type}); {' and '.join(wanting.values())}"
             )
 
     # -- the run ----------------------------------------------------------------------------------------------------
@@ -373,9 +410,28 @@ class Trainer:
             changes = progress.shape_changes()
             if changes:
                 logger.warning("the run's shape changed since the checkpoint (%s): the data order differs from an uninterrupted run", ", ".join(changes))
+        task.prepare_validation(accelerator, train_images, output_dir)
+        best = self._best_score(accelerator, output_dir, progress.global_step, resume is not None)
         if accelerator.log_with:  # accelerate creates the trackers (on the main process) only here
             accelerator.init_trackers(task.kind, config=_tracker_config(args))
-        return _Run(accelerator, model, optimizer, lr_scheduler, ema, progress, train_images, resume is not None, state_objects)
+        return _Run(accelerator, model, optimizer, lr_scheduler, ema, progress, train_images, resume is not None, state_objects, best=best)
+
+    def _best_score(self, accelerator: Any, output_dir: Path, step: int, resumed: bool) -> BestScore | None:
+        """The task's validation score so far: replayed from the run's own log on resume (the main process reads it)."""
+        from accelerate.utils import broadcast_object_list
+
+        if self.task.validation_score is None or not self.task.validation_steps:
+            return None
+        metric, higher_is_better = self.task.validation_score
+        best = BestScore(metric, higher_is_better, self.args.early_stopping_patience)
+        if accelerator.is_main_process:
+            if resumed:
+                best.replay(output_dir / self.args.logging_dir / "metrics.jsonl", step)
+            else:  # weights kept by an earlier run in this folder are not this run's
+                shutil.rmtree(output_dir / BEST_WEIGHTS_DIR, ignore_errors=True)
+            if self.args.keep_best:
+                logger.info("--keep_best: the published weights will be those of %s", best.describe())
+        return broadcast_object_list([best])[0]
 
     def _loop(self, run: _Run) -> None:
         """Optimizer steps up to ``--max_train_steps``, logging each and checkpointing every ``--checkpointing_steps``."""
@@ -401,15 +457,19 @@ class Trainer:
         writer = MetricsWriter(accelerator, output_dir / args.logging_dir / "metrics.jsonl")
         writer.truncate_after(progress.global_step)
         global_batch = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-        bar = tqdm(total=args.max_train_steps, initial=min(progress.global_step, args.max_train_steps), desc="steps",
+        # The time left is the mean pace since the start (smoothing 0), so it counts the validations' share too.
+        bar = tqdm(total=args.max_train_steps, initial=min(progress.global_step, args.max_train_steps), desc="steps", smoothing=0,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed} elapsed, {remaining} left, {rate_fmt}{postfix}]",
                    disable=not accelerator.is_local_main_process)
         last_checkpoint = progress.global_step if run.resumed else None
         if progress.global_step >= args.max_train_steps:
             logger.info("step %d already reaches --max_train_steps %d: nothing to train", progress.global_step, args.max_train_steps)
 
+        if run.best is not None and run.best.should_stop:
+            logger.info("stopped early at step %d already: %s", progress.global_step, self._stop_reason(run.best))
         model.train()
         batches = iter(loader)
-        while progress.global_step < args.max_train_steps:
+        while progress.global_step < args.max_train_steps and not (run.best is not None and run.best.should_stop):
             start = time.perf_counter()
             results: list[MicroBatchResult] = []
             grad_norm = None
@@ -438,6 +498,8 @@ class Trainer:
             if grad_norm is not None:
                 metrics["grad_norm"] = float(grad_norm)
             metrics.update(task.periodic_evaluation(accelerator, model, step))
+            if task.validation_steps and (step % task.validation_steps == 0 or step == args.max_train_steps):
+                metrics.update(self._validate(run, step))
             writer.log(metrics, step)
             run.recent_losses.append(metrics[task.loss_key])
             bar.update(1)
@@ -446,10 +508,54 @@ class Trainer:
                 save_checkpoint(accelerator, output_dir, step, state_objects=run.state_objects, total_limit=args.checkpoints_total_limit,
                                 summary=self._summary(accelerator))
                 last_checkpoint = step
+            if run.best is not None and run.best.should_stop:
+                logger.info("stopping early after step %d: %s", step, self._stop_reason(run.best))
         bar.close()
         if progress.global_step > 0 and last_checkpoint != progress.global_step:
             save_checkpoint(accelerator, output_dir, progress.global_step, state_objects=run.state_objects,
                             total_limit=args.checkpoints_total_limit, summary=self._summary(accelerator))
+
+    # -- validation -------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _stop_reason(best: BestScore) -> str:
+        return f"no better {best.metric} than step {best.best_step}'s {best.best:.4g} in {best.since_best} evaluations (--early_stopping_patience)"
+
+    def _published_weights(self, run: _Run) -> nn.Module:
+        """A copy of the model on the device holding the weights the run publishes (the first EMA rate's, else the raw
+        ones), made once and refreshed."""
+        unwrapped = run.accelerator.unwrap_model(run.model)
+        state = unwrapped.state_dict()
+        if run.ema is not None:
+            names = [name for name, _ in unwrapped.named_parameters()]
+            state = {**state, **dict(zip(names, run.ema.average()))}
+        if run.validation_model is None:
+            run.validation_model = _fresh_copy(unwrapped, state).to(run.accelerator.device)
+        else:
+            run.validation_model.load_state_dict(state)
+        return run.validation_model.eval().requires_grad_(False)
+
+    def _validate(self, run: _Run, step: int) -> dict[str, float]:
+        """The task's validation of the published weights (every process), its cost, the best score and the kept
+        weights. Its random draws come from its own generators: the training's random stream is as without it."""
+        from accelerate.utils import broadcast_object_list
+
+        accelerator = run.accelerator
+        start = time.perf_counter()
+        devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            model = self._published_weights(run)
+            metrics = self.task.validate(accelerator, model, step)
+        metrics = broadcast_object_list([metrics])[0]  # one verdict on every process
+        metrics["val_seconds"] = time.perf_counter() - start
+        best = run.best
+        if best is not None and best.metric in metrics and best.update(step, metrics[best.metric]) and self.args.keep_best:
+            if accelerator.is_main_process:
+                save_best_weights(model, Path(self.args.output_dir), step, best.metric, best.best)
+            accelerator.wait_for_everyone()
+        logger.info("validation at step %d took %.1f s: %s", step, metrics["val_seconds"],
+                    ", ".join(f"{key} {value:.4g}" for key, value in metrics.items() if key != "val_seconds"))
+        return metrics
 
     # -- pieces -----------------------------------------------------------------------------------------------------
 
@@ -494,6 +600,18 @@ class Trainer:
             facts[f"final {self.task.loss_key} (mean of the last {len(recent_losses)} steps)"] = f"{sum(recent_losses) / len(recent_losses):.4g}"
         return facts
 
+    def _validation_facts(self, run: _Run, kept: bool) -> dict[str, Any]:
+        """The card's lines on the validation score: the best, the published weights' step, an early stop."""
+        best = run.best
+        if best is None or best.best_step is None:
+            return {}
+        facts = {f"best {best.metric}": f"{best.best:.4g} at step {best.best_step} ({best.evaluations} evaluations)"}
+        if kept:
+            facts["published weights"] = f"step {best.best_step}'s (--keep_best); the last step's are under weights/"
+        if best.should_stop:
+            facts["early stopping"] = self._stop_reason(best)
+        return facts
+
     def _write_output(self, run: _Run) -> None:
         """Evaluate the final weights and publish the trained model's folder (EMA weights when kept)."""
         args = self.args
@@ -510,17 +628,26 @@ class Trainer:
             for rate in ema.rates:
                 states[f"ema_{rate}"] = {**raw_state, **dict(zip(names, ema.average(rate)))} if accelerator.is_main_process else {}
             ema.copy_to(unwrapped.parameters(), ema.rates[0])  # the final evaluation sees the published weights
+        kept = None
+        if args.keep_best and run.best is not None and run.best.best_step is not None:
+            kept, _ = load_best_weights(output_dir, run.best)
+            unwrapped.load_state_dict(kept)
         results = self.task.final_evaluation(accelerator, model)
         if accelerator.is_main_process:
-            primary_name = f"ema_{ema.rates[0]}" if ema is not None else "model"
-            primary = _fresh_copy(unwrapped, states.pop(primary_name) if ema is not None else raw_state)
-            extra = {}
-            if ema is not None:
-                extra["model"] = _fresh_copy(unwrapped, raw_state)
-                extra.update({name: _fresh_copy(unwrapped, state) for name, state in states.items()})
+            if kept is not None:  # the best weights published; the last step's (raw and every EMA rate) kept beside
+                primary_state, extra_states = kept, {"model": raw_state, **states}
+            elif ema is not None:
+                primary_state = states.pop(f"ema_{ema.rates[0]}")
+                extra_states = {"model": raw_state, **states}
+            else:
+                primary_state, extra_states = raw_state, {}
+            primary = _fresh_copy(unwrapped, primary_state)
+            extra = {name: _fresh_copy(unwrapped, state) for name, state in extra_states.items()}
+            training = self._training_facts(accelerator, run.progress.global_step, run.recent_losses)
+            training.update(self._validation_facts(run, kept is not None))
             location = args.hub_model_id or (output_dir.name if args.push_to_hub else str(output_dir))
             facts = {
-                "training": self._training_facts(accelerator, run.progress.global_step, run.recent_losses),
+                "training": training,
                 "results": results,
                 "dataset": run.train_images.source,
                 "hub_dataset_id": run.train_images.hub_dataset_id,
