@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..pipelines.recipes import FAST_RECIPE, SamplingRecipe
-from ..publishing import write_text_atomically
+from ..publishing import write_text_atomically, write_folder_atomically
 from .digits import (
     DIGIT_NAMES,
     NUM_CLASSES,
@@ -141,7 +141,7 @@ def train(settings: QuickstartSettings) -> dict[str, float]:
     classifier = ADMClassifier.from_pretrained(out / "classifier")
     pipeline = ClassifierGuidedPipeline(unet=diffusion.unet, scheduler=diffusion.scheduler, classifier=classifier,
                                         id2label=DIGIT_NAMES, classifier_scale=settings.recommended_classifier_scale)
-    pipeline.save_pretrained(settings.pipeline_dir)
+    write_folder_atomically(settings.pipeline_dir, pipeline.save_pretrained)  # whole, with the umask's file modes
     return times
 
 
