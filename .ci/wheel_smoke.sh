@@ -90,7 +90,8 @@ from diffusers import DiffusionPipeline
 from huggingface_hub import ModelCard
 import guided_diffusers
 from guided_diffusers import ADMClassifier
-for folder, license in (("converted", "mit"), ("trained", "mit"), ("converted-classifier", "mit")):
+# converted from user flags or a config: not a release, so its license is unknown (no --license given); trained: --license mit
+for folder, license in (("converted", "unknown"), ("trained", "mit"), ("converted-classifier", "unknown")):
     card = ModelCard.load(f"{folder}/README.md")
     assert card.data.license == license and "```bibtex" in card.text, folder
 assert isinstance(DiffusionPipeline.from_pretrained("converted"), guided_diffusers.ClassifierGuidedPipeline)
