@@ -426,7 +426,7 @@ def test_interval_guides_only_inside_and_saves_evaluations():
     pipe = _pipeline(class_dropout_prob=0.1)
     pipe.scheduler.set_timesteps(6)
     alpha_bars = [float(pipe.scheduler.alphas_cumprod[int(t)]) for t in pipe.scheduler.timesteps]
-    levels = [((1 - alpha_bar) / alpha_bar) ** 0.5 for alpha_bar in alpha_bars]  # sigma, by hand
+    levels = [float(np.sqrt((1 - alpha_bar) / alpha_bar)) for alpha_bar in alpha_bars]  # sigma, by hand
     low, high = sorted(levels)[1], sorted(levels)[3]  # inside: the 3rd and 4th lowest noise levels
     unet_batches, classifier_calls = [], []
     pipe.unet.register_forward_hook(lambda module, args, output: unet_batches.append((int(args[1]), args[0].shape[0])))
