@@ -99,8 +99,8 @@ def test_classifier_and_classifier_free_guidance_together_match_the_hand_compute
         scheduler = DPMSolverMultistepScheduler.from_config(scheduler.config, thresholding=True, sample_max_value=1.0)
     pipe = ClassifierGuidedPipeline(unet=_unet(), scheduler=scheduler, classifier=_classifier())
     pipe.set_progress_bar_config(disable=True)
-    labels, steps, scale, weight = torch.tensor([1, 7]), 5, 20.0, 3.0
-    latents = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    labels, steps, scale, weight = torch.tensor([1, 7, 4]), 5, 20.0, 3.0  # an odd batch: the halves are found by size
+    latents = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
 
     def sample(classifier_scale=0.0, guidance_scale=None):
         run = dict(generator=torch.Generator().manual_seed(0))
