@@ -255,6 +255,17 @@ def test_p_mean_variance_recovers_the_posterior_from_an_exact_prediction(mean_ty
     torch.testing.assert_close(prediction.log_variance, posterior_log_variance)
 
 
+def test_a_previous_sample_models_mean_is_its_output_even_when_its_x0_is_clipped():
+    """As the originals: with mean type previous_sample the step's mean is the model output itself; only the x_0
+    derived from it is clipped (the posterior mean of the clipped x_0 would be another mean)."""
+    process = _process(mean_type="previous_sample", variance_type="fixed_small")
+    x_t = torch.zeros(1, 3, 2, 2, dtype=torch.float64)
+    output = torch.full_like(x_t, 0.5)  # its x_0 is far outside [-1, 1] at t = 10
+    prediction = process.p_mean_variance(output, x_t, 10)
+    assert prediction.pred_original_sample.max() == 1.0
+    assert torch.equal(prediction.mean, output)
+
+
 def test_clipping_bounds_the_start_prediction():
     process = _process(mean_type="sample")
     x_t = torch.zeros(1, 3, 2, 2)

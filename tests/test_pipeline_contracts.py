@@ -423,11 +423,10 @@ def test_interval_covering_every_step_is_plain_guidance(stock):
 
 
 def test_interval_guides_only_inside_and_saves_evaluations():
-    from guided_diffusers.pipelines.sampling import noise_level
-
     pipe = _pipeline(class_dropout_prob=0.1)
     pipe.scheduler.set_timesteps(6)
-    levels = [noise_level(pipe.scheduler, t) for t in pipe.scheduler.timesteps]
+    alpha_bars = [float(pipe.scheduler.alphas_cumprod[int(t)]) for t in pipe.scheduler.timesteps]
+    levels = [float(np.sqrt((1 - alpha_bar) / alpha_bar)) for alpha_bar in alpha_bars]  # sigma, by hand
     low, high = sorted(levels)[1], sorted(levels)[3]  # inside: the 3rd and 4th lowest noise levels
     unet_batches, classifier_calls = [], []
     pipe.unet.register_forward_hook(lambda module, args, output: unet_batches.append((int(args[1]), args[0].shape[0])))
