@@ -4,8 +4,9 @@ classifier-free guidance (a 50-step ancestral baseline and the fast recipe) and 
 independent scikit-learn classifier, Fréchet distance to the real digits, colour and class balance. Offline, about
 10 minutes on 2 CPU cores.
 
-Outputs go to demo_output/: the pipeline folder (pipeline/), PNG grids (grids/), results.json. Reruns reuse the
-trained pipeline unless --retrain.
+Outputs go to demo_output/: the pipeline folder (pipeline/), PNG grids (grids/), the diffusion training's curve
+(training_curve.png: the distance to the real digits, validated every 250 steps, and the loss), results.json. Reruns
+reuse the trained pipeline unless --retrain.
 """
 
 from __future__ import annotations

@@ -306,12 +306,12 @@ def check_demo_extra() -> None:
         )
 
 
-def curve_lines(curve: TrainingCurve, floor: float, times: dict[str, float]) -> list[str]:
+def curve_lines(curve: TrainingCurve, floor: float, times: dict[str, float], plot: Path) -> list[str]:
     """The report's lines on the training curve: the distance by step, the best, and what validating cost (when this
     run trained: ``times`` has each phase's seconds)."""
     best = int(np.argmin(curve.distances))
     lines = [
-        "training curve (demo_output/training_curve.png): distance of the EMA weights' fast-recipe samples by step: "
+        f"training curve ({plot}): distance of the EMA weights' fast-recipe samples by step: "
         + ", ".join(f"{step} {distance:.1f}" for step, distance in zip(curve.steps, curve.distances)),
         f"best {curve.distances[best]:.1f} at step {curve.steps[best]} (floor {floor:.1f})",
     ]
@@ -340,28 +340,28 @@ def run_quickstart(settings: QuickstartSettings) -> str:
     start = time.perf_counter()
     rows, judge, floor = evaluate(settings)
     times["sampling and judging"] = time.perf_counter() - start
-    text = with_training_curve(report(rows, judge, floor, times, settings), settings, floor, times)
+    text = report(rows, judge, floor, times, settings)
+    curve = training_curve(settings, floor, times)
+    *table, last = text.split("\n")
+    text = "\n".join([*table, *curve, "", last] if curve else [*table, last])
     if not settings.distill:
         return text
     *lines, last = text.splitlines()  # the quickstart line stays the last
     return "\n".join([*lines, "", run_distillation(settings, judge), "", last])
 
 
-def with_training_curve(text: str, settings: QuickstartSettings, floor: float, times: dict[str, float]) -> str:
-    """The report with the training curve's lines (and demo_output/training_curve.png) when this folder's diffusion
-    training logged its validations; the quickstart line stays the last."""
+def training_curve(settings: QuickstartSettings, floor: float, times: dict[str, float]) -> list[str]:
+    """Plot the diffusion training's validation curve, add it to results.json, and return its report lines (none for a
+    pipeline trained without validation)."""
     metrics = settings.output_dir / "diffusion" / "logs" / "metrics.jsonl"
-    if not metrics.is_file():  # a pipeline trained elsewhere: no curve
-        return text
-    curve = TrainingCurve.read(metrics)
-    if not curve.steps:
-        return text
-    curve.plot(floor, settings.output_dir / "training_curve.png")
+    curve = TrainingCurve.read(metrics) if metrics.is_file() else None
+    if curve is None or not curve.steps:
+        return []
+    plot = curve.plot(floor, settings.output_dir / "training_curve.png")
     results = json.loads((settings.output_dir / "results.json").read_text())
     results["training_curve"] = {"steps": curve.steps, "distances": curve.distances, "validation_seconds": curve.validation_seconds}
     write_text_atomically(settings.output_dir / "results.json", json.dumps(results, indent=2))
-    *table, last = text.split("\n")
-    return "\n".join([*table, *curve_lines(curve, floor, times), "", last])
+    return curve_lines(curve, floor, times, plot)
 
 
 def run_distillation(settings: QuickstartSettings, judge: DigitsJudge) -> str:
