@@ -145,6 +145,8 @@ def test_seeded_pipeline_is_reproducible_and_output_types():
     pil = pipe(class_labels=3, generator=torch.Generator().manual_seed(0)).images
     assert isinstance(pil[0], Image.Image) and pil[0].size == (16, 16)
     assert not torch.equal(_run(pipe, seed=1, class_labels=[1, 2]), a)
+    as_tuple = pipe(class_labels=[1, 2], generator=torch.Generator().manual_seed(0), output_type="pt", return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 1 and torch.equal(as_tuple[0], a)
 
 
 def test_grey_models_sample_grey_images_with_guidance():
