@@ -166,7 +166,7 @@ def main() -> None:
     save_file({k: v.contiguous() for k, v in io.items()}, str(OUT / "io.safetensors"))
     case = {
         "kind": "unet",
-        "source": "consistency_models",
+        "source": "consistency-models",  # our source name (conversion/flags.py SOURCES), as the shared cases use theirs
         "describe": "openai/consistency_models' UNetModel at reduced width with the ImageNet-64 releases' choices: "
         "attention at two resolutions with fixed head width (q/k/v split before heads), BigGAN up/down, scale-shift "
         "norm, class labels; non-flash attention",
