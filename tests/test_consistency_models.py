@@ -27,38 +27,45 @@ from guided_diffusers.conversion.writing import convert_adm
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-CASE = Path(__file__).parent / "fixtures" / "consistency_models" / "cm_imagenet64_layout"
+FIXTURES = Path(__file__).parent / "fixtures" / "consistency_models"
+CASES = ["cm_imagenet64_layout", "cm_lsun256_layout"]  # the ImageNet-64 releases' choices, the LSUN-256 releases'
+CASE = FIXTURES / "cm_imagenet64_layout"
 CM = "consistency-models"
 CM_PRESETS = sorted(name for name, preset in presets_module.PRESETS["adm"].items() if preset.family == CM)
 
 
-def _case():
-    return json.loads((CASE / "case.json").read_text()), load_file(str(CASE / "io.safetensors"))
+def _case(name: str = "cm_imagenet64_layout"):
+    return json.loads((FIXTURES / name / "case.json").read_text()), load_file(str(FIXTURES / name / "io.safetensors"))
 
 
-def _convert_case(tmp_path: Path) -> Path:
-    """The fixture's original.pt converted by the command line, with the CD ImageNet-64 releases' sampling flags."""
-    case, _ = _case()
+def _labels(io) -> dict:
+    return {"class_labels": io["y"]} if "y" in io else {}
+
+
+def _convert_case(tmp_path: Path, name: str = "cm_imagenet64_layout") -> Path:
+    """The fixture's original.pt converted by the command line, with the sampling flags the fixture ran."""
+    case, _ = _case(name)
     config = tmp_path / "config.json"
     config.write_text(json.dumps(case["constructor_kwargs"]))
     flags = f"--training_mode consistency_distillation --steps {case['steps']} --ts {','.join(map(str, case['ts']))}"
-    assert convert_main(["--checkpoint", str(CASE / "original.pt"), "--source", CM, "--model_config", str(config),
+    assert convert_main(["--checkpoint", str(FIXTURES / name / "original.pt"), "--source", CM, "--model_config", str(config),
                          "--diffusion_flags", flags, "--output", str(tmp_path / "out")]) == 0
     return tmp_path / "out"
 
 
-def test_converted_network_matches_the_original_code():
-    case, io = _case()
-    state_dict = load_original_state_dict(CASE / "original.pt")
+@pytest.mark.parametrize("name", CASES)
+def test_converted_network_matches_the_original_code(name):
+    case, io = _case(name)
+    state_dict = load_original_state_dict(FIXTURES / name / "original.pt")
     model = convert_unet_checkpoint(state_dict, source=CM, constructor_kwargs=case["constructor_kwargs"]).eval()
     with torch.no_grad():
-        output = model(io["x"], io["timesteps"], class_labels=io["y"]).sample
+        output = model(io["x"], io["timesteps"], **_labels(io)).sample
     assert_close(output, io["output_fp32_attention"], case["tolerance"], "float32 attention")
     assert_close(output, io["output"], case["tolerance_fp16_attention"], "the original's legacy (float16) attention")
     # The attention order is what the source decides: guided-diffusion's default (heads split first) misreads it.
     legacy = convert_unet_checkpoint(state_dict, source="guided-diffusion", constructor_kwargs=case["constructor_kwargs"]).eval()
     with torch.no_grad():
-        assert (legacy(io["x"], io["timesteps"], class_labels=io["y"]).sample - io["output_fp32_attention"]).abs().max() > 1e-2
+        assert (legacy(io["x"], io["timesteps"], **_labels(io)).sample - io["output_fp32_attention"]).abs().max() > 1e-2
 
 
 def test_release_timesteps_are_diffusers_timesteps_of_the_same_noise_levels():
@@ -70,34 +77,38 @@ def test_release_timesteps_are_diffusers_timesteps_of_the_same_noise_levels():
     torch.testing.assert_close(scheduler.sigmas.double(), torch.tensor(original, dtype=torch.float64), rtol=1e-6, atol=0)
 
 
-def test_pipeline_scheduler_gives_the_original_denoiser(tmp_path):
+@pytest.mark.parametrize("name", CASES)
+def test_pipeline_scheduler_gives_the_original_denoiser(name, tmp_path):
     """c_skip * x + c_out * F(c_in * x, 250 log sigma) at noise levels on and off the grid, from the folder's parts."""
-    case, io = _case()
-    pipe = DiffusionPipeline.from_pretrained(_convert_case(tmp_path))
+    case, io = _case(name)
+    pipe = DiffusionPipeline.from_pretrained(_convert_case(tmp_path, name))
     scheduler = pipe.scheduler
     for i in range(3):
         sigma, x_t = io[f"denoise{i}_sigma"], io[f"denoise{i}_x_t"]
         c_skip, c_out = (c.reshape(-1, 1, 1, 1) for c in scheduler.get_scalings_for_boundary_condition(sigma))
         c_in = (sigma**2 + scheduler.config.sigma_data**2).rsqrt().reshape(-1, 1, 1, 1)
         with torch.no_grad():
-            output = pipe.unet(c_in * x_t, torch.from_numpy(scheduler.sigma_to_t(sigma.numpy())), class_labels=io["y"]).sample
+            output = pipe.unet(c_in * x_t, torch.from_numpy(scheduler.sigma_to_t(sigma.numpy())), **_labels(io)).sample
         assert_close(output, io[f"denoise{i}_model_output"], case["tolerance"], f"model output at sigma {sigma[0]:g}")
         assert_close(c_skip * x_t + c_out * output, io[f"denoise{i}_denoised"], case["tolerance"], f"denoised at sigma {sigma[0]:g}")
 
 
-def test_pipeline_samples_as_the_original_in_one_and_two_steps(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", CASES)
+def test_pipeline_samples_as_the_original_in_one_and_two_steps(name, tmp_path, monkeypatch):
     """ADMConsistencyPipeline with CMStochasticIterativeScheduler = the original's karras_sample ("onestep" and
-    "multistep" --ts 0,22,39 --steps 40), from the same noise: the first denoised x_0 and the two-step sample."""
-    case, io = _case()
-    pipe = DiffusionPipeline.from_pretrained(_convert_case(tmp_path))
+    "multistep": --ts 0,22,39 --steps 40; 0,62,150 and 151), from the same noise: the first denoised x_0 and the
+    two-step sample."""
+    case, io = _case(name)
+    pipe = DiffusionPipeline.from_pretrained(_convert_case(tmp_path, name))
     assert isinstance(pipe, ADMConsistencyPipeline) and isinstance(pipe.scheduler, CMStochasticIterativeScheduler)
-    one = pipe(class_labels=io["y"], num_inference_steps=1, latents=io["onestep_x_T"], output_type="latent").images
+    batch = {**_labels(io)} or {"batch_size": len(io["onestep_x_T"])}
+    one = pipe(**batch, num_inference_steps=1, latents=io["onestep_x_T"], output_type="latent").images
     assert_close(one, io["onestep_sample"], case["tolerance"], "one step")
 
     draws = iter(io["multistep_step_noise"])
     monkeypatch.setattr(scheduling_consistency_models, "randn_tensor", lambda shape, **kwargs: next(draws).reshape(shape))
     timesteps = consistency_timesteps(",".join(map(str, case["ts"])), case["steps"])
-    two = pipe(class_labels=io["y"], timesteps=timesteps, latents=io["multistep_x_T"], output_type="latent").images
+    two = pipe(**batch, timesteps=timesteps, latents=io["multistep_x_T"], output_type="latent").images
     assert next(draws, None) is None  # the scheduler drew exactly the original's noise, one draw a step
     assert_close(two, io["multistep_sample"], case["tolerance"], "two steps")
     assert (two - one).abs().max() > 1e-2  # the second step changed the sample

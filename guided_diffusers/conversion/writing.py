@@ -86,7 +86,7 @@ def _scheduler_for(flags: dict[str, Any], sampling: dict[str, Any], steps: int) 
 
 # Measured on tests/fixtures/consistency_models (made by openai/consistency_models' own code; see
 # benchmarks/make_consistency_parity_fixture.py): the largest difference of our float32 network from the original's.
-_CONSISTENCY_PARITY = "2.3e-6"
+_CONSISTENCY_PARITY = "2.4e-6"
 
 
 def _verification(kind: str, family: str = GUIDED) -> str:
@@ -95,7 +95,7 @@ def _verification(kind: str, family: str = GUIDED) -> str:
             "Conversion checks, done by the converter before anything was written: every key of the original state dict "
             "was used, every parameter of the diffusers model filled, and every shape matched. At reduced width, the same "
             f"conversion reproduces openai/consistency_models' own network to {_CONSISTENCY_PARITY} (float32 attention; "
-            "the original's non-flash path computes attention in float16, which differs from both by about 2e-4), and "
+            "the original's non-flash path computes attention in float16, which differs from both by up to 2.3e-4), and "
             "this pipeline with diffusers' `CMStochasticIterativeScheduler` reproduces the original's denoiser "
             "(c_skip, c_out, c_in with sigma_min and sigma_data 0.5, the time input 250 log sigma) and its one-step and "
             "multistep samplers with the same noise."
