@@ -292,7 +292,7 @@ def consistency_usage(location: str, conditional: bool, timesteps: list[int] | N
         f"images = pipe({labels}num_inference_steps=1, generator=torch.Generator().manual_seed(0)).images  # one step",
         'images[0].save("sample_1_step.png")',
         f"images = pipe({labels}{several}, generator=torch.Generator().manual_seed(0)).images"
-        + ("  # the release's multistep setting" if timesteps else "  # two steps"),
+        + ("  # the multistep setting (the original's --ts)" if timesteps else "  # two steps"),
         'images[0].save("sample_2_steps.png")',
     ])
 
@@ -341,6 +341,11 @@ def _sampling_note(sampling: dict[str, Any], user_sampling: dict[str, Any], fast
     if fast_in_snippet:
         parts.append("The snippet above samples with the package's fast recipe instead of every step.")
     return " ".join(parts) + "\n\n" + fast_sampling_note()
+
+
+def _user_description(kind: str, conditional: bool, what: str) -> str:
+    phrase = f"{'' if kind == 'classifier' else 'class-conditional ' if conditional else 'unconditional '}{what}"
+    return f"{'An' if phrase[0] in 'aeiou' else 'A'} {phrase}."
 
 
 def _user_license_note(license: str) -> str:
@@ -415,7 +420,8 @@ def render_model_card(
     else:
         usage = _usage(kind, repo_id, merged, conditional, has_classifier, num_classes, low_res_size, num_train_timesteps, released)
         fast_in_snippet = kind != "classifier" and "FAST_RECIPE" in usage
-    what = {"classifier": "noisy classifier", "super_res": "super-resolution diffusion model"}.get(kind, "diffusion model")
+    what = {"classifier": "noisy classifier", "super_res": "super-resolution diffusion model"}.get(
+        kind, "consistency model" if family == CONSISTENCY else "diffusion model")
     parts_note = ""
     if isinstance(classifier_source, Preset):
         parts_note = f"The classifier in this folder is the release `{classifier_source.name}` of {_FAMILY_LINKS[classifier_source.family]}."
@@ -432,7 +438,7 @@ def render_model_card(
         card_data,
         template_path=str(path),
         model_name=preset.name if preset else Path(checkpoint_name).stem,
-        description=preset.description if preset else f"A {'' if kind == 'classifier' else 'class-conditional ' if conditional else 'unconditional '}{what}.",
+        description=preset.description if preset else _user_description(kind, conditional, what),
         paper=preset.paper if preset else f"the {family} paper",
         family_link=_FAMILY_LINKS[family],
         checkpoint_name=checkpoint_name,
