@@ -1,7 +1,9 @@
-"""Convert a guided-diffusion or improved-diffusion checkpoint (and/or its noisy classifier) to a diffusers pipeline folder.
+"""Convert a guided-diffusion, improved-diffusion or consistency_models checkpoint (and/or a noisy classifier) to a
+diffusers pipeline folder.
 
     guided-diffusers-convert-guided-diffusion --checkpoint 256x256_diffusion.pt \\
         --classifier 256x256_classifier.pt --output adm-g-256
+    guided-diffusers-convert-guided-diffusion --checkpoint cd_imagenet64_l2.pt --output cd-imagenet64-l2
     guided-diffusers-convert-guided-diffusion --checkpoint model.pt --source improved-diffusion \\
         --model_flags "--image_size 64 --num_channels 128 --num_res_blocks 3 --learn_sigma True" \\
         --diffusion_flags "--diffusion_steps 4000 --noise_schedule cosine" --output iddpm-64
@@ -30,12 +32,15 @@ def _presets_help() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, epilog=_presets_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="the original diffusion model .pt (or a classifier .pt, converted as a classifier)")
-    parser.add_argument("--source", choices=["guided-diffusion", "improved-diffusion"], help="flag defaults (default: the preset's, else guided-diffusion)")
+    parser.add_argument("--source", choices=["guided-diffusion", "improved-diffusion", "consistency-models"],
+                        help="flag defaults (default: the preset's, else guided-diffusion); consistency-models writes an ADMConsistencyPipeline")
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--preset", help="a released checkpoint's name (see below)")
-    model.add_argument("--model_flags", help='the original MODEL_FLAGS, e.g. "--num_channels 256 --class_cond True ..."')
+    model.add_argument("--model_flags", help='the original MODEL_FLAGS, e.g. "--num_channels 256 --class_cond True ..." '
+                       "(consistency_models: image_sample.py's flags, with --training_mode and --steps)")
     model.add_argument("--model_config", type=json_object, help="the original UNetModel/SuperResModel constructor kwargs (inline JSON or a .json file)")
-    parser.add_argument("--diffusion_flags", help='the original DIFFUSION_FLAGS, e.g. "--diffusion_steps 4000 --noise_schedule cosine"')
+    parser.add_argument("--diffusion_flags", help='the original DIFFUSION_FLAGS, e.g. "--diffusion_steps 4000 --noise_schedule cosine" '
+                        '(consistency_models: "--training_mode consistency_distillation --steps 40 --ts 0,22,39")')
     parser.add_argument("--classifier", help="the original noisy classifier .pt")
     classifier = parser.add_mutually_exclusive_group()
     classifier.add_argument("--classifier_preset")

@@ -4,6 +4,9 @@ guided-diffusion and improved-diffusion parse the same flag names with different
 (improved-diffusion rescales timesteps and learned sigmas by default, guided-diffusion does not),
 and derive the network's channel multipliers and attention levels from the image size. This
 module reproduces those derivations: flags in, the original classes' constructor kwargs out.
+openai/consistency_models (``consistency-models``) builds guided-diffusion's network from the same
+flags with its own defaults; its sampling flags (``--steps``, ``--ts``, ``--sigma_min/max``) give
+diffusers' ``CMStochasticIterativeScheduler`` and its multistep timesteps.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-SOURCES = ("guided-diffusion", "improved-diffusion")
+CONSISTENCY_MODELS = "consistency-models"
+SOURCES = ("guided-diffusion", "improved-diffusion", CONSISTENCY_MODELS)
 NUM_CLASSES = 1000
 
 _GUIDED_MODEL = dict(
@@ -97,9 +101,39 @@ _SCRIPT = dict(
     eval_interval=5,
 )
 
+# openai/consistency_models: cm/script_util.py's model_and_diffusion_defaults and scripts/image_sample.py's flags
+# (its README's sampling command lines paste as they are).
+_CM_MODEL = dict(
+    _GUIDED_MODEL,
+    attention_resolutions="32,16,8",
+    sigma_min=0.002,
+    sigma_max=80.0,
+    learn_sigma=False,
+    weight_schedule="karras",
+)
+_CM_SAMPLE = dict(
+    training_mode="edm",
+    generator="determ",
+    clip_denoised=True,
+    num_samples=10000,
+    batch_size=16,
+    sampler="heun",
+    s_churn=0.0,
+    s_tmin=0.0,
+    s_tmax=float("inf"),
+    s_noise=1.0,
+    steps=40,
+    model_path="",
+    seed=42,
+    ts="",
+)
+#: The consistency models' training modes (image_sample.py's ``--training_mode``; ``edm`` is their diffusion teacher).
+CONSISTENCY_TRAINING_MODES = ("consistency_distillation", "consistency_training")
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     "guided-diffusion": {**_GUIDED_MODEL, **_GUIDED_DIFFUSION, **_GUIDED_CLASSIFIER, **_SUPER_RES, **_SCRIPT},
     "improved-diffusion": {**_IMPROVED_MODEL, **_IMPROVED_DIFFUSION, **_SUPER_RES, **_SCRIPT},
+    CONSISTENCY_MODELS: {**_CM_MODEL, **_CM_SAMPLE},
 }
 
 
@@ -224,7 +258,7 @@ def unet_kwargs_from_parsed(f: Mapping[str, Any], source: str, super_res: bool) 
         super_res (`bool`): a super-resolution model ([`is_super_res`] of the given flags).
     """
     _check_source(source)
-    guided = source == "guided-diffusion"
+    guided = source in ("guided-diffusion", CONSISTENCY_MODELS)  # consistency_models' network is guided-diffusion's
     image_size = f["large_size"] if super_res else f["image_size"]
     if super_res:
         channel_mult = _default_channel_mult(
@@ -256,6 +290,8 @@ def unet_kwargs_from_parsed(f: Mapping[str, Any], source: str, super_res: bool) 
             resblock_updown=f["resblock_updown"],
             use_new_attention_order=False if super_res else f["use_new_attention_order"],
         )
+    if source == CONSISTENCY_MODELS:  # its attention splits q/k/v before heads whatever the flag says (cm/unet.py)
+        kwargs["use_new_attention_order"] = True
     if super_res:
         kwargs.update(large_size=f["large_size"], small_size=f["small_size"])
     return kwargs
@@ -347,3 +383,37 @@ def timestep_scale_from_flags(flags: Mapping[str, Any]) -> float:
 
     values = {**_GUIDED_DIFFUSION, **{("diffusion_steps" if k == "steps" else k): v for k, v in flags.items()}}
     return rescaled_timestep_scale(values["diffusion_steps"]) if values["rescale_timesteps"] else 1.0
+
+
+def consistency_scheduler_config(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """diffusers' ``CMStochasticIterativeScheduler`` config from consistency_models' parsed flags: its grid of
+    ``--steps`` noise levels between ``--sigma_min`` and ``--sigma_max`` (Karras rho 7, KarrasDenoiser's sigma_data 0.5),
+    clipping as ``--clip_denoised``. Refused in one line for a model that is not a consistency model.
+
+    Args:
+        flags (mapping): every flag of ``consistency-models``, typed ([`parse_flags`]' result).
+    """
+    if flags["training_mode"] not in CONSISTENCY_TRAINING_MODES:
+        raise ValueError(f"expected --training_mode among {CONSISTENCY_TRAINING_MODES} (a consistency model), got "
+                         f"{flags['training_mode']!r} (image_sample.py's default, an EDM diffusion model: not converted)")
+    if not 0 < flags["sigma_min"] < flags["sigma_max"] or flags["steps"] < 2:
+        raise ValueError(f"expected 0 < --sigma_min < --sigma_max and --steps >= 2, got {flags['sigma_min']}, "
+                         f"{flags['sigma_max']} and {flags['steps']}")
+    return dict(num_train_timesteps=flags["steps"], sigma_min=flags["sigma_min"], sigma_max=flags["sigma_max"],
+                sigma_data=0.5, rho=7.0, clip_denoised=flags["clip_denoised"])
+
+
+def consistency_timesteps(ts: str, steps: int) -> list[int] | None:
+    """consistency_models' multistep ``--ts`` (indices into its ``--steps`` grid, ascending from sigma_max, ending at
+    sigma_min) as diffusers' ``timesteps`` of ``CMStochasticIterativeScheduler.set_timesteps`` (descending, the last
+    index left out: the scheduler always ends at sigma_min). ``"0,22,39"`` with 40 steps is ``[22, 0]``; ``""`` is None.
+    """
+    if not ts:
+        return None
+    try:
+        indices = [int(t) for t in str(ts).split(",")]
+    except ValueError:
+        raise ValueError(f"expected --ts as comma-separated integers, got {ts!r}") from None
+    if len(indices) < 2 or indices != sorted(set(indices)) or indices[0] < 0 or indices[-1] != steps - 1:
+        raise ValueError(f"expected --ts ascending from 0 or more to --steps - 1 = {steps - 1} (the last level is sigma_min), got {ts!r}")
+    return indices[-2::-1]

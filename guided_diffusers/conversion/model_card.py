@@ -12,17 +12,18 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from .. import __version__
 from ..schedulers.schedules import space_timesteps
-from .presets import DDPM, GUIDED, IMPROVED, Preset
+from .presets import CONSISTENCY, DDPM, GUIDED, IMPROVED, Preset
 
 # Package data (the wheel carries it): guided_diffusers/model_cards/*.md.
 TEMPLATES = Path(str(resources.files("guided_diffusers").joinpath("model_cards")))
-_TEMPLATE_FILES = {GUIDED: "guided_diffusion.md", IMPROVED: "improved_diffusion.md", DDPM: "ddpm.md"}
+_TEMPLATE_FILES = {GUIDED: "guided_diffusion.md", IMPROVED: "improved_diffusion.md", DDPM: "ddpm.md", CONSISTENCY: "consistency_models.md"}
 # The original weights' licenses: guided-diffusion's and improved-diffusion's repositories (code and released weights)
 # are MIT; the DDPM release (hojonathanho/diffusion) states no license, so its cards say "unknown".
-LICENSES = {GUIDED: "mit", IMPROVED: "mit", DDPM: "unknown"}
+LICENSES = {GUIDED: "mit", IMPROVED: "mit", DDPM: "unknown", CONSISTENCY: "mit"}
 _LICENSE_NOTES = {
     GUIDED: "The original weights and code are released under the MIT license (openai/guided-diffusion).",
     IMPROVED: "The original weights and code are released under the MIT license (openai/improved-diffusion).",
+    CONSISTENCY: "The original weights and code are released under the MIT license (openai/consistency_models).",
     DDPM: "The original DDPM release (hojonathanho/diffusion) states no license for its code or checkpoints; the PyTorch "
     "port whose checkpoints are converted here (pesser/pytorch_diffusion) is MIT-licensed code. The license of the "
     "weights is therefore unknown: check with the authors before use beyond research.",
@@ -33,6 +34,7 @@ _FAMILY_LINKS = {
     GUIDED: "OpenAI's [guided-diffusion](https://github.com/openai/guided-diffusion)",
     IMPROVED: "OpenAI's [improved-diffusion](https://github.com/openai/improved-diffusion)",
     DDPM: "the original [DDPM](https://github.com/hojonathanho/diffusion) release (its PyTorch port's layout)",
+    CONSISTENCY: "OpenAI's [consistency_models](https://github.com/openai/consistency_models)",
 }
 # What a card says when nobody stated the weights' terms (a user's checkpoint without --license, a trained model
 # without --license): the card claims none.
@@ -67,6 +69,13 @@ CITATIONS = {
   pages     = {8162--8171},
   year      = {2021},
   url       = {https://arxiv.org/abs/2102.09672}
+}""",
+    "cm": """@inproceedings{song2023consistency,
+  title     = {Consistency Models},
+  author    = {Yang Song and Prafulla Dhariwal and Mark Chen and Ilya Sutskever},
+  booktitle = {Proceedings of the 40th International Conference on Machine Learning},
+  year      = {2023},
+  url       = {https://arxiv.org/abs/2303.01469}
 }""",
     "ddpm": """@inproceedings{ho2020denoising,
   title     = {Denoising Diffusion Probabilistic Models},
@@ -111,7 +120,7 @@ CITATIONS.update({
   url       = {https://openreview.net/forum?id=OnD9zGAGT0k}
 }""",
 })
-_FAMILY_CITATIONS = {GUIDED: ("adm", "iddpm"), IMPROVED: ("iddpm",), DDPM: ("ddpm",)}
+_FAMILY_CITATIONS = {GUIDED: ("adm", "iddpm"), IMPROVED: ("iddpm",), DDPM: ("ddpm",), CONSISTENCY: ("cm", "adm")}
 # Community checkpoints (a preset with an ``origin``): trained by others with guided-diffusion's code.
 COMMUNITY_TEMPLATE = "community.md"
 _DATASET_NOTES = {
@@ -269,6 +278,35 @@ def _usage(kind: str, repo_id: str, sampling: dict[str, Any], conditional: bool,
     return pipeline_usage(repo_id, args, fast_recipe=not fewer)
 
 
+def consistency_usage(location: str, conditional: bool, timesteps: list[int] | None) -> str:
+    """A snippet that loads the consistency pipeline folder at ``location`` and samples in one step, and in the
+    release's multistep ``timesteps`` where it gives them (else in two steps of the scheduler's grid)."""
+    labels = 'class_labels=["golden retriever", 207], ' if conditional else "batch_size=2, "
+    several = f"timesteps={list(timesteps)}" if timesteps else "num_inference_steps=2"
+    return "\n".join([
+        "import torch",
+        "import guided_diffusers  # registers the pipeline classes with diffusers",
+        "from diffusers import DiffusionPipeline",
+        "",
+        f'pipe = DiffusionPipeline.from_pretrained("{location}")',
+        f"images = pipe({labels}num_inference_steps=1, generator=torch.Generator().manual_seed(0)).images  # one step",
+        'images[0].save("sample_1_step.png")',
+        f"images = pipe({labels}{several}, generator=torch.Generator().manual_seed(0)).images"
+        + ("  # the multistep setting (the original's --ts)" if timesteps else "  # two steps"),
+        'images[0].save("sample_2_steps.png")',
+    ])
+
+
+def _consistency_sampling_note(sampling: dict[str, Any], user_sampling: dict[str, Any]) -> str:
+    timesteps = user_sampling.get("timesteps") or sampling.get("timesteps")
+    if not timesteps:
+        return ("The release gives no multistep setting for this checkpoint: it samples in one step (`num_inference_steps=1`); "
+                "more steps take `num_inference_steps` or `timesteps` (indices into the scheduler's grid, descending).")
+    whose = "given by the user at conversion" if user_sampling else "from the original release"
+    return (f"Recommended sampling ({whose}): one step, or `timesteps={list(timesteps)}`: the original's `--ts` on its "
+            "grid of `num_train_timesteps` noise levels, as diffusers' `CMStochasticIterativeScheduler` takes them.")
+
+
 def inpaint_usage(location: str, sampling: dict[str, Any]) -> str:
     """A snippet that loads the pipeline folder at ``location`` and inpaints with RePaint's recommended schedule."""
     args = [f"{k}={v!r}" for k, v in sampling.items() if k in ("timestep_respacing", "jump_length", "jump_n_sample")]
@@ -303,6 +341,11 @@ def _sampling_note(sampling: dict[str, Any], user_sampling: dict[str, Any], fast
     if fast_in_snippet:
         parts.append("The snippet above samples with the package's fast recipe instead of every step.")
     return " ".join(parts) + "\n\n" + fast_sampling_note()
+
+
+def _user_description(kind: str, conditional: bool, what: str) -> str:
+    phrase = f"{'' if kind == 'classifier' else 'class-conditional ' if conditional else 'unconditional '}{what}"
+    return f"{'An' if phrase[0] in 'aeiou' else 'A'} {phrase}."
 
 
 def _user_license_note(license: str) -> str:
@@ -358,6 +401,8 @@ def render_model_card(
         tags = ["guided-diffusers", "noisy-classifier", "classifier-guidance"]
     elif kind == "super_res":
         tags.append("super-resolution")
+    if family == CONSISTENCY:
+        tags.append("consistency-model")
     card_data = ModelCardData(
         library_name="diffusers",
         license=license_id,
@@ -366,13 +411,17 @@ def render_model_card(
         datasets=[HUB_DATASETS[dataset]] if dataset in HUB_DATASETS else None,
     )
     merged = {**sampling, **user_sampling}
-    if community and preset.usage == "inpaint" and kind == "diffusion":
+    if family == CONSISTENCY:
+        usage = consistency_usage(repo_id, conditional, merged.get("timesteps"))
+        fast_in_snippet = False
+    elif community and preset.usage == "inpaint" and kind == "diffusion":
         usage = inpaint_usage(repo_id, merged)
         fast_in_snippet = False
     else:
         usage = _usage(kind, repo_id, merged, conditional, has_classifier, num_classes, low_res_size, num_train_timesteps, released)
         fast_in_snippet = kind != "classifier" and "FAST_RECIPE" in usage
-    what = {"classifier": "noisy classifier", "super_res": "super-resolution diffusion model"}.get(kind, "diffusion model")
+    what = {"classifier": "noisy classifier", "super_res": "super-resolution diffusion model"}.get(
+        kind, "consistency model" if family == CONSISTENCY else "diffusion model")
     parts_note = ""
     if isinstance(classifier_source, Preset):
         parts_note = f"The classifier in this folder is the release `{classifier_source.name}` of {_FAMILY_LINKS[classifier_source.family]}."
@@ -389,7 +438,7 @@ def render_model_card(
         card_data,
         template_path=str(path),
         model_name=preset.name if preset else Path(checkpoint_name).stem,
-        description=preset.description if preset else f"A {'' if kind == 'classifier' else 'class-conditional ' if conditional else 'unconditional '}{what}.",
+        description=preset.description if preset else _user_description(kind, conditional, what),
         paper=preset.paper if preset else f"the {family} paper",
         family_link=_FAMILY_LINKS[family],
         checkpoint_name=checkpoint_name,
@@ -397,7 +446,8 @@ def render_model_card(
         install=install_lines(),
         results_table=_markdown_table(preset.results if preset else ()),
         usage=usage,
-        sampling_note="" if kind == "classifier" else _sampling_note(sampling, user_sampling, fast_in_snippet),
+        sampling_note="" if kind == "classifier" else _consistency_sampling_note(sampling, user_sampling)
+        if family == CONSISTENCY else _sampling_note(sampling, user_sampling, fast_in_snippet),
         flags=flags,
         verification=verification,
         license_note=license_note,

@@ -13,7 +13,7 @@ from diffusers import UNet2DModel
 from ..safe_loading import load_weights_only
 from ..models import ADMClassifier, ADMSuperResUNet2DModel, ADMUNet2DModel
 from ..models.folders import check_config_types
-from .flags import SOURCES, classifier_kwargs_from_flags, unet_kwargs_from_flags
+from .flags import CONSISTENCY_MODELS, SOURCES, classifier_kwargs_from_flags, unet_kwargs_from_flags
 from .state_dict import load_adm_classifier_state_dict, load_adm_unet_state_dict, load_ddpm_state_dict
 
 # Constructor kwargs of the originals that do not change the network's weights or numerics.
@@ -170,8 +170,8 @@ def convert_unet_checkpoint(
 
     Args:
         state_dict: The original ``UNetModel``/``SuperResModel`` state dict.
-        source: ``"guided-diffusion"`` or ``"improved-diffusion"``: flag defaults differ, and improved-diffusion
-            always uses the legacy attention order.
+        source: ``"guided-diffusion"``, ``"improved-diffusion"`` or ``"consistency-models"``: flag defaults differ;
+            improved-diffusion always uses the legacy attention order, consistency_models always the new one.
         flags: The original scripts' model flags (a string such as ``"--num_channels 256 --class_cond True"`` or
             a mapping). ``large_size``/``small_size`` among them make a super-resolution model.
         constructor_kwargs: Instead of flags, the original class's constructor kwargs; ``large_size`` or
@@ -184,7 +184,8 @@ def convert_unet_checkpoint(
         ValueError: One error listing every missing key, unexpected key and shape mismatch.
     """
     kwargs = unet_kwargs(flags, constructor_kwargs, source)
-    legacy_order = source == "improved-diffusion" or not kwargs.get("use_new_attention_order", False)
+    # improved-diffusion always splits heads first; consistency_models always splits q/k/v first (cm/unet.py).
+    legacy_order = source == "improved-diffusion" or (source != CONSISTENCY_MODELS and not kwargs.get("use_new_attention_order", False))
     model_class = ADMSuperResUNet2DModel if ("large_size" in kwargs or "small_size" in kwargs) else ADMUNet2DModel
     model = model_class(**adm_unet_config(kwargs))
     load_adm_unet_state_dict(model, dict(state_dict), legacy_order)

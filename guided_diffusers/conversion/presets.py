@@ -8,9 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .flags import CONSISTENCY_MODELS
+
 GUIDED = "guided-diffusion"
 IMPROVED = "improved-diffusion"
 DDPM = "ddpm"
+#: openai/consistency_models: guided-diffusion's network, sampled by ADMConsistencyPipeline.
+CONSISTENCY = CONSISTENCY_MODELS
 #: The kinds of model, in every part that names one (presets, model cards, training tasks, the training scripts):
 #: a diffusion model, a super-resolution (ADM-U) diffusion model, a noisy classifier.
 KINDS = ("diffusion", "super_res", "classifier")
@@ -25,9 +29,11 @@ class Preset:
 
     Args:
         name: the preset name (``--preset``).
-        family: ``guided-diffusion``, ``improved-diffusion`` or ``ddpm``.
+        family: ``guided-diffusion``, ``improved-diffusion``, ``consistency-models`` or ``ddpm``.
         kind: one of [`KINDS`]: ``diffusion``, ``super_res`` or ``classifier``.
-        flags: the original scripts' model and diffusion flags (ADM families), exactly as the READMEs give them.
+        flags: the original scripts' model and diffusion flags (ADM families), exactly as the READMEs give them
+            (consistency_models: its launch.sh sampling command's, whose ``--steps`` and ``--ts`` give the scheduler's
+            grid and the recommended multistep timesteps).
         constructor_kwargs: the DDPM port's Model kwargs (DDPM family).
         scheduler: scheduler settings beyond the flags (DDPM's betas and variance).
         sampling: recommended sampling: ``timestep_respacing``, ``use_ddim``, ``classifier_scale``.
@@ -386,6 +392,51 @@ _PRESETS += [
     ),
 ]
 
+# -- openai/consistency_models: consistency models on guided-diffusion's network -----------------------------------------
+# Flags: scripts/launch.sh's sampling commands for each release (model flags, --training_mode, and the multistep
+# setting --ts/--steps where it gives one; --steps is the training grid: 40 scales for CD, 200 + 1 for CT on ImageNet-64,
+# 150 + 1 for CT on LSUN). Results: the paper's Tables 2 and 3 (FID, 50K samples; CD there uses LPIPS).
+
+_CM_PAPER = "[Consistency Models](https://arxiv.org/abs/2303.01469) (Song, Dhariwal, Chen & Sutskever, ICML 2023)"
+_CM_IMAGENET = (
+    "--attention_resolutions 32,16,8 --class_cond True --use_scale_shift_norm True --dropout 0.0 --image_size 64 "
+    "--num_channels 192 --num_head_channels 64 --num_res_blocks 3 --resblock_updown True --use_fp16 True --weight_schedule uniform"
+)
+_CM_LSUN = (
+    "--attention_resolutions 32,16,8 --class_cond False --use_scale_shift_norm False --dropout 0.0 --image_size 256 "
+    "--num_channels 256 --num_head_channels 64 --num_res_blocks 2 --resblock_updown True --use_fp16 True --weight_schedule uniform"
+)
+_CM_MODES = {"cd": "consistency_distillation", "ct": "consistency_training"}
+_CM_TRAINING = {
+    "cd": "distilled from the release's EDM model on the same data (consistency distillation, {metric} metric, 40 noise levels)",
+    "ct": "trained from data alone (consistency training, LPIPS metric, up to {scales} noise levels)",
+}
+
+
+_PRESETS += [
+    Preset(
+        name, family=CONSISTENCY, kind="diffusion", dataset=dataset, paper=_CM_PAPER,
+        flags=f"{network} --training_mode {_CM_MODES[name[:2]]} "
+        + (f"--sampler multistep --ts {ts} --steps {steps}" if ts else f"--sampler onestep --steps {steps}"),
+        description=f"{what} consistency model, {_CM_TRAINING[name[:2]].format(metric=metric, scales=steps - 1)}; it "
+        "samples in one step, or in a few.",
+        results=(("Dataset", "Steps", "FID"), (label, "1", fids[0]), (label, "2", fids[1])) if fids else (),
+        file_names=(f"{name}.pt",),
+    )
+    for name, what, label, dataset, network, metric, steps, ts, fids in (
+        ("cd_imagenet64_l2", "Class-conditional ImageNet 64x64", "ImageNet 64x64", "imagenet-1k", _CM_IMAGENET, "l2", 40, "0,22,39", ()),
+        ("cd_imagenet64_lpips", "Class-conditional ImageNet 64x64", "ImageNet 64x64", "imagenet-1k", _CM_IMAGENET, "LPIPS", 40, "0,22,39", ("6.20", "4.70")),
+        ("ct_imagenet64", "Class-conditional ImageNet 64x64", "ImageNet 64x64", "imagenet-1k", _CM_IMAGENET, "", 201, "0,106,200", ("13.0", "11.1")),
+        ("cd_bedroom256_l2", "Unconditional LSUN bedroom 256x256", "LSUN Bedroom 256x256", "lsun-bedroom", _CM_LSUN, "l2", 40, "0,18,39", ()),
+        ("cd_bedroom256_lpips", "Unconditional LSUN bedroom 256x256", "LSUN Bedroom 256x256", "lsun-bedroom", _CM_LSUN, "LPIPS", 40, "0,17,39", ("7.80", "5.22")),
+        ("ct_bedroom256", "Unconditional LSUN bedroom 256x256", "LSUN Bedroom 256x256", "lsun-bedroom", _CM_LSUN, "", 151, "0,67,150", ("16.0", "7.85")),
+        # launch.sh gives no multistep setting for the CD cat models: one step (--sampler onestep) is the release's.
+        ("cd_cat256_l2", "Unconditional LSUN cat 256x256", "LSUN Cat 256x256", "lsun-cat", _CM_LSUN, "l2", 40, "", ()),
+        ("cd_cat256_lpips", "Unconditional LSUN cat 256x256", "LSUN Cat 256x256", "lsun-cat", _CM_LSUN, "LPIPS", 40, "", ("11.0", "8.84")),
+        ("ct_cat256", "Unconditional LSUN cat 256x256", "LSUN Cat 256x256", "lsun-cat", _CM_LSUN, "", 151, "0,62,150", ("20.7", "11.7")),
+    )
+]
+
 #: Other releases' configurations whose network is exactly a preset's: (release, its configuration as flags, preset).
 SAME_NETWORK_AS_PRESET = (
     ("RePaint's ImageNet confs (confs/test_inet256_*.yml)",
@@ -402,7 +453,7 @@ SAME_NETWORK_AS_PRESET = (
      "--resblock_updown True --use_fp16 False --use_new_attention_order False", "ffhq_10m"),
 )
 
-#: The presets of each converter: ``"adm"`` (guided-diffusion and improved-diffusion) and ``"ddpm"``. Names are unique
+#: The presets of each converter: ``"adm"`` (guided-diffusion, improved-diffusion, consistency_models) and ``"ddpm"``. Names are unique
 #: within a converter only (both have an ``lsun_bedroom``).
 CONVERTERS = ("adm", "ddpm")
 PRESETS: dict[str, dict[str, Preset]] = {

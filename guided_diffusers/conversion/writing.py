@@ -11,11 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import CMStochasticIterativeScheduler
 
 from ..publishing import make_temp_folder, push_folder_to_hub, write_folder_atomically
-from ..pipelines import ADMUpsamplingPipeline, ClassifierGuidedPipeline, imagenet_id2label
+from ..pipelines import ADMConsistencyPipeline, ADMUpsamplingPipeline, ClassifierGuidedPipeline, imagenet_id2label
 from ..schedulers import GuidedDDIMScheduler, GuidedDDPMScheduler
-from .flags import NUM_CLASSES, given_flags, is_super_res, parse_flags, scheduler_config_from_diffusion_flags, timestep_scale_from_flags, unet_kwargs_from_parsed
+from .flags import (
+    CONSISTENCY_MODELS,
+    NUM_CLASSES,
+    consistency_scheduler_config,
+    consistency_timesteps,
+    given_flags,
+    is_super_res,
+    parse_flags,
+    scheduler_config_from_diffusion_flags,
+    timestep_scale_from_flags,
+    unet_kwargs_from_parsed,
+)
 from .originals import (
     adm_classifier_config,
     adm_unet_config,
@@ -72,7 +84,22 @@ def _scheduler_for(flags: dict[str, Any], sampling: dict[str, Any], steps: int) 
     return scheduler_class(**config)
 
 
-def _verification(kind: str) -> str:
+# Measured on tests/fixtures/consistency_models (made by openai/consistency_models' own code; see
+# benchmarks/make_consistency_parity_fixture.py): the largest difference of our float32 network from the original's.
+_CONSISTENCY_PARITY = "2.4e-6"
+
+
+def _verification(kind: str, family: str = GUIDED) -> str:
+    if family == CONSISTENCY_MODELS:
+        return (
+            "Conversion checks, done by the converter before anything was written: every key of the original state dict "
+            "was used, every parameter of the diffusers model filled, and every shape matched. At reduced width, the same "
+            f"conversion reproduces openai/consistency_models' own network to {_CONSISTENCY_PARITY} (float32 attention; "
+            "the original's non-flash path computes attention in float16, which differs from both by up to 2.3e-4), and "
+            "this pipeline with diffusers' `CMStochasticIterativeScheduler` reproduces the original's denoiser "
+            "(c_skip, c_out, c_in with sigma_min and sigma_data 0.5, the time input 250 log sigma) and its one-step and "
+            "multistep samplers with the same noise."
+        )
     return (
         "Conversion checks, done by the converter before anything was written: every key of the original state dict was "
         "used, every parameter of the diffusers model filled, and every shape matched. The same conversion code "
@@ -147,15 +174,20 @@ def check_adm_conversion(
     unet_preset = _pick_preset(checkpoint, preset, model_flags, model_config, "--preset") if checkpoint is not None else None
     if unet_preset is not None and unet_preset.kind == "classifier":
         raise ValueError(f"preset {unet_preset.name!r} is a classifier; pass it with --classifier and --classifier_preset")
+    if source is None:
+        source = unet_preset.family if unet_preset else GUIDED
+    if unet_preset is not None and unet_preset.family != source:
+        raise ValueError(f"preset {unet_preset.name!r} is {unet_preset.family}'s, got --source {source}")
+    if source == CONSISTENCY_MODELS:
+        if classifier is not None:
+            raise ValueError("expected no --classifier with a consistency model (its pipeline samples without one), got one")
+        _consistency_sampling(parse_flags(" ".join(x for x in (
+            unet_preset.flags if unet_preset else model_flags, diffusion_flags) if x), source))  # one line before any read
     clf_preset = None
     if classifier is not None:
         clf_preset = _pick_preset(classifier, classifier_preset, classifier_flags, classifier_config, "--classifier_preset")
         if clf_preset is not None and clf_preset.kind != "classifier":
             raise ValueError(f"expected a classifier preset for --classifier, got {clf_preset.name!r} ({clf_preset.kind})")
-    if source is None:
-        source = unet_preset.family if unet_preset else GUIDED
-    if unet_preset is not None and unet_preset.family != source:
-        raise ValueError(f"preset {unet_preset.name!r} is {unet_preset.family}'s, got --source {source}")
     if model_config is not None:
         adm_unet_config(model_config)  # missing or unknown keys: one line before any checkpoint is read
     if classifier_config is not None:
@@ -202,9 +234,20 @@ def _read_unet(job: AdmConversion) -> tuple[Any, dict[str, Any], str]:
     return unet, flags, flag_text
 
 
+def _consistency_sampling(flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the CMStochasticIterativeScheduler config, the recommended sampling) of consistency_models' flags: the multistep
+    ``--ts`` as diffusers' ``timesteps``, where the flags give one; each checked in one line."""
+    config = consistency_scheduler_config(flags)
+    timesteps = consistency_timesteps(flags["ts"], flags["steps"])
+    return config, ({"timesteps": timesteps} if timesteps else {})
+
+
 def _recommended_sampling(job: AdmConversion, flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(every recommended sampling setting, those the user's own flags gave): the preset's (the original README's),
-    overridden by a respacing in the user's flags."""
+    overridden by a respacing in the user's flags; a consistency model's multistep timesteps from its flags."""
+    if job.source == CONSISTENCY_MODELS:
+        sampling = _consistency_sampling(flags)[1]
+        return (sampling, {}) if job.unet_preset else (sampling, dict(sampling))
     sampling = dict(job.unet_preset.sampling) if job.unet_preset else {}
     user_sampling = {}
     if given_flags(job.diffusion_flags).get("timestep_respacing") or (job.unet_preset is None and flags["timestep_respacing"]):
@@ -213,7 +256,13 @@ def _recommended_sampling(job: AdmConversion, flags: dict[str, Any]) -> tuple[di
 
 
 def _adm_pipeline(job: AdmConversion, unet: Any, classifier: Any, flags: dict[str, Any], sampling: dict[str, Any]) -> Any:
-    """The pipeline of the converted networks: an upsampling one for a super-resolution model, else the guided one."""
+    """The pipeline of the converted networks: a consistency one for consistency_models, an upsampling one for a
+    super-resolution model, else the guided one."""
+    if job.source == CONSISTENCY_MODELS:  # the network sees the scheduler's own timestep, 250 log sigma, unscaled
+        unet.register_to_config(timestep_scale=1.0)
+        scheduler = CMStochasticIterativeScheduler(**_consistency_sampling(flags)[0])
+        id2label = imagenet_id2label() if unet.config.num_classes == NUM_CLASSES else None
+        return ADMConsistencyPipeline(unet=unet, scheduler=scheduler, id2label=id2label)
     # The networks own their timestep scale (the originals' --rescale_timesteps): the U-Net and its classifier alike.
     for network in (unet, classifier):
         if network is not None:
@@ -388,7 +437,7 @@ def _card(preset, family, kind, flags, repo_id, checkpoint, conditional, has_cla
     return render_model_card(
         preset, family=family, kind=kind, flags=flags, repo_id=repo_id, checkpoint_name=Path(checkpoint).name,
         conditional=conditional, has_classifier=has_classifier, sampling=sampling, user_sampling=user_sampling,
-        verification=_verification(kind), num_classes=num_classes, low_res_size=low_res_size,
+        verification=_verification(kind, family), num_classes=num_classes, low_res_size=low_res_size,
         num_train_timesteps=num_train_timesteps, classifier_source=classifier_source if kind != "classifier" else None,
         license=license,
     )
