@@ -582,3 +582,13 @@ def test_stock_pipelines_that_can_read_the_output_still_sample(tmp_path):
     ours.set_progress_bar_config(disable=True)
     images = ours(batch_size=1, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (1, 8, 8, 3) and np.isfinite(images).all() and images.std() > 0.01
+
+
+def test_a_learned_sigma_unet_still_compiles_as_one_graph():
+    """The stock-pipeline check looks at Python frames, which torch.compile cannot trace: it is skipped while
+    compiling, so a learned-sigma forward stays one graph (fullgraph=True) with the eager output."""
+    unet = _unconditional_unet(6).eval()
+    sample = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        compiled = torch.compile(unet, backend="eager", fullgraph=True)(sample, 10).sample
+        assert torch.equal(compiled, unet(sample, 10).sample)

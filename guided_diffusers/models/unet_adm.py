@@ -271,7 +271,8 @@ class ADMUNet2DModel(CheckedFolderMixin, UNet2DModel):
             itself computes in its own dtype.
         """
         self._check_sample(sample, self.config.in_channels)
-        if self.config.out_channels != self.config.in_channels:  # learned sigma: a stock pipeline may misread it
+        # learned sigma: a stock pipeline may misread it (not while torch.compile traces: frames are not graph ops)
+        if self.config.out_channels != self.config.in_channels and not torch.compiler.is_compiling():
             check_stock_pipeline_caller(self)
         output = self._unet(sample.to(self.dtype), self._embed(sample, timestep, class_labels)).to(sample.dtype)
         if not return_dict:
