@@ -51,12 +51,16 @@ def __getattr__(name: str):
 
 
 def _runs_a_command_line() -> bool:
-    """Whether this process runs one of our command lines: a console script (``guided-diffusers-*``), or
-    ``python -m guided_diffusers.cli.<name>`` (as ``accelerate launch -m`` runs it), whose ``sys.argv[0]`` is ``"-m"``
-    while the package imports (the module is in ``sys.orig_argv``)."""
+    """Whether this process runs one of our command lines: a console script (``guided-diffusers-*``), a checkout's
+    wrapper of one (``scripts/*.py``, ``convert/*.py`` beside this package), or ``python -m guided_diffusers.cli.<name>``
+    (as ``accelerate launch -m`` runs it), whose ``sys.argv[0]`` is ``"-m"`` while the package imports (the module is
+    in ``sys.orig_argv``)."""
     program = sys.argv[0] if sys.argv else ""
     if program != "-m":
-        return Path(program or "python").name.startswith("guided-diffusers-")
+        path = Path(program or "python")
+        checkout = Path(__file__).resolve().parents[1]
+        wrapper = path.suffix == ".py" and path.resolve().parent in (checkout / "scripts", checkout / "convert")
+        return path.name.startswith("guided-diffusers-") or wrapper
     command = getattr(sys, "orig_argv", [])
     for index, arg in enumerate(command):
         if arg.startswith("-m"):  # "-m module" or "-mmodule"

@@ -52,18 +52,21 @@ def test_every_console_script_help_imports_no_torch():
         assert found == {"code": 0, "usage": True, "heavy": []}, (name, found)
 
 
-def test_every_module_form_help_imports_no_torch():
+def test_every_module_form_and_checkout_wrapper_help_imports_no_torch():
     """`python -m guided_diffusers.cli.<name> --help` (what `accelerate launch -m` runs; its sys.argv[0] is "-m" while
-    the package imports) answers without torch or diffusers too: the modules the process imported, as -X importtime
-    lists them."""
-    for name, target in SCRIPTS.items():
-        module, function = target.split(":")
-        module = module if function == "main" else f"guided_diffusers.cli.{function}"  # train.py's three: train_*.py
-        result = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--help"], capture_output=True, text=True,
+    the package imports) and the checkout's `python scripts/<name>.py --help` answer without torch or diffusers too:
+    the modules each process imported, as -X importtime lists them."""
+    modules = [module if function == "main" else f"guided_diffusers.cli.{function}"  # train.py's three: train_*.py
+               for module, function in (target.split(":") for target in SCRIPTS.values())]
+    wrappers = sorted((ROOT / "scripts").glob("*.py")) + sorted((ROOT / "convert").glob("*.py"))
+    commands = [["-m", module] for module in modules] + [[str(path)] for path in wrappers]
+    assert len(commands) == 2 * len(SCRIPTS)
+    for command in commands:
+        result = subprocess.run([sys.executable, "-X", "importtime", *command, "--help"], capture_output=True, text=True,
                                 cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}, timeout=600)
-        assert result.returncode == 0 and result.stdout.startswith("usage:"), (module, result.stderr[-3000:])
+        assert result.returncode == 0 and result.stdout.startswith("usage:"), (command, result.stderr[-3000:])
         imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-        assert "guided_diffusers.cli" in imported and not imported & set(HEAVY), (module, sorted(imported & set(HEAVY)))
+        assert "guided_diffusers.cli" in imported and not imported & set(HEAVY), (command, sorted(imported & set(HEAVY)))
 
 
 @pytest.mark.slow
