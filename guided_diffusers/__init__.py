@@ -50,8 +50,26 @@ def __getattr__(name: str):
     return globals()[name]
 
 
-# A console script (guided-diffusers-*) imports this package only to reach its command in guided_diffusers.cli, which
-# imports what it uses once its arguments are parsed: importing diffusers (and torch) here would make `--help` take
-# seconds. Anywhere else `import guided_diffusers` imports the classes and registers them with diffusers' loader.
-if not Path(sys.argv[0] if sys.argv and sys.argv[0] else "python").name.startswith("guided-diffusers-"):
+def _runs_a_command_line() -> bool:
+    """Whether this process runs one of our command lines: a console script (``guided-diffusers-*``), a checkout's
+    wrapper of one (``scripts/*.py``, ``convert/*.py`` beside this package), or ``python -m guided_diffusers.cli.<name>``
+    (as ``accelerate launch -m`` runs it), whose ``sys.argv[0]`` is ``"-m"`` while the package imports (the module is
+    in ``sys.orig_argv``)."""
+    program = sys.argv[0] if sys.argv else ""
+    if program != "-m":
+        path = Path(program or "python")
+        checkout = Path(__file__).resolve().parents[1]
+        wrapper = path.suffix == ".py" and path.resolve().parent in (checkout / "scripts", checkout / "convert")
+        return path.name.startswith("guided-diffusers-") or wrapper
+    command = getattr(sys, "orig_argv", [])
+    for index, arg in enumerate(command):
+        if arg.startswith("-m"):  # "-m module" or "-mmodule"
+            return (arg[2:] or "".join(command[index + 1 : index + 2])).startswith("guided_diffusers.cli.")
+    return False
+
+
+# A command line imports this package only to reach its command in guided_diffusers.cli, which imports what it uses
+# once its arguments are parsed: importing diffusers (and torch) here would make `--help` take seconds. Anywhere else
+# `import guided_diffusers` imports the classes and registers them with diffusers' loader.
+if not _runs_a_command_line():
     _import_public_names()

@@ -70,9 +70,9 @@ def _load_evaluate_script():
 def network(monkeypatch):
     """The stand-in, also what the command line loads as its network."""
     model = PixelFeatures()
-    import guided_diffusers.cli.evaluate as cli
+    import guided_diffusers.evaluation
 
-    monkeypatch.setattr(cli, "load_fid_inception", lambda *args, **kwargs: model)
+    monkeypatch.setattr(guided_diffusers.evaluation, "load_fid_inception", lambda *args, **kwargs: model)
     return model
 
 

@@ -508,3 +508,87 @@ def test_bad_inputs_of_the_sampling_pipelines_are_one_line_before_any_work():
         SamplingRecipe.parse("ddpm:\u00b2")
     with pytest.raises(ValueError, match="expected id2label keys as whole-number class ids, got 'cat'"):
         ClassifierGuidedPipeline(unet=_unet(), scheduler=_guided_scheduler(), id2label={"cat": "a cat"})
+
+
+def _unconditional_unet(out_channels: int) -> ADMUNet2DModel:
+    torch.manual_seed(0)
+    unet = ADMUNet2DModel(sample_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                          attention_downsample_factors=(2,), out_channels=out_channels)
+    return _randomize_zeros(unet, 1)
+
+
+def _saved_folder(path, out_channels: int):
+    variance_type = "learned_range" if out_channels == 6 else "fixed_small"
+    scheduler = GuidedDDPMScheduler(num_train_timesteps=T, beta_schedule="cosine", variance_type=variance_type)
+    ClassifierGuidedPipeline(unet=_unconditional_unet(out_channels), scheduler=scheduler).save_pretrained(path)
+    return path
+
+
+def test_a_stock_pipeline_whose_scheduler_would_misread_variance_channels_is_one_line_before_any_unet_work(tmp_path, monkeypatch):
+    """DDIMPipeline (which makes any scheduler a DDIMScheduler) and other stock pipelines hand a learned-sigma output
+    whole to their scheduler's step, which failed on a tensor size naming nothing: refused at the first forward, before
+    the network runs, naming the pipeline that hands the scheduler the prediction channels."""
+    from diffusers import DDIMPipeline, DDPMPipeline, PNDMPipeline, PNDMScheduler
+
+    folder = _saved_folder(tmp_path / "learned", 6)
+    loaded = ClassifierGuidedPipeline.from_pretrained(folder)
+    stock = {
+        "DDIMPipeline.from_pretrained": (lambda: DDIMPipeline.from_pretrained(folder), "DDIMPipeline", "DDIMScheduler"),
+        "DDIMPipeline(unet, scheduler)": (lambda: DDIMPipeline(unet=loaded.unet, scheduler=loaded.scheduler), "DDIMPipeline", "DDIMScheduler"),
+        "DDPMPipeline, fixed variance": (lambda: DDPMPipeline(unet=loaded.unet, scheduler=DDPMScheduler(num_train_timesteps=T)),
+                                         "DDPMPipeline", "DDPMScheduler"),
+        "PNDMPipeline": (lambda: PNDMPipeline(unet=loaded.unet, scheduler=PNDMScheduler.from_config(loaded.scheduler.config)),
+                         "PNDMPipeline", "PNDMScheduler"),
+    }
+    runs = []
+    monkeypatch.setattr(ADMUNet2DModel, "_unet", lambda *args: runs.append(1))
+    for case, (make, pipeline, scheduler) in stock.items():
+        pipe = make()
+        pipe.set_progress_bar_config(disable=True)
+        with pytest.raises(ValueError) as info:
+            pipe(batch_size=1, num_inference_steps=10, output_type="np")
+        message = str(info.value)
+        assert message == (f"expected 3-channel predictions for {scheduler}.step under {pipeline}, got a learned-sigma model's 6 "
+                           f"channels (prediction and variance, which {scheduler} cannot set aside): sample with guided_diffusers' "
+                           "ClassifierGuidedPipeline and the same scheduler, which hands it the prediction channels"), case
+        assert runs == [], case
+    monkeypatch.undo()
+    ours = DDPMPipeline(unet=loaded.unet, scheduler=GuidedDDPMScheduler(num_train_timesteps=T))  # fixed_small
+    ours.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="^variance type 'fixed_small' expects a model output with 3 channels"):
+        ours(batch_size=1, num_inference_steps=2)  # our scheduler speaks for itself: the check leaves ours alone
+
+
+def test_stock_pipelines_that_can_read_the_output_still_sample(tmp_path):
+    """The check refuses only what would fail: DDPMPipeline on a learned-sigma folder (its scheduler, ours or
+    DDPMScheduler with a learned variance type, splits the variance channels off; our DDIM sets them aside
+    too), DDIMPipeline on a fixed-sigma folder, and our pipelines under a stock scheduler sample as before."""
+    from diffusers import DDIMPipeline, DDPMPipeline
+
+    learned, fixed = _saved_folder(tmp_path / "learned", 6), _saved_folder(tmp_path / "fixed", 3)
+    ours = ClassifierGuidedPipeline.from_pretrained(learned)
+    pipes = {
+        "DDPMPipeline, our scheduler": DDPMPipeline.from_pretrained(learned),
+        "DDPMPipeline, DDPMScheduler learned_range": DDPMPipeline(unet=ours.unet, scheduler=DDPMScheduler.from_config(ours.scheduler.config)),
+        "DDIMPipeline, fixed sigma": DDIMPipeline.from_pretrained(fixed),
+        "DDPMPipeline, our DDIM": DDPMPipeline(unet=ours.unet, scheduler=GuidedDDIMScheduler.from_config(ours.scheduler.config)),
+    }
+    for name, pipe in pipes.items():
+        pipe.set_progress_bar_config(disable=True)
+        images = pipe(batch_size=1, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0)).images
+        assert images.shape == (1, 8, 8, 3) and np.isfinite(images).all() and images.std() > 0.01, name
+    assert type(pipes["DDPMPipeline, our scheduler"].scheduler) is GuidedDDPMScheduler
+    ours.scheduler = DDIMScheduler.from_config(ours.scheduler.config)
+    ours.set_progress_bar_config(disable=True)
+    images = ours(batch_size=1, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 8, 8, 3) and np.isfinite(images).all() and images.std() > 0.01
+
+
+def test_a_learned_sigma_unet_still_compiles_as_one_graph():
+    """The stock-pipeline check looks at Python frames, which torch.compile cannot trace: it is skipped while
+    compiling, so a learned-sigma forward stays one graph (fullgraph=True) with the eager output."""
+    unet = _unconditional_unet(6).eval()
+    sample = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        compiled = torch.compile(unet, backend="eager", fullgraph=True)(sample, 10).sample
+        assert torch.equal(compiled, unet(sample, 10).sample)

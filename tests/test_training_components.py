@@ -148,12 +148,23 @@ def test_switches_take_the_originals_values_and_bare_flags():
         (["--ema_rate", "0.9,2"], "expected EMA rates in \\[0, 1\\), got \\[2.0\\]"),
         (["--gradient_accumulation_steps", "0"], "expected --gradient_accumulation_steps >= 1, got 0"),
         (["--push_to_hub"], "expected the Hub to be reachable for --push_to_hub, got HF_HUB_OFFLINE set"),
+        (["--label_from", "subfolder"], "expected --label_from among \\('auto', 'folder', 'filename'\\), got 'subfolder'"),
     ],
 )
 def test_bad_arguments_are_refused_in_one_line(extra, message, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match=message):
         check_arguments(build_parser("diffusion").parse_args(BASE + extra), "diffusion")
+
+
+def test_lr_scheduler_choices_are_diffusers_schedules_but_piecewise_constant():
+    """The parser spells diffusers' schedule names (importing diffusers.optimization would import torch in --help)."""
+    from diffusers.optimization import SchedulerType
+
+    from guided_diffusers.training.args import LR_SCHEDULERS
+
+    choices = next(action.choices for action in build_parser("diffusion")._actions if action.dest == "lr_scheduler")
+    assert list(choices) == list(LR_SCHEDULERS) == [t.value for t in SchedulerType if t.value != "piecewise_constant"]
 
 
 def test_argument_errors_exit_with_usage(capsys):

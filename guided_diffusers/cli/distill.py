@@ -88,11 +88,11 @@ def parse_distill_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     """Distil as the command line says; a run refused before training, and a failed Hub upload, end in one line."""
+    args = parse_distill_args(argv)  # first: --help and a bad flag answer without importing torch
     from ..publishing import HubPushError
     from ..training.tasks import run_training
     from ..training.trainer import TrainingSetupError
 
-    args = parse_distill_args(argv)
     try:
         run_training(args)
     except (TrainingSetupError, HubPushError) as error:

@@ -25,22 +25,8 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
-from guided_diffusers.evaluation import (
-    InceptionWeightsUnavailableError,
-    evaluate_image_batches,
-    inspect_image_batch,
-    load_fid_inception,
-)
-from guided_diffusers.publishing import write_atomically
-from guided_diffusers.evaluation.evaluator import (
-    DEFAULT_BATCH_SIZE,
-    DecodedImages,
-    NpzImages,
-    make_reference_batch,
-)
-from guided_diffusers.evaluation.metrics import DISTANCE_PRECISIONS, MANIFOLD_NUM_NEIGHBOURS
+# Plain data only here: --help answers without importing torch; main imports the evaluator once the arguments parse.
+from guided_diffusers.evaluation.settings import DEFAULT_BATCH_SIZE, DISTANCE_PRECISIONS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,6 +96,8 @@ def _check_reference_args(args: argparse.Namespace):
     if str(args.source).endswith(".npz"):
         if args.image_size is not None or args.split is not None or args.image_column is not None:
             raise ValueError("expected no --image_size/--split/--image_column with an .npz --source (its images are used as they are)")
+        from guided_diffusers.evaluation import NpzImages, inspect_image_batch
+
         info = inspect_image_batch(args.source)
         return NpzImages(info.path, info.num_images)
     return _decoded_images(args.source, args, "the image source")
@@ -119,6 +107,7 @@ def _decoded_images(source: str, args: argparse.Namespace, what: str) -> Decoded
     """An image folder or dataset, resized and centre-cropped to --image_size (every image header read first)."""
     if args.image_size is None or args.image_size < 1:
         raise ValueError(f"expected --image_size >= 1 for {what} {source!r} (its images are resized and centre-cropped to it), got {args.image_size}")
+    from guided_diffusers.evaluation import DecodedImages
     from guided_diffusers.evaluation.image_data import open_evaluation_images
 
     return DecodedImages(open_evaluation_images(source, image_size=args.image_size, split=args.split, image_column=args.image_column))
@@ -134,6 +123,9 @@ def _check_evaluation_args(args: argparse.Namespace):
         raise ValueError(f"expected --{stray[0]} only with --write_reference or an image folder batch")
     if args.cache and folders:
         raise ValueError(f"expected .npz batches with --cache (features are cached beside an .npz file), got the folder {folders[0]!r}")
+    from guided_diffusers.evaluation import NpzImages, inspect_image_batch
+    from guided_diffusers.evaluation.metrics import MANIFOLD_NUM_NEIGHBOURS
+
     sources = []
     for batch in args.batches:
         if Path(batch).is_dir():
@@ -163,6 +155,16 @@ def _is_main_launch_process() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import torch
+
+    from guided_diffusers.evaluation import (
+        InceptionWeightsUnavailableError,
+        evaluate_image_batches,
+        load_fid_inception,
+        make_reference_batch,
+    )
+    from guided_diffusers.publishing import write_atomically
+
     try:
         # Every input is checked before the network is built or an image is read.
         if args.batch_size < 1:
@@ -230,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
 def _leave_process_group(state) -> None:
     """Destroy this process's process group before the interpreter exits: left to the interpreter's teardown, gloo's
     destructor crashed a finished process (SIGSEGV, 1 run in 2 of the two-process test) while its peer still ran."""
+    import torch
+
     if state.num_processes > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

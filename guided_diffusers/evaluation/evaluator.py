@@ -32,9 +32,9 @@ from .feature_cache import (
 )
 from .inception import POOL_FEATURES_DIM, SPATIAL_FEATURES_DIM, FIDInceptionV3
 from .metrics import FIDStatistics, RunningMoments, inception_score, precision_recall
+from .settings import DEFAULT_BATCH_SIZE
 
-# The original evaluator's batch sizes: images per Inception forward, pool vectors per softmax.
-DEFAULT_BATCH_SIZE = 64
+# The original evaluator's pool vectors per softmax (DEFAULT_BATCH_SIZE: its images per Inception forward).
 CLASS_LOGITS_BATCH_SIZE = 512
 
 

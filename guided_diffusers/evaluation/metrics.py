@@ -26,12 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .settings import DISTANCE_PRECISIONS
+
 # The original evaluator's defaults.
 INCEPTION_SCORE_SPLIT_SIZE = 5000
 MANIFOLD_NUM_NEIGHBOURS = 3
 MANIFOLD_BATCH_SIZE = 10000
-# How precision/recall distances are computed: the original's float16 (default), or exactly in float32 / float64.
-DISTANCE_PRECISIONS = ("float16", "float32", "float64")
 
 
 @dataclass(eq=False)  # arrays have no single truth value to compare by

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -49,6 +52,45 @@ def rescaled_timestep_scale(num_train_timesteps: int) -> float:
 def check_timestep_scale(timestep_scale: float) -> None:
     if not (timestep_scale > 0 and timestep_scale != float("inf")):
         raise ValueError(f"expected timestep_scale as a finite number > 0 (1000 / T for rescaled models), got {timestep_scale}")
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_variance_type(scheduler_class: type) -> bool:
+    return "variance_type" in inspect.signature(scheduler_class.__init__).parameters
+
+
+def check_stock_pipeline_caller(unet: torch.nn.Module) -> None:
+    """Refuse, in one line, a learned-sigma U-Net called by one of diffusers' own pipelines whose scheduler would take
+    the variance channels as part of the prediction (DDIMPipeline; any with DDIMScheduler, PNDM, Euler...).
+
+    Such a pipeline hands the output whole to its scheduler's step, and of diffusers' schedulers only those with a
+    learned ``variance_type`` (DDPMScheduler, DPM-Solver) set the variance channels aside: the others fail inside the
+    step on a tensor size that names nothing. Nothing of ours runs between the pipeline and that step but this
+    forward, so it looks a few frames up for the calling pipeline (only learned-sigma models pay this: 1.3 us a
+    call, where the smallest forward takes milliseconds). Our pipelines, and a stock pipeline with our scheduler (which
+    refuses a mismatch itself), are left alone.
+    """
+    frame = sys._getframe(2)  # the caller of forward's caller (nn.Module's call machinery, hooks)
+    for _ in range(8):
+        if frame is None:
+            return
+        if frame.f_code.co_name == "__call__" and frame.f_globals.get("__name__", "").startswith("diffusers.pipelines."):
+            break
+        frame = frame.f_back
+    else:
+        return
+    pipeline = frame.f_locals.get("self")
+    scheduler = getattr(pipeline, "scheduler", None)
+    if scheduler is None or not type(scheduler).__module__.startswith("diffusers."):
+        return
+    if _takes_variance_type(type(scheduler)) and scheduler.config.get("variance_type") in ("learned", "learned_range"):
+        return  # (a config swapped from ours keeps variance_type even where the class takes none: DDIMScheduler's)
+    channels, name = unet.config.in_channels, type(scheduler).__name__
+    raise ValueError(
+        f"expected {channels}-channel predictions for {name}.step under {type(pipeline).__name__}, got a learned-sigma "
+        f"model's {unet.config.out_channels} channels (prediction and variance, which {name} cannot set aside): sample "
+        f"with guided_diffusers' ClassifierGuidedPipeline and the same scheduler, which hands it the prediction channels"
+    )
 
 
 class ADMUNet2DModel(CheckedFolderMixin, UNet2DModel):
@@ -229,6 +271,9 @@ class ADMUNet2DModel(CheckedFolderMixin, UNet2DModel):
             itself computes in its own dtype.
         """
         self._check_sample(sample, self.config.in_channels)
+        # learned sigma: a stock pipeline may misread it (not while torch.compile traces: frames are not graph ops)
+        if self.config.out_channels != self.config.in_channels and not torch.compiler.is_compiling():
+            check_stock_pipeline_caller(self)
         output = self._unet(sample.to(self.dtype), self._embed(sample, timestep, class_labels)).to(sample.dtype)
         if not return_dict:
             return (output,)

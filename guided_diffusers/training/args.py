@@ -12,15 +12,12 @@ import argparse
 import os
 from typing import Any
 
-from diffusers.optimization import SchedulerType
-
 from ..conversion.flags import str2bool as parse_boolean
-from ..data import LABEL_SOURCES
-from .ema import parse_ema_rates
 
 __all__ = [
     "CLASSIFIER_FLAGS",
     "CLASSIFIER_PROCESS_FLAGS",
+    "LR_SCHEDULERS",
     "PROCESS_FLAGS",
     "TASKS",
     "UNET_FLAGS",
@@ -32,6 +29,11 @@ __all__ = [
 ]
 
 TASKS = ("diffusion", "classifier", "super_res")
+
+# diffusers' learning-rate schedules (diffusers.optimization.SchedulerType's values) but piecewise_constant, which
+# needs a rule string we take no flag for; spelled here because importing diffusers.optimization imports torch
+# (tests/test_training_components.py checks the two agree).
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 # The originals' model flags of a U-Net (image_size / large_size / small_size come from --resolution / --small_size).
 UNET_FLAGS = (
@@ -88,7 +90,7 @@ def build_parser(task: str, description: str | None = None) -> argparse.Argument
     data.add_argument("--dataset_config_name", default=None, help="the dataset's configuration")
     data.add_argument("--train_data_dir", default=None,
                       help="a folder of images (the originals' --data_dir), labelled as --label_from says")
-    data.add_argument("--label_from", choices=LABEL_SOURCES, default="auto",
+    data.add_argument("--label_from", default="auto",
                       help="an image folder's labels: 'filename' (the originals': the prefix before the first underscore), 'folder' "
                       "(the class subfolder, as imagefolder), 'auto' (default: 'filename' when any image is at the folder's top "
                       "level, else 'folder', stopping where a file-name prefix disagrees with its subfolder)")
@@ -145,7 +147,7 @@ def build_parser(task: str, description: str | None = None) -> argparse.Argument
                       help="micro-batches per optimizer step (the originals' --microbatch); default: accelerate's "
                       "ACCELERATE_GRADIENT_ACCUMULATION_STEPS (set from a DeepSpeed config), else 1")
     loop.add_argument("--learning_rate", type=float, default=defaults["learning_rate"])
-    loop.add_argument("--lr_scheduler", default="constant", choices=[t.value for t in SchedulerType if t.value != "piecewise_constant"],
+    loop.add_argument("--lr_scheduler", default="constant", choices=LR_SCHEDULERS,
                       help="'linear' over --max_train_steps is the originals' linear anneal (--lr_anneal_steps / --anneal_lr)")
     loop.add_argument("--lr_warmup_steps", type=int, default=0)
     loop.add_argument("--adam_beta1", type=float, default=0.9)
@@ -231,7 +233,13 @@ def check_arguments(args: argparse.Namespace, task: str) -> None:
         raise ValueError(f"expected --adam_weight_decay >= 0, got {args.adam_weight_decay}")
     if args.resolution is not None and args.resolution < 1:
         raise ValueError(f"expected --resolution >= 1, got {args.resolution}")
+    from ..data import LABEL_SOURCES  # checked here, not as argparse choices: importing data imports torch
+
+    if args.label_from not in LABEL_SOURCES:
+        raise ValueError(f"expected --label_from among {LABEL_SOURCES}, got {args.label_from!r}")
     if args.use_ema:
+        from .ema import parse_ema_rates
+
         parse_ema_rates(args.ema_rate)
     from .model_card import check_license
 
