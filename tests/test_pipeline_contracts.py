@@ -559,6 +559,26 @@ def test_a_stock_pipeline_whose_scheduler_would_misread_variance_channels_is_one
         ours(batch_size=1, num_inference_steps=2)  # our scheduler speaks for itself: the check leaves ours alone
 
 
+def test_a_grey_learned_sigma_unet_is_refused_by_a_stock_scheduler_that_keeps_three_channels():
+    """DPM-Solver with a learned variance type keeps the output's first three channels (RGB's prediction): a grey
+    learned-sigma model's two channels would be misread there, so it is refused; DDPMScheduler splits by the sample's
+    channels and samples the grey model."""
+    from diffusers import DDPMPipeline, DPMSolverMultistepScheduler
+
+    torch.manual_seed(0)
+    grey = _randomize_zeros(ADMUNet2DModel(sample_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                                           attention_downsample_factors=(2,), in_channels=1, out_channels=2), 1)
+    solver = DDPMPipeline(unet=grey, scheduler=DPMSolverMultistepScheduler(num_train_timesteps=T, variance_type="learned_range"))
+    solver.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match=r"^expected 1-channel predictions for DPMSolverMultistepScheduler\.step under DDPMPipeline, "
+                                         r"got a learned-sigma model's 2 channels"):
+        solver(batch_size=1, num_inference_steps=4, output_type="np")
+    ddpm = DDPMPipeline(unet=grey, scheduler=DDPMScheduler(num_train_timesteps=T, variance_type="learned_range"))
+    ddpm.set_progress_bar_config(disable=True)
+    images = ddpm(batch_size=1, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 8, 8, 1) and np.isfinite(images).all() and images.std() > 0.01
+
+
 def test_stock_pipelines_that_can_read_the_output_still_sample(tmp_path):
     """The check refuses only what would fail: DDPMPipeline on a learned-sigma folder (its scheduler, ours or
     DDPMScheduler with a learned variance type, splits the variance channels off; our DDIM sets them aside

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DModel, UNet2DOutput
 from torch import nn
@@ -83,8 +84,11 @@ def check_stock_pipeline_caller(unet: torch.nn.Module) -> None:
     scheduler = getattr(pipeline, "scheduler", None)
     if scheduler is None or not type(scheduler).__module__.startswith("diffusers."):
         return
-    if _takes_variance_type(type(scheduler)) and scheduler.config.get("variance_type") in ("learned", "learned_range"):
-        return  # (a config swapped from ours keeps variance_type even where the class takes none: DDIMScheduler's)
+    learned = _takes_variance_type(type(scheduler)) and scheduler.config.get("variance_type") in ("learned", "learned_range")
+    # (the class, not the config: a config swapped from ours keeps variance_type even where the class takes none.)
+    # DDPMScheduler splits the variance off by the sample's channels; DPM-Solver keeps the first three, RGB's only.
+    if learned and (isinstance(scheduler, DDPMScheduler) or unet.config.in_channels == 3):
+        return
     channels, name = unet.config.in_channels, type(scheduler).__name__
     raise ValueError(
         f"expected {channels}-channel predictions for {name}.step under {type(pipeline).__name__}, got a learned-sigma "
