@@ -22,17 +22,17 @@ TEACHER_STEPS = 250
 class DistillSettings:
     """The distillation's flags (``guided-diffusers-distill``): the best setting measured on the quick start's teacher
     (docs/benchmarks.md: consistency distillation with the consistency models' N = 18 levels and target EMA 0.95,
-    learning rate 2e-4, the raw weights after 1,800 steps; progressive distillation, N = 10 or 40, a target rate of 0
+    learning rate 2e-4, the raw weights after 1,600 steps; progressive distillation, N = 10 or 40, a target rate of 0
     and a 2x learning rate measured worse or no better at the same cost).
 
     Attributes:
-        max_train_steps (`int`): optimizer steps; 1,800 took 291 s on the quiet machine, within the teacher's 314 s of
-            training (a step costs about 1.6 of the teacher's: its classifier-free teacher runs on twice the batch, the
+        max_train_steps (`int`): optimizer steps; 1,600 took 260 s on the quiet machine, within the teacher's 314 s of
+            training (a step costs about 1.5 of the teacher's: its classifier-free teacher runs on twice the batch, the
             target network once).
     """
 
     method: str = "consistency"
-    max_train_steps: int = 1800
+    max_train_steps: int = 1600
     batch_size: int = 64
     learning_rate: float = 2e-4
     num_discretization_steps: int = 18
