@@ -25,7 +25,7 @@ Guidance settings: ``none`` (the class-conditional model alone), ``cgS`` (classi
 (classifier-free guidance at weight W); ``@LOW:HIGH`` after one applies it only at noise levels sigma in (LOW, HIGH]
 (the pipeline's ``guidance_interval``, Kynkäänniemi et al. 2024), e.g. ``cg2@0.3:6``. A ``--plot`` PNG draws accuracy and distance against U-Net evaluations.
 The distilled student of ``make demo DEMO_ARGS=--distill`` (``--student``, default demo_output/distilled when it exists)
-adds ``consistency:N`` rows (its 1, 2, 4 steps) for ``none`` and ``cfgW``; the plot then shows ``cfg2``.
+adds ``consistency:N`` or ``progressive:N`` rows (its 1, 2, 4 steps; named by its distillation method) for ``none`` and ``cfgW``; the plot then shows ``cfg2``.
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def student_rows(args: argparse.Namespace, judge, reference, targets: np.ndarray
                 spreads.append(channel_spread(images))
                 diversities.append(float(np.mean([mean_pairwise_distance(images[targets == c]) for c in range(NUM_CLASSES)])))
             total = len(seeds) * len(targets)
-            row = Row(f"consistency:{steps}", setting, unet_count.images / total, 0.0, float(np.mean(accuracies)),
+            method = ((pipe.config.get("distillation") or {}).get("method") or "consistency").split()[0]
+            row = Row(f"{method}:{steps}", setting, unet_count.images / total, 0.0, float(np.mean(accuracies)),
                       float(np.mean(distances)), float(np.max(distances) - np.min(distances)), float(np.mean(spreads)),
                       float(np.mean(diversities)), seconds / len(seeds), total / seconds)
             rows.append(row)
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--autocast", choices=["none", "bfloat16"], default="none",
                         help="run the whole sampling call (U-Net and classifier) under CPU bf16 autocast")
     parser.add_argument("--student", default=None, help="also the distilled student in this folder (default: demo_output/distilled "
-                        "when it exists; '' for none), at --student_steps, as consistency:N rows")
+                        "when it exists; '' for none), at --student_steps, as consistency:N or progressive:N rows")
     parser.add_argument("--student_steps", default="1,2,4", help="the student's step counts")
     parser.add_argument("--plot", default=str(DOCS.parent / "images" / "bench_quality.png"), help="PNG path ('' to skip)")
     parser.add_argument("--output", default=str(DOCS), help="markdown file to append to ('' to skip)")

@@ -1,5 +1,6 @@
 """Distillation (guided-diffusers-distill) and the consistency pipeline: a one-step student approaches its teacher's
-ODE endpoint on a toy distribution, a run resumes with identical state, the student folder loads through
+ODE endpoint on a toy distribution, a progressive stage brings the student's one step to its teacher's two, a run
+(consistency or progressive) resumes with identical state, the student folder loads through
 DiffusionPipeline.from_pretrained and samples as the in-memory one, the pipeline gives the U-Net the right timestep,
 and bad arguments are refused in one line before any work."""
 
@@ -118,10 +119,53 @@ def test_one_step_student_approaches_the_teachers_ode_endpoint(toy):
     assert after < 0.5 * before, (before, after)
 
 
-def test_resumed_distillation_equals_the_uninterrupted_one_and_the_folder_round_trips(tmp_path):
+def test_a_progressive_stage_brings_the_students_one_step_to_the_teachers_two(tmp_path):
+    """Stage 0 of progressive distillation on a toy: after 40 optimizer steps the student's one DDIM step over two grid
+    intervals lands nearer where two guided teacher steps land (fresh noise, every interval), under half the squared
+    error of the starting student (the teacher itself with its output negated)."""
+    from guided_diffusers.cli.distill import parse_distill_args
+    from guided_diffusers.data import images_from_folder
+    from guided_diffusers.training.distillation_task import DistillationTask
+
+    data, teacher = _toy_digits(tmp_path / "data", 16), _random_teacher(tmp_path / "teacher")
+    args = parse_distill_args(["--teacher", str(teacher), "--train_data_dir", str(data), "--method", "progressive",
+                               "--num_discretization_steps", "4", "--w_min", "1", "--w_max", "3", "--max_train_steps", "1000"])
+    task = DistillationTask(args)
+    student = task.build(images_from_folder(data))
+    grid = task._grid(torch.device("cpu")).float()
+    generator = torch.Generator().manual_seed(1)
+    starts = torch.tensor([0, 2] * 8)
+    sigma, middle, end = grid[starts], grid[starts + 1], grid[starts + 2]
+    x0 = torch.where(torch.arange(16) % 2 == 0, 0.5, -0.5).view(-1, 1, 1, 1).expand(16, 1, 8, 8)
+    x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(16, 1, 8, 8, generator=generator)
+    labels, scales = torch.arange(16) % 2, torch.full((16,), 2.0)
+    kwargs = {"class_labels": labels, "guidance_scale": scales}
+    landed = task.teacher_step(task.teacher_step(x, sigma, middle, labels, scales, None), middle, end, labels, scales, None)
+
+    def error() -> float:
+        return float(((task.student_step(student, x, sigma, end, kwargs) - landed) ** 2).mean())
+
+    before = error()
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+    torch.manual_seed(0)
+    batch = {"pixel_values": x0.clone(), "class_labels": labels}
+    for step in range(1, 41):
+        optimizer.zero_grad()
+        task.compute_loss(student, batch).loss.backward()
+        optimizer.step()
+        task.optimizer_step_done(student, step)
+    assert task.previous.stage == 0  # the second of the two stages starts at step 500
+    after = error()
+    assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize("method", ["consistency", "progressive"])
+def test_resumed_distillation_equals_the_uninterrupted_one_and_the_folder_round_trips(tmp_path, method):
     """A run stopped at its step-2 checkpoint and resumed ends with the uninterrupted run's student, target network
-    and logs; the student folder loads through DiffusionPipeline.from_pretrained and samples as the weights it holds."""
+    (progressive: the previous stage's student and the stage, which changes at step 2) and logs; the student folder
+    loads through DiffusionPipeline.from_pretrained and samples as the weights it holds."""
     import json
+    import shutil
 
     from diffusers import CMStochasticIterativeScheduler, DiffusionPipeline
     from safetensors.torch import load_file
@@ -130,15 +174,23 @@ def test_resumed_distillation_equals_the_uninterrupted_one_and_the_folder_round_
 
     data, teacher = _toy_digits(tmp_path / "data", 8), _random_teacher(tmp_path / "teacher")
     argv = ["--teacher", str(teacher), "--train_data_dir", str(data), "--train_batch_size", "2", "--checkpointing_steps", "2",
-            "--num_discretization_steps", "6", "--w_min", "1", "--w_max", "3", "--ema_rate", "0.9"]
+            "--num_discretization_steps", "6" if method == "consistency" else "4", "--w_min", "1", "--w_max", "3", "--ema_rate", "0.9",
+            "--method", method]
     _distill([*argv, "--max_train_steps", "4", "--output_dir", str(tmp_path / "straight")])
-    _distill([*argv, "--max_train_steps", "2", "--output_dir", str(tmp_path / "resumed")])
+    if method == "consistency":  # stopped at step 2
+        _distill([*argv, "--max_train_steps", "2", "--output_dir", str(tmp_path / "resumed")])
+    else:  # progressive stages split --max_train_steps: a run of 4 interrupted after its step-2 checkpoint
+        _distill([*argv, "--max_train_steps", "4", "--output_dir", str(tmp_path / "resumed")])
+        shutil.rmtree(tmp_path / "resumed" / "checkpoint-4")
     _distill([*argv, "--max_train_steps", "4", "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "latest"])
     for part in ("unet/diffusion_pytorch_model.safetensors", "weights/model/diffusion_pytorch_model.safetensors",
                  "checkpoint-4/trainer_state.safetensors"):
         straight, resumed = load_file(tmp_path / "straight" / part), load_file(tmp_path / "resumed" / part)
         assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight), part
-    assert any(key.startswith("target_network") for key in load_file(tmp_path / "resumed/checkpoint-4/trainer_state.safetensors"))
+    kept = "target_network" if method == "consistency" else "previous_student"
+    assert any(key.startswith(kept) for key in load_file(tmp_path / "resumed/checkpoint-4/trainer_state.safetensors"))
+    if method == "progressive":  # the second stage began at step 2: its teacher is the student of step 2
+        assert json.loads((tmp_path / "resumed/checkpoint-2/trainer_state.json").read_text())["previous_student"]["stage"] == 1
     logs = [[json.loads(line)["loss"] for line in open(tmp_path / run / "logs/metrics.jsonl")] for run in ("straight", "resumed")]
     assert logs[0] == logs[1] and len(logs[0]) == 4
 
@@ -159,7 +211,7 @@ def test_resumed_distillation_equals_the_uninterrupted_one_and_the_folder_round_
     unguided = pipe(batch_size=2, num_inference_steps=2, output_type="np").images  # the null class
     assert unguided.shape == (2, 8, 8, 1)
     card = (folder / "README.md").read_text()
-    assert str(teacher) in card and "consistency distillation" in card and "optimizer steps: 4" in card
+    assert str(teacher) in card and f"{method} distillation" in card and "optimizer steps: 4" in card
 
 
 def test_the_pipeline_gives_the_unet_the_teachers_timestep_or_the_schedulers_own(tmp_path):
@@ -207,6 +259,11 @@ def test_the_pipeline_gives_the_unet_the_teachers_timestep_or_the_schedulers_own
         (["--classifier_scale", "2"], "expected --classifier_scale >= 0 with --guidance classifier only"),
         (["--guidance", "classifier"], "expected a teacher pipeline with a classifier for --guidance classifier, got none"),
         (["--resolution", "16"], "expected --resolution 8 (the teacher's), got 16"),
+        (["--method", "progressive", "--num_discretization_steps", "6"],
+         "expected --num_discretization_steps a power of two with --method progressive, got 6"),
+        (["--method", "progressive", "--num_discretization_steps", "8"], "expected --max_train_steps >= 3 (one per progressive stage), got 2"),
+        (["--method", "progressive", "--num_discretization_steps", "2", "--target_ema_rate", "0.9"],
+         "expected no --target_ema_rate with --method progressive"),
     ],
 )
 def test_bad_arguments_are_refused_in_one_line_before_any_work(tmp_path, capsys, extra, expected):

@@ -1,5 +1,5 @@
-"""guided-diffusers-distill: distil a pipeline folder into a consistency model that samples in 1 to 4 steps, with
-the teacher's guidance folded in, on the training scripts' accelerate loop."""
+"""guided-diffusers-distill: distil a pipeline folder into a student that samples in 1 to 4 steps (consistency or
+progressive distillation), with the teacher's guidance folded in, on the training scripts' accelerate loop."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import argparse
 import sys
 
 DESCRIPTION = """Distil one of our pipelines (converted or trained) into a 1-4 step student: consistency distillation with an
-EMA target network, the teacher's classifier-free guidance (the weight becomes a student input) or classifier guidance
-(folded in at one scale) included.
+EMA target network (or progressive distillation, --method progressive), the teacher's classifier-free guidance (the
+weight becomes a student input) or classifier guidance (folded in at one scale) included.
 
     accelerate launch -m guided_diffusers.cli.distill --teacher demo_output/pipeline --train_data_dir digits/ \\
         --guidance classifier-free --w_min 1 --w_max 4 --max_train_steps 2000 --output_dir distilled
@@ -27,6 +27,9 @@ def build_distill_parser() -> argparse.ArgumentParser:
     parser.set_defaults(output_dir="distilled-student", ema_rate="0.99")  # distillations are short: a slow average keeps the start
     group = parser.add_argument_group("distillation")
     group.add_argument("--teacher", required=True, help="the pipeline folder to distil (an epsilon-predicting ADM with a guided scheduler)")
+    group.add_argument("--method", choices=["consistency", "progressive"], default="consistency",
+                       help="consistency distillation (an EMA target network) or progressive distillation (the steps halved per stage; "
+                       "the stages split --max_train_steps evenly)")
     group.add_argument("--guidance", choices=["classifier-free", "classifier", "none"], default="classifier-free",
                        help="the teacher's guidance the student learns: classifier-free (its weight w becomes a student input), "
                        "classifier (the teacher's classifier at --classifier_scale, folded in) or none")
@@ -38,9 +41,11 @@ def build_distill_parser() -> argparse.ArgumentParser:
                        help="the classifier scale folded in with --guidance classifier (default: the teacher pipeline's classifier_scale)")
     group.add_argument("--unconditional_prob", type=float, default=0.1,
                        help="share of examples distilled with the null class and no guidance, so the student samples unguided too (0: none)")
-    group.add_argument("--num_discretization_steps", type=int, default=40,
-                       help="N, the noise levels of the Karras grid the teacher steps between (the consistency models' N)")
-    group.add_argument("--target_ema_rate", type=float, default=0.95, help="the target network's EMA rate (the consistency models' mu)")
+    group.add_argument("--num_discretization_steps", type=int, default=None,
+                       help="consistency: N, the noise levels of the Karras grid the teacher steps between (the consistency models' N; "
+                       "default 40); progressive: the first teacher's DDIM steps on that grid (a power of two; default 16), halved per stage down to 1")
+    group.add_argument("--target_ema_rate", type=float, default=None,
+                       help="the consistency target network's EMA rate (the consistency models' mu; default 0.95)")
     return parser
 
 
@@ -68,8 +73,21 @@ def check_distill_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"expected --classifier_scale >= 0 with --guidance classifier only, got {args.classifier_scale} with --guidance {args.guidance}")
     if not 0.0 <= args.unconditional_prob < 1.0:
         raise ValueError(f"expected --unconditional_prob in [0, 1), got {args.unconditional_prob}")
+    if args.num_discretization_steps is None:
+        args.num_discretization_steps = 40 if args.method == "consistency" else 16
     if args.num_discretization_steps < 2:
         raise ValueError(f"expected --num_discretization_steps >= 2, got {args.num_discretization_steps}")
+    if args.method == "progressive":
+        steps = args.num_discretization_steps
+        if steps & (steps - 1):
+            raise ValueError(f"expected --num_discretization_steps a power of two with --method progressive, got {steps}")
+        if args.max_train_steps < steps.bit_length() - 1:
+            raise ValueError(f"expected --max_train_steps >= {steps.bit_length() - 1} (one per progressive stage), got {args.max_train_steps}")
+        if args.target_ema_rate is not None:
+            raise ValueError(f"expected no --target_ema_rate with --method progressive (its teacher is the previous stage's student), got {args.target_ema_rate}")
+        return
+    if args.target_ema_rate is None:
+        args.target_ema_rate = 0.95
     if not 0.0 <= args.target_ema_rate < 1.0:
         raise ValueError(f"expected --target_ema_rate in [0, 1), got {args.target_ema_rate}")
 

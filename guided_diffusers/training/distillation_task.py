@@ -1,5 +1,6 @@
 """Distilling a pipeline into a one- to few-step student (``guided-diffusers-distill``): consistency distillation
-(Song et al. 2023) with the teacher's guidance folded in, as a [`TrainingTask`] of the shared loop.
+(Song et al. 2023) or progressive distillation (Salimans & Ho 2022) with the teacher's guidance folded in, as a
+[`TrainingTask`] of the shared loop.
 
 The student is a consistency model in the parameterization diffusers' ``CMStochasticIterativeScheduler`` samples:
 f(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, t(sigma)) on the variance-exploding image x = x_t /
@@ -7,6 +8,13 @@ sqrt(alpha_bar_t) of the teacher's process, with sigma_data = 1 so that c_in x i
 t(sigma) the teacher's timestep. It starts as the teacher with its output negated (F = -eps, which is the
 v-prediction F of the parameterization at low noise) and learns f(x_{n+1}, sigma_{n+1}) = f_target(x_n, sigma_n),
 where x_n is one DDIM (Euler) step of the guided teacher from x_{n+1} and f_target an EMA of the student.
+
+Progressive distillation uses the same parameterization as a denoiser D(x, sigma) (x-prediction, well posed at the
+one-step end) on a Karras grid of N + 1 levels (N a power of two): in stage k the student learns to land, with one
+DDIM step of D over 2^(k+1) grid intervals, where two DDIM steps of its teacher over 2^k intervals each land (stage 0:
+the guided teacher; later: the student frozen at the end of the previous stage). The grids are nested, so the last
+stages' levels are the scheduler's levels at 1, 2 and 4 steps, and each student step that ends at sigma_min maps to
+the end of the teacher's ODE: the consistency pipeline samples it as it samples a consistency model.
 """
 
 from __future__ import annotations
@@ -30,10 +38,12 @@ from .builders import DiffusionSetup, map_data_classes
 from .losses import LossType
 from .trainer import MicroBatchResult, TrainingTask, load_training_images
 
-__all__ = ["GUIDANCE_KINDS", "DistillationTask", "consistency_scheduler", "write_distilled_card"]
+__all__ = ["GUIDANCE_KINDS", "METHODS", "DistillationTask", "consistency_scheduler", "progressive_stage", "write_distilled_card"]
 
 #: How the teacher is guided while the student learns it.
 GUIDANCE_KINDS = ("classifier-free", "classifier", "none")
+#: The distillation methods (``--method``), by the name the model card gives them.
+METHODS = {"consistency": "consistency distillation", "progressive": "progressive distillation"}
 #: EDM's and the consistency models' largest noise level.
 SIGMA_MAX = 80.0
 
@@ -73,20 +83,51 @@ class _TargetNetwork:
         self.network.load_state_dict(state["weights"])
 
 
+def progressive_stage(step: int, max_train_steps: int, num_stages: int) -> int:
+    """The progressive stage that optimizer step ``step`` + 1 trains: the steps are split evenly among the stages."""
+    return min(num_stages - 1, step * num_stages // max_train_steps)
+
+
+class _PreviousStudent:
+    """Progressive distillation's stage and its teacher after stage 0: the student frozen at the end of the previous
+    stage (both kept in checkpoints)."""
+
+    def __init__(self, student: nn.Module):
+        self.stage = 0
+        self.network = copy.deepcopy(student).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def advance(self, student: nn.Module) -> None:
+        """Freeze ``student`` as the next stage's teacher."""
+        self.network.load_state_dict(student.state_dict())
+        self.stage += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "weights": {key: value.clone() for key, value in self.network.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stage = int(state["stage"])
+        self.network.load_state_dict(state["weights"])
+
+
 class DistillationTask(TrainingTask):
-    """Consistency distillation of ``--teacher`` (a pipeline folder) into an [`ADMConsistencyPipeline`] student.
+    """Consistency or progressive distillation (``--method``) of ``--teacher`` (a pipeline folder) into an
+    [`ADMConsistencyPipeline`] student.
 
     Each micro-batch: training images x_0 and labels; per example a grid index n, the noisy x = x_0 + sigma_{n+1} z,
     one guided DDIM step of the teacher to sigma_n, and the squared distance between the student's f at
     (x, sigma_{n+1}) and the target network's at the teacher's step (at sigma_min the boundary condition makes it
-    the step itself). ``--unconditional_prob`` of the examples get the null label and the unguided teacher, so the
-    student also samples without guidance.
+    the step itself). Progressive: a student interval of the stage, two teacher steps across it, and the squared
+    distance between the student's D and the D whose DDIM step lands where the teacher's two did.
+    ``--unconditional_prob`` of the examples get the null label and the unguided teacher, so the student also samples
+    without guidance.
     """
 
     def __init__(self, args: argparse.Namespace):
         super().__init__(args, "diffusion", loadable_entry="model_index.json")
         self.teacher: DiffusionPipeline | None = None
         self.target: _TargetNetwork | None = None
+        self.previous: _PreviousStudent | None = None
         self.cm_scheduler: CMStochasticIterativeScheduler | None = None
         self.null_class: int | None = None
         self.num_classes: int | None = None
@@ -144,17 +185,27 @@ class DistillationTask(TrainingTask):
             student.conv_out.weight.neg_()
             student.conv_out.bias.neg_()
         student.requires_grad_(True).train()
-        self.cm_scheduler = consistency_scheduler(teacher.scheduler, args.num_discretization_steps)
-        self.target = _TargetNetwork(student, args.target_ema_rate)
-        flags = {"teacher": args.teacher, "method": "consistency distillation", "guidance": args.guidance}
+        progressive = args.method == "progressive"
+        # Progressive: N steps of the first teacher on a grid of N + 1 levels.
+        self.cm_scheduler = consistency_scheduler(teacher.scheduler, args.num_discretization_steps + progressive)
+        if progressive:
+            self.previous = _PreviousStudent(student)
+        else:
+            self.target = _TargetNetwork(student, args.target_ema_rate)
+        flags = {"teacher": args.teacher, "method": METHODS[args.method], "guidance": args.guidance}
         self.setup = DiffusionSetup(student, teacher.scheduler, LossType.MSE, unet.config.sample_size, None, self.id2label, flags, label_map)
         self.label_map = label_map
         self.resolution = unet.config.sample_size
-        self.num_timesteps = args.num_discretization_steps - 1
+        self.num_timesteps = args.num_discretization_steps - 1 + progressive
         return student
 
+    @property
+    def num_stages(self) -> int:
+        """Progressive distillation's stages: log2 of the first teacher's steps."""
+        return self.args.num_discretization_steps.bit_length() - 1
+
     def checkpoint_objects(self) -> dict[str, Any]:
-        return {"target_network": self.target}
+        return {"previous_student": self.previous} if self.previous is not None else {"target_network": self.target}
 
     # -- the loss -----------------------------------------------------------------------------------------------------
 
@@ -208,19 +259,25 @@ class DistillationTask(TrainingTask):
             denoised = denoised.clamp(-1, 1)
         return denoised + sigma_next.view(-1, 1, 1, 1) * (x - denoised) / view
 
+    @torch.no_grad()
+    def student_step(self, network: nn.Module, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+                     unet_kwargs: dict[str, Any]) -> torch.Tensor:
+        """One DDIM step of a student (progressive distillation's teacher after stage 0) from ``sigma`` to
+        ``sigma_next``: its D, clipped as the student's scheduler clips, then D + sigma_next (x - D) / sigma."""
+        denoised = self.consistency_function(network, x, sigma, unet_kwargs)
+        if self.cm_scheduler.config.clip_denoised:
+            denoised = denoised.clamp(-1, 1)
+        return denoised + sigma_next.view(-1, 1, 1, 1) * (x - denoised) / sigma.view(-1, 1, 1, 1)
+
     def _move_to(self, device: torch.device) -> None:
         if self.teacher.unet.device != device:
             self.teacher.to(device)
-            self.target.network.to(device)
+            (self.previous or self.target).network.to(device)
 
-    def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> MicroBatchResult:
+    def _conditioning(self, batch: dict[str, torch.Tensor]) -> tuple[Any, Any, Any, dict[str, Any]]:
+        """(teacher labels, classifier-guided mask, classifier-free weights, the student's U-Net kwargs) of a batch."""
         args = self.args
-        x0 = batch["pixel_values"]
-        device, size = x0.device, x0.shape[0]
-        self._move_to(device)
-        grid = self._grid(device)
-        index = torch.randint(0, len(grid) - 1, (size,), device=device)
-        sigma, sigma_next = grid[index].float(), grid[index + 1].float()
+        size, device = batch["pixel_values"].shape[0], batch["pixel_values"].device
         labels = guided = scales = None
         student_kwargs: dict[str, Any] = {}
         if self.num_classes:
@@ -233,8 +290,20 @@ class DistillationTask(TrainingTask):
         if args.guidance == "classifier-free":
             scales = args.w_min + (args.w_max - args.w_min) * torch.rand(size, device=device)
             student_kwargs["guidance_scale"] = scales
+        return labels, guided if args.guidance == "classifier" else None, scales, student_kwargs
+
+    def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> MicroBatchResult:
+        x0 = batch["pixel_values"]
+        self._move_to(x0.device)
+        if self.previous is not None:
+            return self._progressive_loss(model, x0, *self._conditioning(batch))
+        size, device = x0.shape[0], x0.device
+        grid = self._grid(device)
+        index = torch.randint(0, len(grid) - 1, (size,), device=device)
+        sigma, sigma_next = grid[index].float(), grid[index + 1].float()
+        labels, guided, scales, student_kwargs = self._conditioning(batch)
         x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn_like(x0)
-        x_next = self.teacher_step(x, sigma, sigma_next, labels, scales, guided if args.guidance == "classifier" else None)
+        x_next = self.teacher_step(x, sigma, sigma_next, labels, scales, guided)
         with torch.no_grad():
             target = self.consistency_function(self.target.network, x_next, sigma_next, student_kwargs)
         prediction = self.consistency_function(model, x, sigma, student_kwargs)
@@ -242,18 +311,45 @@ class DistillationTask(TrainingTask):
         # Logged by grid interval, noisiest first: the "timestep" of each example is its index n.
         return MicroBatchResult(loss.mean(), {"loss": loss.detach()}, index)
 
+    def _progressive_loss(self, model: nn.Module, x0: torch.Tensor, labels: Any, guided: Any, scales: Any,
+                          student_kwargs: dict[str, Any]) -> MicroBatchResult:
+        """Stage k's loss: per example a student interval of 2^(k+1) grid intervals from level j, the noisy
+        x = x_0 + sigma_j z, two teacher steps across it, and the squared distance between the student's D(x, sigma_j)
+        and the D whose DDIM step lands where the teacher's did: (x'' - r x) / (1 - r), r = sigma_end / sigma_j."""
+        stage = self.previous.stage
+        width = 2 ** (stage + 1)
+        grid = self._grid(x0.device)
+        start = torch.randint(0, (len(grid) - 1) // width, (x0.shape[0],), device=x0.device) * width
+        sigma, middle, end = (grid[start + offset].float() for offset in (0, width // 2, width))
+        x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn_like(x0)
+        if stage == 0:
+            halfway = self.teacher_step(x, sigma, middle, labels, scales, guided)
+            landed = self.teacher_step(halfway, middle, end, labels, scales, guided)
+        else:
+            halfway = self.student_step(self.previous.network, x, sigma, middle, student_kwargs)
+            landed = self.student_step(self.previous.network, halfway, middle, end, student_kwargs)
+        ratio = (end / sigma).view(-1, 1, 1, 1)
+        target = (landed - ratio * x) / (1.0 - ratio)
+        prediction = self.consistency_function(model, x, sigma, student_kwargs)
+        loss = ((prediction - target) ** 2).mean(dim=(1, 2, 3))
+        return MicroBatchResult(loss.mean(), {"loss": loss.detach()}, start)
+
     def optimizer_step_done(self, model: nn.Module, step: int) -> None:
-        self.target.update(model)
+        if self.previous is None:
+            self.target.update(model)
+        elif progressive_stage(step, self.args.max_train_steps, self.num_stages) > self.previous.stage:
+            self.previous.advance(model)
 
     # -- output -------------------------------------------------------------------------------------------------------
 
     def write_output(self, folder: Path, model: nn.Module, extra_models: dict[str, nn.Module], facts: dict[str, Any]) -> None:
         args = self.args
         distillation = {
-            "teacher": str(args.teacher), "method": "consistency distillation", "guidance": args.guidance,
-            "num_discretization_steps": args.num_discretization_steps, "target_ema_rate": args.target_ema_rate,
-            "unconditional_prob": args.unconditional_prob,
+            "teacher": str(args.teacher), "method": METHODS[args.method], "guidance": args.guidance,
+            "num_discretization_steps": args.num_discretization_steps, "unconditional_prob": args.unconditional_prob,
         }
+        if args.method == "consistency":
+            distillation["target_ema_rate"] = args.target_ema_rate
         if args.guidance == "classifier":
             distillation["classifier_scale"] = self.classifier_scale
         if args.guidance == "classifier-free":
@@ -281,6 +377,14 @@ def write_distilled_card(path: Path, distillation: dict[str, Any], facts: dict[s
         "classifier": f"the teacher's classifier guidance folded in at classifier scale {distillation.get('classifier_scale')}",
         "none": "no guidance",
     }[guidance]
+    steps = distillation["num_discretization_steps"]
+    if distillation["method"] == METHODS["consistency"]:
+        method = (f"consistency distillation (Song et al. 2023) with an EMA target network (rate {distillation['target_ema_rate']}) "
+                  f"over a Karras grid of {steps} noise levels of the teacher's process, one DDIM step of the guided teacher per example")
+    else:
+        method = (f"progressive distillation (Salimans & Ho 2022) from {steps} DDIM steps of the guided teacher on a Karras grid "
+                  f"of {steps + 1} noise levels of its process to 1 step, halving the steps in each of {steps.bit_length() - 1} "
+                  "stages (the student's one step matches two of its teacher's; the student denoises, x-prediction)")
     call = "pipe(class_labels=[0, 1, 2], num_inference_steps=2" if conditional else "pipe(batch_size=4, num_inference_steps=2"
     if guidance == "classifier-free":
         call += f", guidance_scale={guidance_scale}"
@@ -292,14 +396,13 @@ tags:
 - guided_diffusers
 - consistency-models
 - distillation
+- {distillation["method"].replace(" ", "-")}
 ---
 
 # {facts["model_name"]}
 
-A consistency model distilled with `guided-diffusers-distill` from the pipeline `{distillation["teacher"]}`: \
-consistency distillation (Song et al. 2023) with an EMA target network (rate {distillation["target_ema_rate"]}) over a \
-Karras grid of {distillation["num_discretization_steps"]} noise levels of the teacher's process, one DDIM step of the \
-guided teacher per example, {how}. {distillation["unconditional_prob"]:.0%} of the examples were distilled without \
+A few-step student distilled with `guided-diffusers-distill` from the pipeline `{distillation["teacher"]}`: {method}, \
+{how}. {distillation["unconditional_prob"]:.0%} of the examples were distilled without \
 guidance (the null class), so the student also samples unguided (no class labels). It samples in 1 to 4 steps with \
 diffusers' `CMStochasticIterativeScheduler`.
 
