@@ -178,6 +178,17 @@ def test_cd_imagenet64_card_snippet_samples_in_one_and_two_steps(tmp_path, monke
     check_samples(namespace, 2, 3, 64)
 
 
+def test_a_user_checkpoints_card_snippet_samples_with_its_own_classes(tmp_path, monkeypatch):
+    """The fixture's 10-class network converted from the user's own config: the card's snippet asks for a class the
+    model has (ImageNet names would be refused by a 10-class model) and runs as written."""
+    card = ModelCard.load(_convert_case(tmp_path) / "README.md")
+    assert "class_labels=[0]" in usage_snippet(card) and "golden retriever" not in card.text
+    calls = []
+    monkeypatch.setattr(ADMConsistencyPipeline, "unet_timesteps", lambda self, s, t, _f=ADMConsistencyPipeline.unet_timesteps: calls.append(len(t)) or _f(self, s, t))
+    check_samples(run_usage_snippet(card, tmp_path), 1, 3, 8)
+    assert calls == [1, 2]
+
+
 # -- refusals, each one line before any write -----------------------------------------------------------------------------
 
 

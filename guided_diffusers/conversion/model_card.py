@@ -254,6 +254,11 @@ def _samples_fewer_steps(respacing: str | None, num_train_timesteps: int | None)
     return len(space_timesteps(num_train_timesteps, respacing)) < num_train_timesteps
 
 
+def _example_labels(num_classes: int | None) -> str:
+    """The class labels a snippet samples: an ImageNet name and id for a 1000-class model, else class 0."""
+    return '["golden retriever", 207]' if num_classes == 1000 else "[0]"
+
+
 def _usage(kind: str, repo_id: str, sampling: dict[str, Any], conditional: bool, has_classifier: bool,
            num_classes: int | None, low_res_size: int | None, num_train_timesteps: int | None, released: bool) -> str:
     if kind == "classifier":
@@ -264,7 +269,7 @@ def _usage(kind: str, repo_id: str, sampling: dict[str, Any], conditional: bool,
     respacing = sampling.get("timestep_respacing")
     fewer = _samples_fewer_steps(respacing, num_train_timesteps)
     args = [f'timestep_respacing="{respacing}"'] if fewer else []
-    labels = '["golden retriever", 207]' if num_classes == 1000 else "[0]"
+    labels = _example_labels(num_classes)
     if kind == "super_res":
         if conditional:
             args.insert(0, f"class_labels={labels}")
@@ -278,10 +283,10 @@ def _usage(kind: str, repo_id: str, sampling: dict[str, Any], conditional: bool,
     return pipeline_usage(repo_id, args, fast_recipe=not fewer)
 
 
-def consistency_usage(location: str, conditional: bool, timesteps: list[int] | None) -> str:
+def consistency_usage(location: str, num_classes: int | None, timesteps: list[int] | None) -> str:
     """A snippet that loads the consistency pipeline folder at ``location`` and samples in one step, and in the
     release's multistep ``timesteps`` where it gives them (else in two steps of the scheduler's grid)."""
-    labels = 'class_labels=["golden retriever", 207], ' if conditional else "batch_size=2, "
+    labels = f"class_labels={_example_labels(num_classes)}, " if num_classes else "batch_size=2, "
     several = f"timesteps={list(timesteps)}" if timesteps else "num_inference_steps=2"
     return "\n".join([
         "import torch",
@@ -412,7 +417,7 @@ def render_model_card(
     )
     merged = {**sampling, **user_sampling}
     if family == CONSISTENCY:
-        usage = consistency_usage(repo_id, conditional, merged.get("timesteps"))
+        usage = consistency_usage(repo_id, num_classes if conditional else None, merged.get("timesteps"))
         fast_in_snippet = False
     elif community and preset.usage == "inpaint" and kind == "diffusion":
         usage = inpaint_usage(repo_id, merged)
