@@ -1,5 +1,6 @@
 """Expected sampling results computed by hand, for tests to compare the pipelines with: the exact denoiser of a
-two-image distribution, and guided sampling loops written out from the noise levels (alpha_bar) alone."""
+two-image distribution, and guided sampling loops written out from the noise levels (alpha_bar) alone; and the
+randomisation that makes a tiny model's zero-initialised layers non-trivial for them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,17 @@ from collections.abc import Callable
 import torch
 from diffusers import DDPMScheduler
 from diffusers.models.unets.unet_2d import UNet2DOutput
+
+
+def randomize_zeros(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """``model`` in eval mode with its all-zero parameters (the originals zero-initialise output layers, which would
+    make every step and guidance term trivial) drawn from N(0, 0.05^2) by a generator seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return model.eval()
 
 
 def two_image_denoiser(images: torch.Tensor, alphas_cumprod: torch.Tensor) -> Callable[..., UNet2DOutput]:

@@ -5,6 +5,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -323,6 +324,17 @@ def test_weights_load_from_pth_safetensors_and_env(tmp_path, monkeypatch, model)
     state_dict["AuxLogits.fc.weight"] = torch.zeros(1)
     torch.save(state_dict, pth)
     expected = r"missing keys \['Mixed_7c.branch_pool.conv.weight'\], unexpected keys \['AuxLogits.fc.weight'\]"
+    with pytest.raises(ValueError, match=expected):
+        load_fid_inception(pth)
+
+
+def test_inception_weights_that_would_run_code_are_refused_in_one_line(tmp_path):
+    """A .pth whose pickle calls anything but tensors and plain containers is refused by safe_loading, naming the
+    file and the global it would call, before any of it runs (an unpickling load would build the object)."""
+    pth = tmp_path / "inception.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(1), "where": Path("elsewhere")}, pth)
+    expected = (rf"^expected FID Inception weights in {re.escape(repr(str(pth)))} \(tensors and plain values; nothing in "
+                r"it is run\), got a pickle that calls pathlib\.\w*Path, which is code, not data, and is refused$")
     with pytest.raises(ValueError, match=expected):
         load_fid_inception(pth)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-from oracles import hand_ddim_loop, hand_ddpm_loop, textbook_stock_loop, two_image_denoiser
+from oracles import hand_ddim_loop, hand_ddpm_loop, randomize_zeros, textbook_stock_loop, two_image_denoiser
 
 from guided_diffusers import (
     ADMClassifier,
@@ -27,25 +27,16 @@ T = 40
 ATOL = 1e-5
 
 
-def _randomized(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # the zero-initialised output layers would make the guidance terms trivial
-        for parameter in model.parameters():
-            if not parameter.any():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    return model.eval()
-
-
 def _unet() -> ADMUNet2DModel:
     torch.manual_seed(0)
-    return _randomized(ADMUNet2DModel(sample_size=SIZE, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+    return randomize_zeros(ADMUNet2DModel(sample_size=SIZE, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                                       attention_downsample_factors=(2,), num_classes=10, out_channels=6,
                                       class_dropout_prob=0.1, num_head_channels=16, timestep_scale=1000 / T), 1)
 
 
 def _classifier() -> ADMClassifier:
     torch.manual_seed(2)
-    return _randomized(ADMClassifier(sample_size=SIZE, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+    return randomize_zeros(ADMClassifier(sample_size=SIZE, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                                      attention_downsample_factors=(2,), num_classes=10, num_head_channels=16,
                                      timestep_scale=1000 / T), 3)
 
@@ -215,7 +206,7 @@ def test_clip_guidance_gradient_is_the_similarity_gradient_written_out(channels)
 
     clip_model, tokenizer = _tiny_clip()
     torch.manual_seed(0)
-    unet = _randomized(ADMUNet2DModel(sample_size=SIZE, in_channels=channels, model_channels=32, channel_mult=(1, 2),
+    unet = randomize_zeros(ADMUNet2DModel(sample_size=SIZE, in_channels=channels, model_channels=32, channel_mult=(1, 2),
                                       num_res_blocks=1, attention_downsample_factors=(2,), num_classes=10,
                                       out_channels=2 * channels, class_dropout_prob=0.1, num_head_channels=16), 1)
     scheduler = GuidedDDPMScheduler(num_train_timesteps=T, beta_schedule="cosine", variance_type="learned_range")

@@ -18,6 +18,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 from diffusers.models.unets.unet_2d import UNet2DOutput
+from oracles import randomize_zeros
 from PIL import Image
 
 from guided_diffusers.pipelines.sampling import stock_clip_settings
@@ -38,16 +39,6 @@ T = 40
 SHAPE = (2, 3, 8, 8)
 
 
-def _randomize_zeros(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """The originals zero-initialise output layers; random ones make every test see a non-trivial model."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if not parameter.any():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    return model.eval()
-
-
 def _unet(class_dropout_prob: float = 0.0, in_channels: int = 3) -> ADMUNet2DModel:
     # improved-diffusion's network: learned range, embeds t * 1000 / T (its timestep_scale)
     torch.manual_seed(0)
@@ -55,7 +46,7 @@ def _unet(class_dropout_prob: float = 0.0, in_channels: int = 3) -> ADMUNet2DMod
                           num_res_blocks=1, attention_downsample_factors=(2,), num_classes=10,
                           out_channels=2 * in_channels, class_dropout_prob=class_dropout_prob,
                           timestep_scale=1000 / T)
-    return _randomize_zeros(unet, 1)
+    return randomize_zeros(unet, 1)
 
 
 def _classifier() -> ADMClassifier:
@@ -63,7 +54,7 @@ def _classifier() -> ADMClassifier:
     classifier = ADMClassifier(sample_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                                attention_downsample_factors=(2,), num_classes=10, num_head_channels=16,
                                timestep_scale=1000 / T)
-    return _randomize_zeros(classifier, 3)
+    return randomize_zeros(classifier, 3)
 
 
 def _guided_scheduler() -> GuidedDDPMScheduler:
@@ -514,7 +505,7 @@ def _unconditional_unet(out_channels: int) -> ADMUNet2DModel:
     torch.manual_seed(0)
     unet = ADMUNet2DModel(sample_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                           attention_downsample_factors=(2,), out_channels=out_channels)
-    return _randomize_zeros(unet, 1)
+    return randomize_zeros(unet, 1)
 
 
 def _saved_folder(path, out_channels: int):
@@ -566,7 +557,7 @@ def test_a_grey_learned_sigma_unet_is_refused_by_a_stock_scheduler_that_keeps_th
     from diffusers import DDPMPipeline, DPMSolverMultistepScheduler
 
     torch.manual_seed(0)
-    grey = _randomize_zeros(ADMUNet2DModel(sample_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+    grey = randomize_zeros(ADMUNet2DModel(sample_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                                            attention_downsample_factors=(2,), in_channels=1, out_channels=2), 1)
     solver = DDPMPipeline(unet=grey, scheduler=DPMSolverMultistepScheduler(num_train_timesteps=T, variance_type="learned_range"))
     solver.set_progress_bar_config(disable=True)

@@ -24,9 +24,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Plain data only here: --help answers without importing torch; main imports the evaluator once the arguments parse.
 from guided_diffusers.evaluation.settings import DEFAULT_BATCH_SIZE, DISTANCE_PRECISIONS
+
+if TYPE_CHECKING:  # the annotations' names, for type checkers only (importing them at run time imports torch)
+    from guided_diffusers.evaluation import DecodedImages
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-
-from ..safe_loading import load_weights_only
 import torch.nn.functional as F
 from torch import nn
+
+from ..safe_loading import load_weights_only
 
 INCEPTION_INPUT_SIZE = 299
 POOL_FEATURES_DIM = 2048

@@ -385,10 +385,6 @@ def _block_norms(features: torch.Tensor, batch_size: int, distance_precision: st
     if distance_precision != "float16":
         return [None for _ in starts]
     features16 = features.half()
-    if batch_size * features.shape[1] % _EIGEN_HALF_PACKET == 0:
-        # Every block starts at a packet boundary of the set's flat index: one pass gives every block's norms.
-        norms = float16_squared_norms(features16)
-        return [norms[start : start + batch_size] for start in starts]
     return [float16_squared_norms(features16[start : start + batch_size]) for start in starts]
 
 
@@ -459,7 +455,9 @@ def manifold_radii(
             f"expected more than {num_neighbours} feature vectors for k={num_neighbours}, got {num_vectors}"
         )
     row_norms = _block_norms(features, row_batch_size, distance_precision)
-    column_norms = _block_norms(features, col_batch_size, distance_precision)
+    # One set in both roles: with one block size its row blocks are its column blocks.
+    same_blocks = col_batch_size == row_batch_size
+    column_norms = row_norms if same_blocks else _block_norms(features, col_batch_size, distance_precision)
     radii = torch.empty(num_vectors, dtype=dtype)
     for row_block, row_start in enumerate(range(0, num_vectors, row_batch_size)):
         rows = features[row_start : row_start + row_batch_size]
