@@ -29,6 +29,7 @@ unzip -Z1 "$WHEEL" > "$WORK/wheel-files.txt"
 for needed in guided_diffusers/model_cards/trained.md guided_diffusers/model_cards/guided_diffusion.md \
               guided_diffusers/model_cards/improved_diffusion.md guided_diffusers/model_cards/ddpm.md \
               guided_diffusers/model_cards/user_checkpoint.md guided_diffusers/model_cards/community.md \
+              guided_diffusers/model_cards/consistency_models.md \
               guided_diffusers/data/imagenet_classes.json guided_diffusers/cli/sample.py; do
     grep -qx "$needed" "$WORK/wheel-files.txt" || { echo "wheel smoke: $needed is missing from $(basename "$WHEEL")" >&2; exit 1; }
 done
