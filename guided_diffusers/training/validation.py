@@ -36,7 +36,7 @@ from PIL import Image
 from torch import nn
 
 from ..data import LabelledImages, TrainingImageDataset
-from ..publishing import write_atomically, write_folder_atomically, write_text_atomically
+from ..publishing import write_atomically, write_folder_atomically
 from ..schedulers.likelihood import call_model, prior_bpd, vb_terms_bpd
 
 __all__ = [
