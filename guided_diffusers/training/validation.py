@@ -495,8 +495,10 @@ class DiffusionValidation:
         from ..evaluation.metrics import compute_statistics
 
         start = time.perf_counter()
-        key = _reference_key(source, self.reference_indices, self.resolution, self.channels, self.space)
-        cached = _read_cached_statistics(cache_path, key) if accelerator.is_main_process else None
+        key, cached = None, None
+        if accelerator.is_main_process:  # the cache's only reader and writer: the others need no key (a stat or hash per image)
+            key = _reference_key(source, self.reference_indices, self.resolution, self.channels, self.space)
+            cached = _read_cached_statistics(cache_path, key)
         found = broadcast_object_list([cached is not None])[0]
         if found:
             logger.info("validation: reference statistics of %d images read from %s", len(self.reference_indices), cache_path)
