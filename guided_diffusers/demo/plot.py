@@ -14,7 +14,7 @@ from ..publishing import write_atomically
 
 WIDTH, PANEL_HEIGHT = 720, 260
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 70, 20, 30, 40
-BLUE, GREY, RED, BLACK, LIGHT = (31, 119, 180), (170, 170, 170), (214, 39, 40), (0, 0, 0), (230, 230, 230)
+BLUE, GREY, RED, BLACK, LIGHT = (31, 119, 180), (200, 200, 200), (214, 39, 40), (0, 0, 0), (230, 230, 230)
 
 
 @dataclass

@@ -168,16 +168,16 @@ class TrainingCurve:
         return [(sums[k + 1] - sums[max(0, k + 1 - window)]) / min(k + 1, window) for k in range(len(self.losses))]
 
     def plot(self, floor: float, path: Path) -> Path:
-        from .plot import Panel, save_curves
+        from .plot import BLUE, GREY, Panel, save_curves
 
         best = int(np.argmin(self.distances))
         distance = Panel(
             f"Frechet distance to the real digits ({len(self.steps)} validations, fast recipe, judge's 8x8 space; log scale)",
-            [(self.steps, self.distances, (31, 119, 180), 2)], level=(floor, f"floor {floor:.1f}"), log_scale=True,
+            [(self.steps, self.distances, BLUE, 2)], level=(floor, f"floor {floor:.1f}"), log_scale=True,
             labels=[(self.steps[best], self.distances[best], f"best {self.distances[best]:.1f}")],
         )
         loss = Panel("loss (grey: each step; blue: mean of the last 100 steps; log scale)",
-                     [(self.loss_steps, self.losses, (200, 200, 200), 1), (self.loss_steps, self.smoothed_losses(), (31, 119, 180), 2)],
+                     [(self.loss_steps, self.losses, GREY, 1), (self.loss_steps, self.smoothed_losses(), BLUE, 2)],
                      log_scale=True)
         return save_curves([distance, loss], max(self.loss_steps), path)
 
