@@ -222,6 +222,36 @@ def test_every_timestep_gives_the_whole_bound_of_calc_bpd_loop():
     torch.testing.assert_close(estimate, whole, rtol=1e-6, atol=0)
 
 
+def test_the_grid_asks_one_class_per_row_spread_over_the_ids_with_each_images_own_seed():
+    """What ``_grid`` asks the pipeline for, with a stand-in pipeline: 40 classes show 16 rows of 8 (0 to 39, evenly
+    spread), each row one class, image k seeded by the grid's stream and k alone, the same at every evaluation."""
+    from types import SimpleNamespace
+
+    from guided_diffusers.training.validation import GRID_COLUMNS, GRID_MAX_CLASSES, DiffusionValidation, sample_seed
+
+    calls = []
+
+    def pipeline(class_labels, generator, output_type, **_):
+        calls.append((list(class_labels), [g.initial_seed() for g in generator]))
+        return SimpleNamespace(images=np.zeros((len(generator), 8, 8, 1), np.float32))
+
+    validation = DiffusionValidation(None, 8, 1, 40, None, None, [], None, None, None, 0, 50, 2, 3, Path("unused"))
+    accelerator = SimpleNamespace(process_index=0, num_processes=1, is_main_process=True, device=torch.device("cpu"))
+    images, rows = validation._grid(accelerator, pipeline, {})
+    assert rows == GRID_MAX_CLASSES and images.shape == (GRID_MAX_CLASSES * GRID_COLUMNS, 8, 8, 1)
+    labels = [label for call_labels, _ in calls for label in call_labels]
+    per_row = [labels[r * GRID_COLUMNS : (r + 1) * GRID_COLUMNS] for r in range(rows)]
+    assert all(len(set(row)) == 1 for row in per_row)
+    shown = [row[0] for row in per_row]
+    assert shown[0] == 0 and shown[-1] == 39 and shown == sorted(set(shown)) and max(np.diff(shown)) - min(np.diff(shown)) <= 1
+    seeds = [seed for _, call_seeds in calls for seed in call_seeds]
+    assert seeds == [sample_seed(3, 0, k) for k in range(len(labels))] and len(set(seeds)) == len(seeds)
+    first = list(calls)
+    calls.clear()
+    validation._grid(accelerator, pipeline, {})
+    assert calls == first
+
+
 @pytest.mark.parametrize("evaluations", [2, 5, 50, 999, 1000, 5000])
 def test_bpd_strata_cover_every_step_once(evaluations):
     steps, weights = bpd_timesteps(1000, evaluations)
