@@ -277,6 +277,25 @@ def test_best_score_counts_evaluations_since_the_best_and_replays_a_log(tmp_path
     replayed = BestScore("val_bpd", higher_is_better=False, patience=2)
     replayed.replay(log, up_to_step=5)
     assert (replayed.best, replayed.best_step, replayed.evaluations, replayed.since_best) == (3.0, 3, 2, 0)
+    unscorable = BestScore("val_bpd", higher_is_better=False)  # a NaN never becomes the best, even first
+    assert [unscorable.update(1, float("nan")), unscorable.update(2, 7.0)] == [False, True] and unscorable.best_step == 2
+
+
+def test_the_kept_weights_load_only_as_the_logs_best(tmp_path):
+    from guided_diffusers import ADMUNet2DModel
+    from guided_diffusers.training.validation import load_best_weights, save_best_weights
+
+    torch.manual_seed(0)
+    unet = ADMUNet2DModel(sample_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_downsample_factors=(2,))
+    save_best_weights(unet, tmp_path, step=3, metric="val_bpd", score=2.5)
+    best = BestScore("val_bpd", higher_is_better=False)
+    best.update(3, 2.5)
+    state, info = load_best_weights(tmp_path, best)
+    assert info == {"step": 3, "metric": "val_bpd", "score": 2.5}
+    assert state.keys() == unet.state_dict().keys() and all(torch.equal(state[k], v) for k, v in unet.state_dict().items())
+    best.update(5, 1.0)  # a later best than the kept weights (a resume from before it that ended sooner)
+    with pytest.raises(ValueError, match=r"^expected the weights of step 5 \(the lowest val_bpd logged\) in .* for --keep_best, got step 3$"):
+        load_best_weights(tmp_path, best)
 
 
 @pytest.mark.slow
