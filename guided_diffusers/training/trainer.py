@@ -316,8 +316,9 @@ class Trainer:
         from accelerate.utils import DistributedType
 
         # What needs whole parameters, and how to do without it.
+        steps_flag = "--evaluation_steps" if self.task.kind == "classifier" else "--validation_steps"
         wanting = {flag: remedy for flag, on, remedy in (("--use_ema", self.args.use_ema, "pass --use_ema False"),
-                                                          ("validation", self.task.validation_steps, "validate after training"))
+                                                          (steps_flag, self.task.validation_steps, f"leave out {steps_flag}"))
                    if on}
         if not wanting:
             return
