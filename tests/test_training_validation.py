@@ -203,6 +203,29 @@ def test_validation_flags_that_cannot_work_are_refused_in_one_line(task, argv, m
     assert str(raised.value) == message
 
 
+@pytest.mark.parametrize("kind, use_ema, steps, message", [
+    ("diffusion", True, 5, "for --use_ema and --validation_steps .*; pass --use_ema False and leave out --validation_steps$"),
+    ("diffusion", False, 5, "for --validation_steps .*; leave out --validation_steps$"),
+    ("classifier", False, 5, "for --evaluation_steps .*; leave out --evaluation_steps$"),
+    ("diffusion", False, None, None),
+])
+def test_sharded_parameters_are_refused_naming_the_flags_that_need_whole_ones(kind, use_ema, steps, message):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from guided_diffusers.training.trainer import Trainer
+
+    task = SimpleNamespace(kind=kind, validation_steps=steps)
+    accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP)
+    trainer = Trainer(SimpleNamespace(use_ema=use_ema), task)
+    if message is None:
+        trainer._check_distributed_support(accelerator)  # nothing needs whole parameters
+        return
+    with pytest.raises(ValueError, match="^expected whole parameters on every process " + message):
+        trainer._check_distributed_support(accelerator)
+
+
 # -- the pieces -------------------------------------------------------------------------------------------------------------
 
 
