@@ -37,7 +37,7 @@ from torch import nn
 
 from ..data import LabelledImages, TrainingImageDataset
 from ..publishing import write_atomically, write_folder_atomically
-from ..schedulers.likelihood import call_model, prior_bpd, vb_terms_bpd
+from ..schedulers.likelihood import as_diffusion, call_model, prior_bpd, vb_terms_bpd
 
 __all__ = [
     "BEST_WEIGHTS_DIR",
@@ -309,8 +309,6 @@ def estimate_bits_per_dim(
     Returns:
         `torch.Tensor`: (batch,) bits per dimension.
     """
-    from ..schedulers.likelihood import as_diffusion
-
     diffusion = as_diffusion(diffusion)
     total = prior_bpd(diffusion, x_start)
     for step, weight in zip(steps, weights):
