@@ -275,6 +275,38 @@ def test_the_grid_asks_one_class_per_row_spread_over_the_ids_with_each_images_ow
     assert calls == first
 
 
+def test_samples_shared_out_over_two_processes_gather_to_the_one_process_samples(monkeypatch):
+    """Process p of P draws samples p, p + P, ... with their own seeds; the main process gathers them in index order: the
+    same samples, labels and order as one process draws (a stand-in pipeline returns each image's seed and label)."""
+    from types import SimpleNamespace
+
+    import accelerate.utils
+
+    from guided_diffusers.training.validation import DiffusionValidation, _gather_in_order, _mine
+
+    def pipeline(class_labels, generator, output_type, **_):
+        return SimpleNamespace(images=np.stack([np.full((8, 8, 1), [g.initial_seed() % 997 + 1000 * label])
+                                                for g, label in zip(generator, class_labels)]).astype(np.float64))
+
+    validation = DiffusionValidation(None, 8, 1, 3, None, None, [], None, None, None, 11, 4, 2, 7, Path("unused"))
+
+    def draw(process_index, num_processes):
+        accelerator = SimpleNamespace(process_index=process_index, num_processes=num_processes, is_main_process=process_index == 0,
+                                      device=torch.device("cpu"))
+        mine = _mine(accelerator, 11)
+        return accelerator, mine, validation._sample(pipeline, {}, 1, mine, [k % 3 for k in mine], accelerator.device)
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda pairs: pairs)
+    single = _gather_in_order(*draw(0, 1))
+    (main, mine0, samples0), (_, mine1, samples1) = draw(0, 2), draw(1, 2)
+    assert mine0 == [0, 2, 4, 6, 8, 10] and mine1 == [1, 3, 5, 7, 9]
+    others = [(k, row) for k, row in zip(mine1, samples1)]
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda pairs: pairs + others)  # process 0's, then process 1's
+    shared = _gather_in_order(main, mine0, samples0)
+    assert single.shape == (11, 8, 8, 1) and len(np.unique(single[:, 0, 0, 0])) == 11
+    np.testing.assert_array_equal(shared, single)
+
+
 @pytest.mark.parametrize("evaluations", [2, 5, 50, 999, 1000, 5000])
 def test_bpd_strata_cover_every_step_once(evaluations):
     steps, weights = bpd_timesteps(1000, evaluations)
