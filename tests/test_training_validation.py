@@ -345,8 +345,8 @@ def test_the_kept_weights_load_only_as_the_logs_best(tmp_path):
     save_best_weights(unet, tmp_path, step=3, metric="val_bpd", score=2.5)
     best = BestScore("val_bpd", higher_is_better=False)
     best.update(3, 2.5)
-    state, info = load_best_weights(tmp_path, best)
-    assert info == {"step": 3, "metric": "val_bpd", "score": 2.5}
+    state = load_best_weights(tmp_path, best)
+    assert json.loads((tmp_path / "checkpoint-best" / "best.json").read_text()) == {"step": 3, "metric": "val_bpd", "score": 2.5}
     assert state.keys() == unet.state_dict().keys() and all(torch.equal(state[k], v) for k, v in unet.state_dict().items())
     best.update(5, 1.0)  # a later best than the kept weights (a resume from before it that ended sooner)
     with pytest.raises(ValueError, match=r"^expected the weights of step 5 \(the lowest val_bpd logged\) in .* for --keep_best, got step 3$"):

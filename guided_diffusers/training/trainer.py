@@ -631,7 +631,7 @@ class Trainer:
             ema.copy_to(unwrapped.parameters(), ema.rates[0])  # the final evaluation sees the published weights
         kept = None
         if args.keep_best and run.best is not None and run.best.best_step is not None:
-            kept, _ = load_best_weights(output_dir, run.best)
+            kept = load_best_weights(output_dir, run.best)
             unwrapped.load_state_dict(kept)
         results = self.task.final_evaluation(accelerator, model)
         if accelerator.is_main_process:
