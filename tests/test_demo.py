@@ -15,7 +15,7 @@ from guided_diffusers.demo.digits import (
     to_judge_space,
     write_digits_folder,
 )
-from guided_diffusers.demo.quickstart import QuickstartSettings, Row, report, run_quickstart
+from guided_diffusers.demo.quickstart import QuickstartSettings, Row, report, run_quickstart, training_curve
 
 QUICKSTART_KEYS = {
     "accuracy_classifier", "accuracy_free", "distance_unguided", "distance_classifier", "distance_free", "distance_floor",
@@ -91,6 +91,31 @@ def test_report_ends_with_the_quickstart_line(tmp_path):
     assert fields["class_share_unguided"] == "0.080-0.120" and fields["fast"] == "ddpm:25" and fields["fast_speedup"] == "2.0x"
     assert fields["seconds_diffusion_training"] == "100"
     assert (tmp_path / "results.json").is_file()
+
+
+def test_the_training_curve_is_plotted_reported_before_the_quickstart_line_and_kept_in_results_json(tmp_path):
+    import json
+
+    rows = [_row("ddpm:50", "unguided", 0.0, None, None, 60.0), _row("ddpm:50", "classifier", 2.0, None, 0.95, 55.0, 4.0),
+            _row("ddpm:50", "classifier-free", 0.0, 2.0, 0.97, 58.0), _row("ddpm:25", "classifier", 2.0, None, 0.94, 56.0, 2.0),
+            _row("ddpm:25", "classifier-free", 0.0, 2.0, 0.96, 59.0)]
+    settings = QuickstartSettings(output_dir=tmp_path, fast="ddpm:25")
+    assert training_curve(settings, 35.0) is None  # no training log: no curve
+    log = tmp_path / "diffusion" / "logs" / "metrics.jsonl"
+    log.parent.mkdir(parents=True)
+    entries = [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4, "val_frechet_distance": 90.0, "val_seconds": 3.0},
+               {"step": 3, "loss": 0.3}, {"step": 4, "loss": 0.2, "val_frechet_distance": 70.0, "val_seconds": 5.0}]
+    log.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    curve = training_curve(settings, 35.0)
+    assert (curve.steps, curve.distances, curve.validation_seconds) == ([2, 4], [90.0, 70.0], 8.0)
+    np.testing.assert_allclose(curve.smoothed_losses(window=2), [0.5, 0.45, 0.35, 0.25])
+    assert Image.open(tmp_path / "training_curve.png").size == (720, 540)  # two panels
+    lines = report(rows, DigitsJudge(model=None, held_out_accuracy=0.98), 35.0, {"diffusion training": 108.0}, settings, curve).splitlines()
+    assert lines[-1].startswith("quickstart: ") and lines[-2] == "" and lines[-6].startswith("times: ")
+    assert lines[-5].endswith("by step: 2 90.0, 4 70.0") and lines[-4] == "best 70.0 at step 4 (floor 35.0)"
+    assert lines[-3].startswith("validation: 2 evaluations, 8.0 s in all (4.00 s each; 8.0% added to the diffusion training")
+    assert json.loads((tmp_path / "results.json").read_text())["training_curve"] == {"steps": [2, 4], "distances": [90.0, 70.0],
+                                                                                       "validation_seconds": 8.0}
 
 
 @pytest.mark.slow  # two accelerate launches and a rerun

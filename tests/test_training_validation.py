@@ -203,6 +203,29 @@ def test_validation_flags_that_cannot_work_are_refused_in_one_line(task, argv, m
     assert str(raised.value) == message
 
 
+@pytest.mark.parametrize("kind, use_ema, steps, message", [
+    ("diffusion", True, 5, "for --use_ema and --validation_steps .*; pass --use_ema False and leave out --validation_steps$"),
+    ("diffusion", False, 5, "for --validation_steps .*; leave out --validation_steps$"),
+    ("classifier", False, 5, "for --evaluation_steps .*; leave out --evaluation_steps$"),
+    ("diffusion", False, None, None),
+])
+def test_sharded_parameters_are_refused_naming_the_flags_that_need_whole_ones(kind, use_ema, steps, message):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from guided_diffusers.training.trainer import Trainer
+
+    task = SimpleNamespace(kind=kind, validation_steps=steps)
+    accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP)
+    trainer = Trainer(SimpleNamespace(use_ema=use_ema), task)
+    if message is None:
+        trainer._check_distributed_support(accelerator)  # nothing needs whole parameters
+        return
+    with pytest.raises(ValueError, match="^expected whole parameters on every process " + message):
+        trainer._check_distributed_support(accelerator)
+
+
 # -- the pieces -------------------------------------------------------------------------------------------------------------
 
 
@@ -220,6 +243,68 @@ def test_every_timestep_gives_the_whole_bound_of_calc_bpd_loop():
     estimate = estimate_bits_per_dim(scheduler, unet, images, steps, weights, torch.Generator().manual_seed(5), kwargs)
     whole = calc_bpd_loop(scheduler, unet, images, model_kwargs=kwargs, generator=torch.Generator().manual_seed(5))["total_bpd"]
     torch.testing.assert_close(estimate, whole, rtol=1e-6, atol=0)
+
+
+def test_the_grid_asks_one_class_per_row_spread_over_the_ids_with_each_images_own_seed():
+    """What ``_grid`` asks the pipeline for, with a stand-in pipeline: 40 classes show 16 rows of 8 (0 to 39, evenly
+    spread), each row one class, image k seeded by the grid's stream and k alone, the same at every evaluation."""
+    from types import SimpleNamespace
+
+    from guided_diffusers.training.validation import GRID_COLUMNS, GRID_MAX_CLASSES, DiffusionValidation, sample_seed
+
+    calls = []
+
+    def pipeline(class_labels, generator, output_type, **_):
+        calls.append((list(class_labels), [g.initial_seed() for g in generator]))
+        return SimpleNamespace(images=np.zeros((len(generator), 8, 8, 1), np.float32))
+
+    validation = DiffusionValidation(None, 8, 1, 40, None, None, [], None, None, None, 0, 50, 2, 3, Path("unused"))
+    accelerator = SimpleNamespace(process_index=0, num_processes=1, is_main_process=True, device=torch.device("cpu"))
+    images, rows = validation._grid(accelerator, pipeline, {})
+    assert rows == GRID_MAX_CLASSES and images.shape == (GRID_MAX_CLASSES * GRID_COLUMNS, 8, 8, 1)
+    labels = [label for call_labels, _ in calls for label in call_labels]
+    per_row = [labels[r * GRID_COLUMNS : (r + 1) * GRID_COLUMNS] for r in range(rows)]
+    assert all(len(set(row)) == 1 for row in per_row)
+    shown = [row[0] for row in per_row]
+    assert shown[0] == 0 and shown[-1] == 39 and shown == sorted(set(shown)) and max(np.diff(shown)) - min(np.diff(shown)) <= 1
+    seeds = [seed for _, call_seeds in calls for seed in call_seeds]
+    assert seeds == [sample_seed(3, 0, k) for k in range(len(labels))] and len(set(seeds)) == len(seeds)
+    first = list(calls)
+    calls.clear()
+    validation._grid(accelerator, pipeline, {})
+    assert calls == first
+
+
+def test_samples_shared_out_over_two_processes_gather_to_the_one_process_samples(monkeypatch):
+    """Process p of P draws samples p, p + P, ... with their own seeds; the main process gathers them in index order: the
+    same samples, labels and order as one process draws (a stand-in pipeline returns each image's seed and label)."""
+    from types import SimpleNamespace
+
+    import accelerate.utils
+
+    from guided_diffusers.training.validation import DiffusionValidation, _gather_in_order, _mine
+
+    def pipeline(class_labels, generator, output_type, **_):
+        return SimpleNamespace(images=np.stack([np.full((8, 8, 1), [g.initial_seed() % 997 + 1000 * label])
+                                                for g, label in zip(generator, class_labels)]).astype(np.float64))
+
+    validation = DiffusionValidation(None, 8, 1, 3, None, None, [], None, None, None, 11, 4, 2, 7, Path("unused"))
+
+    def draw(process_index, num_processes):
+        accelerator = SimpleNamespace(process_index=process_index, num_processes=num_processes, is_main_process=process_index == 0,
+                                      device=torch.device("cpu"))
+        mine = _mine(accelerator, 11)
+        return accelerator, mine, validation._sample(pipeline, {}, 1, mine, [k % 3 for k in mine], accelerator.device)
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda pairs: pairs)
+    single = _gather_in_order(*draw(0, 1))
+    (main, mine0, samples0), (_, mine1, samples1) = draw(0, 2), draw(1, 2)
+    assert mine0 == [0, 2, 4, 6, 8, 10] and mine1 == [1, 3, 5, 7, 9]
+    others = [(k, row) for k, row in zip(mine1, samples1)]
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda pairs: pairs + others)  # process 0's, then process 1's
+    shared = _gather_in_order(main, mine0, samples0)
+    assert single.shape == (11, 8, 8, 1) and len(np.unique(single[:, 0, 0, 0])) == 11
+    np.testing.assert_array_equal(shared, single)
 
 
 @pytest.mark.parametrize("evaluations", [2, 5, 50, 999, 1000, 5000])
@@ -247,6 +332,25 @@ def test_best_score_counts_evaluations_since_the_best_and_replays_a_log(tmp_path
     replayed = BestScore("val_bpd", higher_is_better=False, patience=2)
     replayed.replay(log, up_to_step=5)
     assert (replayed.best, replayed.best_step, replayed.evaluations, replayed.since_best) == (3.0, 3, 2, 0)
+    unscorable = BestScore("val_bpd", higher_is_better=False)  # a NaN never becomes the best, even first
+    assert [unscorable.update(1, float("nan")), unscorable.update(2, 7.0)] == [False, True] and unscorable.best_step == 2
+
+
+def test_the_kept_weights_load_only_as_the_logs_best(tmp_path):
+    from guided_diffusers import ADMUNet2DModel
+    from guided_diffusers.training.validation import load_best_weights, save_best_weights
+
+    torch.manual_seed(0)
+    unet = ADMUNet2DModel(sample_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_downsample_factors=(2,))
+    save_best_weights(unet, tmp_path, step=3, metric="val_bpd", score=2.5)
+    best = BestScore("val_bpd", higher_is_better=False)
+    best.update(3, 2.5)
+    state = load_best_weights(tmp_path, best)
+    assert json.loads((tmp_path / "checkpoint-best" / "best.json").read_text()) == {"step": 3, "metric": "val_bpd", "score": 2.5}
+    assert state.keys() == unet.state_dict().keys() and all(torch.equal(state[k], v) for k, v in unet.state_dict().items())
+    best.update(5, 1.0)  # a later best than the kept weights (a resume from before it that ended sooner)
+    with pytest.raises(ValueError, match=r"^expected the weights of step 5 \(the lowest val_bpd logged\) in .* for --keep_best, got step 3$"):
+        load_best_weights(tmp_path, best)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from ..publishing import write_atomically
 
 WIDTH, PANEL_HEIGHT = 720, 260
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 70, 20, 30, 40
-BLUE, GREY, RED, BLACK, LIGHT = (31, 119, 180), (170, 170, 170), (214, 39, 40), (0, 0, 0), (230, 230, 230)
+BLUE, GREY, RED, BLACK, LIGHT = (31, 119, 180), (200, 200, 200), (214, 39, 40), (0, 0, 0), (230, 230, 230)
 
 
 @dataclass
@@ -86,14 +86,14 @@ def _draw_panel(draw: ImageDraw.ImageDraw, panel: Panel, top: int, max_step: flo
         draw.text((min(x, right - 4), y - 8), text, fill=BLACK, font=font, anchor="rb" if x > right - 60 else "mb")
 
 
-def save_curves(panels: Sequence[Panel], max_step: float, path: str | Path, x_label: str = "training step") -> Path:
+def save_curves(panels: Sequence[Panel], max_step: float, path: str | Path) -> Path:
     """Draw ``panels`` one above the other over steps 0 .. ``max_step`` into a PNG at ``path`` (written atomically)."""
     font = ImageFont.load_default(size=13)
     picture = Image.new("RGB", (WIDTH, PANEL_HEIGHT * len(panels) + 20), "white")
     draw = ImageDraw.Draw(picture)
     for index, panel in enumerate(panels):
         _draw_panel(draw, panel, index * PANEL_HEIGHT, max_step, font, show_steps=index == len(panels) - 1)
-    draw.text((WIDTH // 2, picture.height - 6), x_label, fill=BLACK, font=font, anchor="mb")
+    draw.text((WIDTH // 2, picture.height - 6), "training step", fill=BLACK, font=font, anchor="mb")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, lambda file: picture.save(file, format="PNG"), ".png")

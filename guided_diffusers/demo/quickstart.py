@@ -34,6 +34,7 @@ from .digits import (
 
 # The folder holding this guided_diffusers (a checkout or site-packages): the launched process imports the same copy.
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+TRAINING_CURVE_PLOT = "training_curve.png"
 
 
 @dataclass
@@ -168,16 +169,16 @@ class TrainingCurve:
         return [(sums[k + 1] - sums[max(0, k + 1 - window)]) / min(k + 1, window) for k in range(len(self.losses))]
 
     def plot(self, floor: float, path: Path) -> Path:
-        from .plot import Panel, save_curves
+        from .plot import BLUE, GREY, Panel, save_curves
 
         best = int(np.argmin(self.distances))
         distance = Panel(
             f"Frechet distance to the real digits ({len(self.steps)} validations, fast recipe, judge's 8x8 space; log scale)",
-            [(self.steps, self.distances, (31, 119, 180), 2)], level=(floor, f"floor {floor:.1f}"), log_scale=True,
+            [(self.steps, self.distances, BLUE, 2)], level=(floor, f"floor {floor:.1f}"), log_scale=True,
             labels=[(self.steps[best], self.distances[best], f"best {self.distances[best]:.1f}")],
         )
         loss = Panel("loss (grey: each step; blue: mean of the last 100 steps; log scale)",
-                     [(self.loss_steps, self.losses, (200, 200, 200), 1), (self.loss_steps, self.smoothed_losses(), (31, 119, 180), 2)],
+                     [(self.loss_steps, self.losses, GREY, 1), (self.loss_steps, self.smoothed_losses(), BLUE, 2)],
                      log_scale=True)
         return save_curves([distance, loss], max(self.loss_steps), path)
 
@@ -253,8 +254,10 @@ def _pick(rows: list[Row], sampler: str, mode: str, classifier_scale: float = 0.
     return next(r for r in rows if (r.sampler, r.mode, r.classifier_scale, r.guidance_scale) == (sampler, mode, classifier_scale, guidance_scale))
 
 
-def report(rows: list[Row], judge: DigitsJudge, floor: float, times: dict[str, float], settings: QuickstartSettings) -> str:
-    """The table, a JSON copy in the output folder, and the final line checks read (``key=value`` pairs)."""
+def report(rows: list[Row], judge: DigitsJudge, floor: float, times: dict[str, float], settings: QuickstartSettings,
+           curve: TrainingCurve | None = None) -> str:
+    """The table, the training curve's lines (when ``curve``, plotted by [`training_curve`]), a JSON copy in the output
+    folder, and the final line checks read (``key=value`` pairs)."""
     baseline, fast = str(SamplingRecipe.parse(settings.baseline)), str(SamplingRecipe.parse(settings.fast))
     n = settings.samples_per_class * NUM_CLASSES
     lines = [
@@ -278,9 +281,10 @@ def report(rows: list[Row], judge: DigitsJudge, floor: float, times: dict[str, f
                               _pick(rows, baseline, "classifier-free", 0.0, weight))
     fast_guided, fast_free = _pick(rows, fast, "classifier", scale), _pick(rows, fast, "classifier-free", 0.0, weight)
     phases = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items())
+    lines += ["", f"times: {phases}"]
+    if curve is not None:
+        lines += [*curve_lines(curve, floor, times, settings.output_dir / TRAINING_CURVE_PLOT), ""]
     lines += [
-        "",
-        f"times: {phases}",
         "quickstart: "
         f"accuracy_classifier={guided.accuracy:.3f} accuracy_free={free.accuracy:.3f} "
         f"distance_unguided={unguided.distance:.1f} distance_classifier={guided.distance:.1f} distance_free={free.distance:.1f} "
@@ -293,6 +297,8 @@ def report(rows: list[Row], judge: DigitsJudge, floor: float, times: dict[str, f
     ]
     results = {"rows": [r.__dict__ for r in rows], "distance_floor": floor, "times": times,
                "judge_held_out_accuracy": judge.held_out_accuracy, "baseline": baseline, "fast": fast}
+    if curve is not None:
+        results["training_curve"] = {"steps": curve.steps, "distances": curve.distances, "validation_seconds": curve.validation_seconds}
     write_text_atomically(settings.output_dir / "results.json", json.dumps(results, indent=2))
     return "\n".join(lines)
 
@@ -340,28 +346,22 @@ def run_quickstart(settings: QuickstartSettings) -> str:
     start = time.perf_counter()
     rows, judge, floor = evaluate(settings)
     times["sampling and judging"] = time.perf_counter() - start
-    text = report(rows, judge, floor, times, settings)
-    curve = training_curve(settings, floor, times)
-    *table, last = text.split("\n")
-    text = "\n".join([*table, *curve, "", last] if curve else [*table, last])
+    text = report(rows, judge, floor, times, settings, training_curve(settings, floor))
     if not settings.distill:
         return text
     *lines, last = text.splitlines()  # the quickstart line stays the last
     return "\n".join([*lines, "", run_distillation(settings, judge), "", last])
 
 
-def training_curve(settings: QuickstartSettings, floor: float, times: dict[str, float]) -> list[str]:
-    """Plot the diffusion training's validation curve, add it to results.json, and return its report lines (none for a
-    pipeline trained without validation)."""
+def training_curve(settings: QuickstartSettings, floor: float) -> TrainingCurve | None:
+    """The diffusion training's validation curve, plotted as ``training_curve.png`` (None for a pipeline trained
+    without validation)."""
     metrics = settings.output_dir / "diffusion" / "logs" / "metrics.jsonl"
     curve = TrainingCurve.read(metrics) if metrics.is_file() else None
     if curve is None or not curve.steps:
-        return []
-    plot = curve.plot(floor, settings.output_dir / "training_curve.png")
-    results = json.loads((settings.output_dir / "results.json").read_text())
-    results["training_curve"] = {"steps": curve.steps, "distances": curve.distances, "validation_seconds": curve.validation_seconds}
-    write_text_atomically(settings.output_dir / "results.json", json.dumps(results, indent=2))
-    return curve_lines(curve, floor, times, plot)
+        return None
+    curve.plot(floor, settings.output_dir / TRAINING_CURVE_PLOT)
+    return curve
 
 
 def run_distillation(settings: QuickstartSettings, judge: DigitsJudge) -> str:

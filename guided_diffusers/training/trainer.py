@@ -316,8 +316,9 @@ class Trainer:
         from accelerate.utils import DistributedType
 
         # What needs whole parameters, and how to do without it.
+        steps_flag = "--evaluation_steps" if self.task.kind == "classifier" else "--validation_steps"
         wanting = {flag: remedy for flag, on, remedy in (("--use_ema", self.args.use_ema, "pass --use_ema False"),
-                                                          ("validation", self.task.validation_steps, "validate after training"))
+                                                          (steps_flag, self.task.validation_steps, f"leave out {steps_flag}"))
                    if on}
         if not wanting:
             return
@@ -630,7 +631,7 @@ class Trainer:
             ema.copy_to(unwrapped.parameters(), ema.rates[0])  # the final evaluation sees the published weights
         kept = None
         if args.keep_best and run.best is not None and run.best.best_step is not None:
-            kept, _ = load_best_weights(output_dir, run.best)
+            kept = load_best_weights(output_dir, run.best)
             unwrapped.load_state_dict(kept)
         results = self.task.final_evaluation(accelerator, model)
         if accelerator.is_main_process:

@@ -36,8 +36,8 @@ from PIL import Image
 from torch import nn
 
 from ..data import LabelledImages, TrainingImageDataset
-from ..publishing import write_atomically, write_folder_atomically, write_text_atomically
-from ..schedulers.likelihood import call_model, prior_bpd, vb_terms_bpd
+from ..publishing import write_atomically, write_folder_atomically
+from ..schedulers.likelihood import as_diffusion, call_model, prior_bpd, vb_terms_bpd
 
 __all__ = [
     "BEST_WEIGHTS_DIR",
@@ -143,8 +143,8 @@ def save_best_weights(model: nn.Module, output_dir: str | os.PathLike, step: int
     return write_folder_atomically(Path(output_dir) / BEST_WEIGHTS_DIR, write)
 
 
-def load_best_weights(output_dir: str | os.PathLike, best: BestScore) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The kept weights' state dict and ``best.json``, checked to be the best of this run's log.
+def load_best_weights(output_dir: str | os.PathLike, best: BestScore) -> dict[str, torch.Tensor]:
+    """The kept weights' state dict, checked by their ``best.json`` to be the best of this run's log.
 
     Raises:
         ValueError: no kept weights, or weights of another step than the log's best (a run resumed from before its
@@ -163,7 +163,7 @@ def load_best_weights(output_dir: str | os.PathLike, best: BestScore) -> tuple[d
     files = sorted(folder.glob("*.safetensors"))
     if len(files) != 1:
         raise ValueError(f"expected one safetensors weights file in {str(folder)!r}, got {[f.name for f in files]}")
-    return load_file(str(files[0])), info
+    return load_file(str(files[0]))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -309,8 +309,6 @@ def estimate_bits_per_dim(
     Returns:
         `torch.Tensor`: (batch,) bits per dimension.
     """
-    from ..schedulers.likelihood import as_diffusion
-
     diffusion = as_diffusion(diffusion)
     total = prior_bpd(diffusion, x_start)
     for step, weight in zip(steps, weights):
@@ -343,19 +341,14 @@ def image_grid(images: np.ndarray, rows: int, scale: int = 1) -> np.ndarray:
     return (np.clip(grid, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-def log_images(accelerator: Any, name: str, picture: np.ndarray, step: int) -> list[str]:
-    """Log one uint8 (H, W, 3) picture to the run's trackers that take images (TensorBoard, Weights & Biases); returns
-    the names of those it went to. Main process only (the trackers live there)."""
-    logged = []
+def log_images(accelerator: Any, name: str, picture: np.ndarray, step: int) -> None:
+    """Log one uint8 (H, W, 3) picture to the run's trackers that take images (TensorBoard, Weights & Biases). Main
+    process only (the trackers live there)."""
     for tracker in getattr(accelerator, "trackers", []):
         if tracker.name == "tensorboard":
             tracker.log_images({name: picture[None]}, step=step, dataformats="NHWC")
         elif tracker.name == "wandb":
             tracker.log_images({name: [picture]}, step=step)
-        else:
-            continue
-        logged.append(tracker.name)
-    return logged
 
 
 def _save_png(picture: np.ndarray, path: Path) -> None:
@@ -495,8 +488,10 @@ class DiffusionValidation:
         from ..evaluation.metrics import compute_statistics
 
         start = time.perf_counter()
-        key = _reference_key(source, self.reference_indices, self.resolution, self.channels, self.space)
-        cached = _read_cached_statistics(cache_path, key) if accelerator.is_main_process else None
+        key, cached = None, None
+        if accelerator.is_main_process:  # the cache's only reader and writer: the others need no key (a stat or hash per image)
+            key = _reference_key(source, self.reference_indices, self.resolution, self.channels, self.space)
+            cached = _read_cached_statistics(cache_path, key)
         found = broadcast_object_list([cached is not None])[0]
         if found:
             logger.info("validation: reference statistics of %d images read from %s", len(self.reference_indices), cache_path)
