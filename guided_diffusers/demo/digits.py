@@ -136,18 +136,11 @@ def mean_pairwise_distance(images: np.ndarray) -> float:
 
 
 def save_grid(images: np.ndarray, rows: int, path: str | Path, scale: int = 2) -> Path:
-    """Images (N, H, W, C) in [0, 1] (C = 1 or 3) as one PNG grid of ``rows`` rows (row-major), upscaled ``scale`` times."""
-    if images.shape[-1] == 1:
-        images = np.repeat(images, 3, axis=-1)
-    n, h, w, _ = images.shape
-    cols = int(np.ceil(n / rows))
-    grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, 3), dtype=np.float32)
-    for i, image in enumerate(images):
-        r, c = divmod(i, cols)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = image
-    picture = Image.fromarray((grid * 255).round().astype(np.uint8))
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    """Images (N, H, W, C) in [0, 1] (C = 1 or 3) as one PNG grid of ``rows`` rows (row-major), upscaled ``scale`` times
+    (the training's validation grid, saved)."""
+    from ..training.validation import image_grid
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
+    Image.fromarray(image_grid(images, rows, scale)).save(path)
     return path
