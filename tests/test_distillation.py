@@ -132,7 +132,7 @@ def test_a_progressive_stage_brings_the_students_one_step_to_the_teachers_two(tm
                                "--num_discretization_steps", "4", "--w_min", "1", "--w_max", "3", "--max_train_steps", "1000"])
     task = DistillationTask(args)
     student = task.build(images_from_folder(data))
-    grid = task._grid(torch.device("cpu")).float()
+    grid = task.grid
     generator = torch.Generator().manual_seed(1)
     starts = torch.tensor([0, 2] * 8)
     sigma, middle, end = grid[starts], grid[starts + 1], grid[starts + 2]
