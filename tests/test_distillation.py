@@ -318,3 +318,37 @@ def test_bad_arguments_are_refused_in_one_line_before_any_work(tmp_path, capsys,
     assert "\n" not in message
     assert expected in message
     assert not output.exists() or not any(output.glob("checkpoint-*"))
+
+
+def test_the_consistency_pipeline_refuses_bad_calls_in_one_line_before_sampling():
+    """Each refusal names what was expected and what came, before the U-Net runs once."""
+    from diffusers import CMStochasticIterativeScheduler
+
+    from guided_diffusers import ADMConsistencyPipeline, ADMGuidanceUNet2DModel, ADMUNet2DModel
+
+    torch.manual_seed(0)
+    scheduler = CMStochasticIterativeScheduler(num_train_timesteps=10, sigma_min=0.01, sigma_max=20.0, sigma_data=1.0)
+    unconditional = ADMUNet2DModel(**TINY)
+    no_null = ADMUNet2DModel(**TINY, num_classes=2)
+    student = ADMGuidanceUNet2DModel.from_unet(ADMUNet2DModel(**TINY, num_classes=2, class_dropout_prob=0.1))
+    calls = []
+    for unet in (unconditional, no_null, student):
+        unet.register_forward_hook(lambda *args: calls.append(1))
+    pipe = lambda unet: ADMConsistencyPipeline(unet=unet, scheduler=scheduler)  # noqa: E731
+    cases = [
+        (pipe(unconditional), dict(num_inference_steps=0), "expected num_inference_steps as a whole number in [1, 10], got 0"),
+        (pipe(unconditional), dict(num_inference_steps=11), "expected num_inference_steps as a whole number in [1, 10], got 11"),
+        (pipe(unconditional), dict(callback_on_step_end_tensor_inputs=["noise"]),
+         "expected callback tensor inputs among ['latents'], got ['noise']"),
+        (pipe(unconditional), dict(class_labels=[1]), "expected no class_labels for an unconditional U-Net, got some"),
+        (pipe(unconditional), dict(guidance_scale=2.0),
+         "expected no guidance_scale for a U-Net without a guidance input (its guidance, if any, is folded in), got 2.0"),
+        (pipe(no_null), dict(batch_size=2), "expected class_labels for a class-conditional U-Net (2 classes), got None"),
+        (pipe(no_null), dict(class_labels=[0, 1], batch_size=3), "expected 3 class labels for batch_size 3, got 2"),
+        (pipe(student), dict(class_labels=[0]), "expected a guidance_scale for a student with a guidance input (none in the call or the config)"),
+    ]
+    for pipeline, kwargs, message in cases:
+        with pytest.raises(ValueError) as refused:
+            pipeline(output_type="np", **kwargs)
+        assert str(refused.value) == message
+    assert calls == []
