@@ -37,10 +37,8 @@ from .builders import DiffusionSetup, map_data_classes
 from .losses import LossType
 from .trainer import MicroBatchResult, TrainingTask, load_training_images
 
-__all__ = ["GUIDANCE_KINDS", "METHODS", "DistillationTask", "consistency_scheduler", "progressive_stage", "write_distilled_card"]
+__all__ = ["METHODS", "DistillationTask", "consistency_scheduler", "karras_grid", "progressive_stage", "write_distilled_card"]
 
-#: How the teacher is guided while the student learns it.
-GUIDANCE_KINDS = ("classifier-free", "classifier", "none")
 #: The distillation methods (``--method``), by the name the model card gives them.
 METHODS = {"consistency": "consistency distillation", "progressive": "progressive distillation"}
 #: EDM's and the consistency models' largest noise level.
