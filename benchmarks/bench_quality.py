@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,11 +92,34 @@ class _Counter:
         self.images += args[0].shape[0]
 
 
+def _judged_seeds(sample: Callable[[int], np.ndarray], seeds: list[int], judge, reference, targets: np.ndarray,
+                  prepare: Callable[[], None] = lambda: None) -> tuple[list[float], float]:
+    """``sample(seed)`` (NHWC images, one per target) for each seed, after ``prepare()``, judged: the mean class
+    accuracy, the mean distance, the distance's range over the seeds, the mean colour spread and the mean diversity
+    (in ``Row``'s order), and the seconds ``sample`` took (neither ``prepare`` nor the judging is timed). The
+    baseline's rows and the student's are measured alike."""
+    from guided_diffusers.demo.digits import NUM_CLASSES, channel_spread, mean_pairwise_distance
+
+    accuracies, distances, spreads, diversities, seconds = [], [], [], [], 0.0
+    for seed in seeds:
+        prepare()
+        start = time.perf_counter()
+        images = sample(seed)
+        seconds += time.perf_counter() - start
+        accuracies.append(float((judge.predict(images) == targets).mean()))
+        distances.append(reference.distance(images))
+        spreads.append(channel_spread(images))
+        diversities.append(float(np.mean([mean_pairwise_distance(images[targets == c]) for c in range(NUM_CLASSES)])))
+    scores = [float(np.mean(accuracies)), float(np.mean(distances)), float(np.max(distances) - np.min(distances)),
+              float(np.mean(spreads)), float(np.mean(diversities))]
+    return scores, seconds
+
+
 def run(args: argparse.Namespace) -> tuple[list[Row], float, float, str]:
     from diffusers import DiffusionPipeline
 
     import guided_diffusers  # noqa: F401  (registers the pipeline classes with diffusers)
-    from guided_diffusers.demo.digits import NUM_CLASSES, DigitsJudge, DigitsReference, channel_spread, mean_pairwise_distance
+    from guided_diffusers.demo.digits import NUM_CLASSES, DigitsJudge, DigitsReference
     from guided_diffusers.demo.quickstart import QuickstartSettings, train
     from guided_diffusers.pipelines.recipes import SamplingRecipe
 
@@ -120,23 +144,20 @@ def run(args: argparse.Namespace) -> tuple[list[Row], float, float, str]:
     recipes = [SamplingRecipe.parse(sampler) for sampler in args.samplers.split(",")]
     for recipe in recipes:
         for setting in args.guidance.split(","):
-            accuracies, distances, spreads, diversities, seconds = [], [], [], [], 0.0
             unet_count.images = classifier_count.images = 0
-            for seed in seeds:
+
+            def fresh_scheduler() -> None:
                 pipe.scheduler = recipe.scheduler(base_config)
-                start = time.perf_counter()
+
+            def sample(seed: int) -> np.ndarray:
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bfloat16"):
-                    images = pipe(class_labels=labels, output_type="np", generator=torch.Generator().manual_seed(seed),
-                                  **recipe.call_kwargs(), **_guidance_kwargs(setting)).images
-                seconds += time.perf_counter() - start
-                accuracies.append(float((judge.predict(images) == targets).mean()))
-                distances.append(reference.distance(images))
-                spreads.append(channel_spread(images))
-                diversities.append(float(np.mean([mean_pairwise_distance(images[targets == c]) for c in range(NUM_CLASSES)])))
+                    return pipe(class_labels=labels, output_type="np", generator=torch.Generator().manual_seed(seed),
+                                **recipe.call_kwargs(), **_guidance_kwargs(setting)).images
+
+            scores, seconds = _judged_seeds(sample, seeds, judge, reference, targets, fresh_scheduler)
             total = len(seeds) * len(targets)
-            row = Row(str(recipe), setting, unet_count.images / total, classifier_count.images / total, float(np.mean(accuracies)),
-                      float(np.mean(distances)), float(np.max(distances) - np.min(distances)), float(np.mean(spreads)),
-                      float(np.mean(diversities)), seconds / len(seeds), total / seconds)
+            row = Row(str(recipe), setting, unet_count.images / total, classifier_count.images / total, *scores,
+                      seconds / len(seeds), total / seconds)
             rows.append(row)
             print(_format(row), flush=True)
     pipe.scheduler = SamplingRecipe("ddpm", 1).scheduler(base_config)
@@ -151,8 +172,6 @@ def student_rows(args: argparse.Namespace, judge, reference, targets: np.ndarray
     (its guidance input; a student with the classifier's guidance folded in takes ``none`` only)."""
     from diffusers import DiffusionPipeline
 
-    from guided_diffusers.demo.digits import NUM_CLASSES, channel_spread, mean_pairwise_distance
-
     pipe = DiffusionPipeline.from_pretrained(args.student)
     pipe.set_progress_bar_config(disable=True)
     unet_count = _Counter(pipe.unet)
@@ -163,22 +182,15 @@ def student_rows(args: argparse.Namespace, judge, reference, targets: np.ndarray
             if setting.startswith("cg") or "@" in setting or (setting.startswith("cfg") and not pipe.has_guidance_input):
                 continue
             kwargs = {"guidance_scale": float(setting[3:]) if setting.startswith("cfg") else 1.0} if pipe.has_guidance_input else {}
-            accuracies, distances, spreads, diversities, seconds = [], [], [], [], 0.0
             unet_count.images = 0
-            for seed in seeds:
-                start = time.perf_counter()
-                images = pipe(class_labels=labels, num_inference_steps=steps, output_type="np",
-                              generator=torch.Generator().manual_seed(seed), **kwargs).images
-                seconds += time.perf_counter() - start
-                accuracies.append(float((judge.predict(images) == targets).mean()))
-                distances.append(reference.distance(images))
-                spreads.append(channel_spread(images))
-                diversities.append(float(np.mean([mean_pairwise_distance(images[targets == c]) for c in range(NUM_CLASSES)])))
+            scores, seconds = _judged_seeds(
+                lambda seed: pipe(class_labels=labels, num_inference_steps=steps, output_type="np",
+                                  generator=torch.Generator().manual_seed(seed), **kwargs).images,
+                seeds, judge, reference, targets,
+            )
             total = len(seeds) * len(targets)
             method = ((pipe.config.get("distillation") or {}).get("method") or "consistency").split()[0]
-            row = Row(f"{method}:{steps}", setting, unet_count.images / total, 0.0, float(np.mean(accuracies)),
-                      float(np.mean(distances)), float(np.max(distances) - np.min(distances)), float(np.mean(spreads)),
-                      float(np.mean(diversities)), seconds / len(seeds), total / seconds)
+            row = Row(f"{method}:{steps}", setting, unet_count.images / total, 0.0, *scores, seconds / len(seeds), total / seconds)
             rows.append(row)
             print(_format(row), flush=True)
     return rows

@@ -132,7 +132,7 @@ def test_a_progressive_stage_brings_the_students_one_step_to_the_teachers_two(tm
                                "--num_discretization_steps", "4", "--w_min", "1", "--w_max", "3", "--max_train_steps", "1000"])
     task = DistillationTask(args)
     student = task.build(images_from_folder(data))
-    grid = task._grid(torch.device("cpu")).float()
+    grid = task.grid
     generator = torch.Generator().manual_seed(1)
     starts = torch.tensor([0, 2] * 8)
     sigma, middle, end = grid[starts], grid[starts + 1], grid[starts + 2]
@@ -251,6 +251,31 @@ def test_the_pipeline_gives_the_unet_the_teachers_timestep_or_the_schedulers_own
         assert torch.allclose(images, (c_skip * noise * 20.0 + c_out * output).clamp(-1, 1), atol=1e-5)
 
 
+def test_a_guidance_student_starts_as_its_teacher_at_every_scale_and_then_reads_the_scale():
+    """ADMGuidanceUNet2DModel.from_unet: the teacher's config (its copied constructor takes every key) and weights, and
+    a zero guidance embedding, so its output is the teacher's at any w; once that embedding is non-zero the output
+    depends on w. A missing scale and a non-ADM U-Net are refused in one line."""
+    from guided_diffusers import ADMGuidanceUNet2DModel, ADMUNet2DModel
+
+    torch.manual_seed(0)
+    teacher = ADMUNet2DModel(**TINY, num_classes=2, class_dropout_prob=0.1, timestep_scale=10.0).eval()
+    student = ADMGuidanceUNet2DModel.from_unet(teacher).eval()
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(student.config) == public(teacher.config)
+    x, t, labels = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([3, 70]), torch.tensor([0, 2])
+    with torch.no_grad():
+        expected = teacher(x, t, class_labels=labels).sample
+        for w in (1.0, 2.5, torch.tensor([0.0, 7.0])):
+            assert torch.equal(student(x, t, class_labels=labels, guidance_scale=w).sample, expected)
+        torch.nn.init.normal_(student.guidance_embedding.linear_2.weight)
+        low, high = (student(x, t, class_labels=labels, guidance_scale=w).sample for w in (1.0, 3.0))
+    assert (low - high).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"^expected guidance_scale for a U-Net with a guidance input, got None$"):
+        student(x, t, class_labels=labels)
+    with pytest.raises(ValueError, match=r"^expected an ADMUNet2DModel to add a guidance input to, got ADMGuidanceUNet2DModel$"):
+        ADMGuidanceUNet2DModel.from_unet(student)
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
@@ -264,10 +289,26 @@ def test_the_pipeline_gives_the_unet_the_teachers_timestep_or_the_schedulers_own
         (["--method", "progressive", "--num_discretization_steps", "8"], "expected --max_train_steps >= 3 (one per progressive stage), got 2"),
         (["--method", "progressive", "--num_discretization_steps", "2", "--target_ema_rate", "0.9"],
          "expected no --target_ema_rate with --method progressive"),
+        (["--class_dropout_prob", "0.1"], "expected no --class_dropout_prob (use --unconditional_prob), got 0.1"),
+        (["--guidance_scale", "5"], "expected --guidance_scale in [--w_min, --w_max] = [1.0, 4.0], got 5.0"),
+        (["--unconditional_prob", "1"], "expected --unconditional_prob in [0, 1), got 1.0"),
+        (["--num_discretization_steps", "1"], "expected --num_discretization_steps >= 2, got 1"),
+        (["--target_ema_rate", "1"], "expected --target_ema_rate in [0, 1), got 1.0"),
+        (["--teacher", "{no_null_class}"],
+         "expected a teacher trained with label dropout (a null class) for --guidance classifier-free, got none"),
+        (["--teacher", "{no_null_class}", "--guidance", "none"],
+         "expected a teacher with a null class for --unconditional_prob 0.1, got none (pass 0)"),
     ],
 )
 def test_bad_arguments_are_refused_in_one_line_before_any_work(tmp_path, capsys, extra, expected):
     data, teacher = _toy_digits(tmp_path / "data", 4), _random_teacher(tmp_path / "teacher")
+    if "{no_null_class}" in extra:  # a class-conditional teacher trained without label dropout
+        from guided_diffusers import ADMUNet2DModel, ClassifierGuidedPipeline, GuidedDDPMScheduler
+
+        no_null_class = tmp_path / "no_null_class"
+        ClassifierGuidedPipeline(unet=ADMUNet2DModel(**TINY, num_classes=2), scheduler=GuidedDDPMScheduler(num_train_timesteps=100),
+                                 id2label={0: "hi", 1: "lo"}).save_pretrained(no_null_class)
+        extra = [str(no_null_class) if x == "{no_null_class}" else x for x in extra]
     output = tmp_path / "out"
     with pytest.raises(SystemExit) as stopped:
         _distill(["--teacher", str(teacher), "--train_data_dir", str(data), "--train_batch_size", "2", "--max_train_steps", "2",
@@ -277,3 +318,37 @@ def test_bad_arguments_are_refused_in_one_line_before_any_work(tmp_path, capsys,
     assert "\n" not in message
     assert expected in message
     assert not output.exists() or not any(output.glob("checkpoint-*"))
+
+
+def test_the_consistency_pipeline_refuses_bad_calls_in_one_line_before_sampling():
+    """Each refusal names what was expected and what came, before the U-Net runs once."""
+    from diffusers import CMStochasticIterativeScheduler
+
+    from guided_diffusers import ADMConsistencyPipeline, ADMGuidanceUNet2DModel, ADMUNet2DModel
+
+    torch.manual_seed(0)
+    scheduler = CMStochasticIterativeScheduler(num_train_timesteps=10, sigma_min=0.01, sigma_max=20.0, sigma_data=1.0)
+    unconditional = ADMUNet2DModel(**TINY)
+    no_null = ADMUNet2DModel(**TINY, num_classes=2)
+    student = ADMGuidanceUNet2DModel.from_unet(ADMUNet2DModel(**TINY, num_classes=2, class_dropout_prob=0.1))
+    calls = []
+    for unet in (unconditional, no_null, student):
+        unet.register_forward_hook(lambda *args: calls.append(1))
+    pipe = lambda unet: ADMConsistencyPipeline(unet=unet, scheduler=scheduler)  # noqa: E731
+    cases = [
+        (pipe(unconditional), dict(num_inference_steps=0), "expected num_inference_steps as a whole number in [1, 10], got 0"),
+        (pipe(unconditional), dict(num_inference_steps=11), "expected num_inference_steps as a whole number in [1, 10], got 11"),
+        (pipe(unconditional), dict(callback_on_step_end_tensor_inputs=["noise"]),
+         "expected callback tensor inputs among ['latents'], got ['noise']"),
+        (pipe(unconditional), dict(class_labels=[1]), "expected no class_labels for an unconditional U-Net, got some"),
+        (pipe(unconditional), dict(guidance_scale=2.0),
+         "expected no guidance_scale for a U-Net without a guidance input (its guidance, if any, is folded in), got 2.0"),
+        (pipe(no_null), dict(batch_size=2), "expected class_labels for a class-conditional U-Net (2 classes), got None"),
+        (pipe(no_null), dict(class_labels=[0, 1], batch_size=3), "expected 3 class labels for batch_size 3, got 2"),
+        (pipe(student), dict(class_labels=[0]), "expected a guidance_scale for a student with a guidance input (none in the call or the config)"),
+    ]
+    for pipeline, kwargs, message in cases:
+        with pytest.raises(ValueError) as refused:
+            pipeline(output_type="np", **kwargs)
+        assert str(refused.value) == message
+    assert calls == []

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from diffusers import CMStochasticIterativeScheduler, DiffusionPipeline, ImagePipelineOutput
 
-from ..models import ADMGuidanceUNet2DModel, ADMUNet2DModel
-from .labels import ClassLabels, normalize_id2label, resolve_class_labels
-from ..models import null_class_id
 from ..checks import check_whole_number
+from ..models import ADMGuidanceUNet2DModel, ADMUNet2DModel, null_class_id
+from .labels import ClassLabels, normalize_id2label, resolve_class_labels
 from .sampling import (
     CallStateMixin,
+    check_callback_inputs,
     check_output_type,
     check_scale,
     image_pipeline_output,
@@ -181,14 +181,9 @@ class ADMConsistencyPipeline(CallStateMixin, DiffusionPipeline):
             [`~diffusers.ImagePipelineOutput`] or `tuple`: the images.
         """
         check_output_type(output_type)
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(f"expected callback tensor inputs among {self._callback_tensor_inputs}, got {sorted(unknown)}")
-        if timesteps is None and (isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int)
-                                  or not 1 <= num_inference_steps <= self.scheduler.config.num_train_timesteps):
-            raise ValueError(
-                f"expected num_inference_steps in [1, {self.scheduler.config.num_train_timesteps}] (the scheduler's grid), got {num_inference_steps!r}"
-            )
+        check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
+        if timesteps is None:  # at most the scheduler's grid
+            check_whole_number("num_inference_steps", num_inference_steps, 1, self.scheduler.config.num_train_timesteps)
         labels, batch, guidance_scale = self._check_inputs(class_labels, batch_size, guidance_scale)
         self._start_call(guidance_scale)
         device = self._execution_device

@@ -29,19 +29,16 @@ from diffusers import CMStochasticIterativeScheduler, DiffusionPipeline
 from torch import nn
 
 from ..data import LabelledImages
-from ..models import ADMGuidanceUNet2DModel, ADMUNet2DModel
+from ..models import ADMGuidanceUNet2DModel, ADMUNet2DModel, null_class_id
 from ..pipelines import ADMConsistencyPipeline
 from ..pipelines.pipeline_adm_consistency import process_noise_levels, teacher_timesteps
-from ..models import null_class_id
 from ..pipelines.sampling import classifier_gradient
 from .builders import DiffusionSetup, map_data_classes
 from .losses import LossType
 from .trainer import MicroBatchResult, TrainingTask, load_training_images
 
-__all__ = ["GUIDANCE_KINDS", "METHODS", "DistillationTask", "consistency_scheduler", "progressive_stage", "write_distilled_card"]
+__all__ = ["METHODS", "DistillationTask", "consistency_scheduler", "karras_grid", "progressive_stage", "write_distilled_card"]
 
-#: How the teacher is guided while the student learns it.
-GUIDANCE_KINDS = ("classifier-free", "classifier", "none")
 #: The distillation methods (``--method``), by the name the model card gives them.
 METHODS = {"consistency": "consistency distillation", "progressive": "progressive distillation"}
 #: EDM's and the consistency models' largest noise level.
@@ -58,6 +55,13 @@ def consistency_scheduler(teacher_scheduler: Any, num_discretization_steps: int)
         num_train_timesteps=num_discretization_steps, sigma_min=float(levels[0]), sigma_max=min(float(levels[-1]), SIGMA_MAX),
         sigma_data=1.0, rho=7.0, clip_denoised=bool(teacher_scheduler.config.get("clip_sample", True)),
     )
+
+
+def karras_grid(scheduler: CMStochasticIterativeScheduler) -> torch.Tensor:
+    """The scheduler's ``num_train_timesteps`` noise levels, descending (sigma_max .. sigma_min), computed in float64
+    and stored as float32 (the precision the losses use); built once, not per step."""
+    ramp = torch.linspace(0, 1, scheduler.config.num_train_timesteps, dtype=torch.float64)
+    return torch.as_tensor(scheduler._convert_to_karras(ramp.numpy())).float()
 
 
 class _TargetNetwork:
@@ -129,6 +133,7 @@ class DistillationTask(TrainingTask):
         self.target: _TargetNetwork | None = None
         self.previous: _PreviousStudent | None = None
         self.cm_scheduler: CMStochasticIterativeScheduler | None = None
+        self.grid: torch.Tensor | None = None
         self.null_class: int | None = None
         self.num_classes: int | None = None
         self.classifier_scale = 0.0
@@ -188,6 +193,7 @@ class DistillationTask(TrainingTask):
         progressive = args.method == "progressive"
         # Progressive: N steps of the first teacher on a grid of N + 1 levels.
         self.cm_scheduler = consistency_scheduler(teacher.scheduler, args.num_discretization_steps + progressive)
+        self.grid = karras_grid(self.cm_scheduler)
         if progressive:
             self.previous = _PreviousStudent(student)
         else:
@@ -196,7 +202,7 @@ class DistillationTask(TrainingTask):
         self.setup = DiffusionSetup(student, teacher.scheduler, LossType.MSE, unet.config.sample_size, None, self.id2label, flags, label_map)
         self.label_map = label_map
         self.resolution = unet.config.sample_size
-        self.num_timesteps = args.num_discretization_steps - 1 + progressive
+        self.num_timesteps = len(self.grid) - 1  # the grid intervals, which the loss is logged by
         return student
 
     @property
@@ -208,12 +214,6 @@ class DistillationTask(TrainingTask):
         return {"previous_student": self.previous} if self.previous is not None else {"target_network": self.target}
 
     # -- the loss -----------------------------------------------------------------------------------------------------
-
-    def _grid(self, device: torch.device) -> torch.Tensor:
-        """The N noise levels, descending (sigma_max .. sigma_min), float64."""
-        scheduler = self.cm_scheduler
-        ramp = torch.linspace(0, 1, scheduler.config.num_train_timesteps, dtype=torch.float64)
-        return torch.as_tensor(scheduler._convert_to_karras(ramp.numpy()), device=device)
 
     def consistency_function(self, network: nn.Module, x: torch.Tensor, sigma: torch.Tensor, unet_kwargs: dict[str, Any]) -> torch.Tensor:
         """f(x, sigma) = c_skip x + c_out F(c_in x, t(sigma)), exactly as the student's scheduler computes it."""
@@ -273,6 +273,7 @@ class DistillationTask(TrainingTask):
         if self.teacher.unet.device != device:
             self.teacher.to(device)
             (self.previous or self.target).network.to(device)
+            self.grid = self.grid.to(device)
 
     def _conditioning(self, batch: dict[str, torch.Tensor]) -> tuple[Any, Any, Any, dict[str, Any]]:
         """(teacher labels, classifier-guided mask, classifier-free weights, the student's U-Net kwargs) of a batch."""
@@ -298,9 +299,8 @@ class DistillationTask(TrainingTask):
         if self.previous is not None:
             return self._progressive_loss(model, x0, *self._conditioning(batch))
         size, device = x0.shape[0], x0.device
-        grid = self._grid(device)
-        index = torch.randint(0, len(grid) - 1, (size,), device=device)
-        sigma, sigma_next = grid[index].float(), grid[index + 1].float()
+        index = torch.randint(0, len(self.grid) - 1, (size,), device=device)
+        sigma, sigma_next = self.grid[index], self.grid[index + 1]
         labels, guided, scales, student_kwargs = self._conditioning(batch)
         x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn_like(x0)
         x_next = self.teacher_step(x, sigma, sigma_next, labels, scales, guided)
@@ -318,9 +318,8 @@ class DistillationTask(TrainingTask):
         and the D whose DDIM step lands where the teacher's did: (x'' - r x) / (1 - r), r = sigma_end / sigma_j."""
         stage = self.previous.stage
         width = 2 ** (stage + 1)
-        grid = self._grid(x0.device)
-        start = torch.randint(0, (len(grid) - 1) // width, (x0.shape[0],), device=x0.device) * width
-        sigma, middle, end = (grid[start + offset].float() for offset in (0, width // 2, width))
+        start = torch.randint(0, (len(self.grid) - 1) // width, (x0.shape[0],), device=x0.device) * width
+        sigma, middle, end = (self.grid[start + offset] for offset in (0, width // 2, width))
         x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn_like(x0)
         if stage == 0:
             halfway = self.teacher_step(x, sigma, middle, labels, scales, guided)
