@@ -135,6 +135,24 @@ def mean_pairwise_distance(images: np.ndarray) -> float:
     return float(distances[np.triu_indices(len(points), 1)].mean())
 
 
+def judge_samples(images: np.ndarray, targets: np.ndarray, guided: bool, judge: DigitsJudge,
+                  reference: DigitsReference) -> dict[str, float | None]:
+    """The quick start's figures for samples (NHWC in [0, 1]) drawn for the classes ``targets``: the class shares over
+    all of them (an unguided draw may be larger, for the shares), the rest over the first ``len(targets)``: accuracy
+    (guided samples only: unguided ones asked for no class), distance, colour spread and diversity."""
+    predictions = judge.predict(images)
+    shares = class_balance(predictions)
+    images, predictions = images[: len(targets)], predictions[: len(targets)]
+    return dict(
+        accuracy=float((predictions == targets).mean()) if guided else None,
+        distance=reference.distance(images),
+        colour_spread=channel_spread(images),
+        class_share_min=float(shares.min()),
+        class_share_max=float(shares.max()),
+        diversity=float(np.mean([mean_pairwise_distance(images[targets == c]) for c in range(NUM_CLASSES)])),
+    )
+
+
 def save_grid(images: np.ndarray, rows: int, path: str | Path, scale: int = 2) -> Path:
     """Images (N, H, W, C) in [0, 1] (C = 1 or 3) as one PNG grid of ``rows`` rows (row-major), upscaled ``scale`` times
     (the training's validation grid, saved)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .digits import NUM_CLASSES, DigitsJudge, DigitsReference, channel_spread, class_balance, mean_pairwise_distance, save_grid
+from .digits import NUM_CLASSES, DigitsJudge, DigitsReference, judge_samples, save_grid
 
 #: The student's step counts the quick start judges, and the teacher's ancestral steps it is held against.
 STUDENT_STEPS = (1, 2, 4)
@@ -76,17 +76,9 @@ def judge_images(images: np.ndarray, targets: np.ndarray, guided: bool, seconds:
                  reference: DigitsReference, grid: Path | None, scale: int, **row) -> JudgedRow:
     """Judge samples (NHWC in [0, 1]); an unguided draw larger than ``targets`` gives the class shares over all of it
     and the rest over the first ``len(targets)``, as the quick start's table does."""
-    predictions = judge.predict(images)
-    shares = class_balance(predictions)
-    rate = len(images) / seconds
-    images, predictions = images[: len(targets)], predictions[: len(targets)]
-    diversity = float(np.mean([mean_pairwise_distance(images[targets == c]) for c in range(NUM_CLASSES)]))
     if grid is not None:
-        save_grid(images, NUM_CLASSES, grid, scale=scale)
-    accuracy = float((predictions == targets).mean()) if guided else None
-    return JudgedRow(accuracy=accuracy, distance=reference.distance(images), colour_spread=channel_spread(images),
-                     class_share_min=float(shares.min()), class_share_max=float(shares.max()), diversity=diversity,
-                     images_per_second=rate, **row)
+        save_grid(images[: len(targets)], NUM_CLASSES, grid, scale=scale)
+    return JudgedRow(**judge_samples(images, targets, guided, judge, reference), images_per_second=len(images) / seconds, **row)
 
 
 def evaluate_distilled(student_dir: Path, teacher_dir: Path, judge: DigitsJudge, reference: DigitsReference, samples_per_class: int,

@@ -25,9 +25,7 @@ from .digits import (
     NUM_CLASSES,
     DigitsJudge,
     DigitsReference,
-    channel_spread,
-    class_balance,
-    mean_pairwise_distance,
+    judge_samples,
     save_grid,
     write_digits_folder,
 )
@@ -219,18 +217,13 @@ def evaluate(settings: QuickstartSettings) -> tuple[list[Row], DigitsJudge, floa
         images = pipe(generator=torch.Generator().manual_seed(settings.seed), output_type="np", **recipe.call_kwargs(),
                       **kwargs).images
         seconds = time.perf_counter() - start
-        predictions = judge.predict(images)
-        shares = class_balance(predictions)
-        if len(images) > len(targets):  # an unguided draw for the shares: the rest is judged on the common count
-            seconds *= len(targets) / len(images)
-            images, predictions = images[: len(targets)], predictions[: len(targets)]
-        diversity = float(np.mean([mean_pairwise_distance(images[targets == c]) for c in range(NUM_CLASSES)]))
+        figures = judge_samples(images, targets, mode != "unguided", judge, reference)
+        seconds *= min(1.0, len(targets) / len(images))  # an unguided draw for the shares: timed on the common count
         name = f"{recipe.sampler}{recipe.steps}_{mode}_cs{shown_classifier_scale:g}" + (
             f"_w{shown_guidance_scale:g}" if shown_guidance_scale is not None else "")
-        save_grid(images, NUM_CLASSES, settings.output_dir / "grids" / f"{name}.png", scale=max(2, 32 // settings.resolution))
-        accuracy = None if mode == "unguided" else float((predictions == targets).mean())
-        return Row(str(recipe), mode, shown_classifier_scale, shown_guidance_scale, accuracy, reference.distance(images),
-                   channel_spread(images), float(shares.min()), float(shares.max()), diversity, seconds)
+        save_grid(images[: len(targets)], NUM_CLASSES, settings.output_dir / "grids" / f"{name}.png",
+                  scale=max(2, 32 // settings.resolution))
+        return Row(str(recipe), mode, shown_classifier_scale, shown_guidance_scale, seconds=seconds, **figures)
 
     rows = []
     baseline, fast = SamplingRecipe.parse(settings.baseline), SamplingRecipe.parse(settings.fast)
