@@ -46,6 +46,12 @@ def build_distill_parser() -> argparse.ArgumentParser:
                        "default 40); progressive: the first teacher's DDIM steps on that grid (a power of two; default 16), halved per stage down to 1")
     group.add_argument("--target_ema_rate", type=float, default=None,
                        help="the consistency target network's EMA rate (the consistency models' mu; default 0.95)")
+    group.add_argument("--teacher_solver", choices=["euler", "heun"], default="euler",
+                       help="the teacher's step between grid levels: euler (DDIM's step, one teacher evaluation) or heun (EDM's second-order "
+                       "step, two; nearer the exact ODE on a coarse grid)")
+    group.add_argument("--adversarial_weight", type=float, default=0.0,
+                       help="consistency: the weight of an adversarial term (a small class-conditional critic trained on the training images "
+                       "against the student's x_0), which pulls the student past the end of the teacher's ODE towards the data (0: none)")
     return parser
 
 
@@ -73,6 +79,8 @@ def check_distill_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"expected --classifier_scale >= 0 with --guidance classifier only, got {args.classifier_scale} with --guidance {args.guidance}")
     if not 0.0 <= args.unconditional_prob < 1.0:
         raise ValueError(f"expected --unconditional_prob in [0, 1), got {args.unconditional_prob}")
+    if args.adversarial_weight < 0:
+        raise ValueError(f"expected --adversarial_weight >= 0, got {args.adversarial_weight}")
     if args.num_discretization_steps is None:
         args.num_discretization_steps = 40 if args.method == "consistency" else 16
     if args.num_discretization_steps < 2:
@@ -83,6 +91,8 @@ def check_distill_arguments(args: argparse.Namespace) -> None:
             raise ValueError(f"expected --num_discretization_steps a power of two with --method progressive, got {steps}")
         if args.max_train_steps < steps.bit_length() - 1:
             raise ValueError(f"expected --max_train_steps >= {steps.bit_length() - 1} (one per progressive stage), got {args.max_train_steps}")
+        if args.adversarial_weight:
+            raise ValueError(f"expected no --adversarial_weight with --method progressive (a consistency term), got {args.adversarial_weight}")
         if args.target_ema_rate is not None:
             raise ValueError(f"expected no --target_ema_rate with --method progressive (its teacher is the previous stage's student), got {args.target_ema_rate}")
         return

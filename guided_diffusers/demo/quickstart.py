@@ -70,7 +70,7 @@ class QuickstartSettings:
     recommended_guidance_scale: float = 2.0
     retrain: bool = False
     distill: bool = False  # also distil the pipeline into a 1-4 step student (demo_output/distilled) and judge it
-    distill_train_steps: int = 1600
+    distill_train_steps: int = 1500
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property

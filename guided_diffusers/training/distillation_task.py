@@ -7,7 +7,11 @@ f(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, t(sigma)) on the v
 sqrt(alpha_bar_t) of the teacher's process, with sigma_data = 1 so that c_in x is the teacher's own input x_t and
 t(sigma) the teacher's timestep. It starts as the teacher with its output negated (F = -eps, which is the
 v-prediction F of the parameterization at low noise) and learns f(x_{n+1}, sigma_{n+1}) = f_target(x_n, sigma_n),
-where x_n is one DDIM (Euler) step of the guided teacher from x_{n+1} and f_target an EMA of the student.
+where x_n is one DDIM (Euler) or Heun step of the guided teacher from x_{n+1} and f_target an EMA of the student.
+A student that learns only this is bounded by the end of the teacher's ODE, which on a small model lies well behind
+its ancestral sampler; ``--adversarial_weight`` adds the adversarial term of adversarial diffusion distillation (Sauer
+et al. 2023): a small class-conditional critic learns to tell the training images from the student's f, and the
+student is also trained to fool it, which pulls its few-step samples past the ODE's end towards the data.
 
 Progressive distillation uses the same parameterization as a denoiser D(x, sigma) (x-prediction, well posed at the
 one-step end) on a Karras grid of N + 1 levels (N a power of two): in stage k the student learns to land, with one
@@ -37,7 +41,7 @@ from .builders import DiffusionSetup, map_data_classes
 from .losses import LossType
 from .trainer import MicroBatchResult, TrainingTask, load_training_images
 
-__all__ = ["METHODS", "DistillationTask", "consistency_scheduler", "karras_grid", "progressive_stage", "write_distilled_card"]
+__all__ = ["METHODS", "DistillationTask", "ImageDiscriminator", "consistency_scheduler", "karras_grid", "progressive_stage", "write_distilled_card"]
 
 #: The distillation methods (``--method``), by the name the model card gives them.
 METHODS = {"consistency": "consistency distillation", "progressive": "progressive distillation"}
@@ -114,6 +118,62 @@ class _PreviousStudent:
         self.network.load_state_dict(state["weights"])
 
 
+class ImageDiscriminator(nn.Module):
+    """A small class-conditional convolutional critic of clean images (the adversarial term's): strided
+    convolutions down to 4x4 (channels doubled per halving, at most 512), summed features, a linear score plus a class projection (Miyato & Koyama 2018) over the
+    teacher's labels (the null class included)."""
+
+    def __init__(self, in_channels: int, resolution: int, num_labels: int | None, channels: int = 64):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1), nn.LeakyReLU(0.2)]
+        while resolution > 4:
+            wider = min(channels * 2, 512)
+            layers += [nn.Conv2d(channels, wider, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            channels, resolution = wider, resolution // 2
+        self.features = nn.Sequential(*layers)
+        self.score = nn.Linear(channels, 1)
+        self.embedding = nn.Embedding(num_labels, channels) if num_labels else None
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        features = self.features(images).sum(dim=(2, 3))
+        score = self.score(features).squeeze(1)
+        if self.embedding is not None:
+            score = score + (self.embedding(labels) * features).sum(dim=1)
+        return score
+
+
+class _Adversary:
+    """The critic and its optimizer (both kept in checkpoints); one critic step per micro-batch, on the training
+    images against the student's detached x_0, its gradients averaged over processes."""
+
+    def __init__(self, in_channels: int, resolution: int, num_labels: int | None, learning_rate: float):
+        self.network = ImageDiscriminator(in_channels, resolution, num_labels)
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=learning_rate, betas=(0.5, 0.999))
+
+    def step(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None) -> None:
+        """One step of the critic's logistic loss: training images ``real`` scored up, the student's ``fake`` down."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.softplus(-self.network(real, labels)).mean() + nn.functional.softplus(self.network(fake, labels)).mean()
+        loss.backward()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # one critic on every process
+            for param in self.network.parameters():
+                torch.distributed.all_reduce(param.grad)  # a sum (gloo has no average)
+                param.grad /= torch.distributed.get_world_size()
+        self.optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        optimizer = self.optimizer.state_dict()
+        return {"weights": {key: value.clone() for key, value in self.network.state_dict().items()},
+                "optimizer": {**optimizer, "state": {str(key): value for key, value in optimizer["state"].items()}}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["weights"])
+        optimizer = state["optimizer"]  # JSON keys are strings, its tuples lists
+        optimizer = {"state": {int(k): v for k, v in optimizer["state"].items()},
+                     "param_groups": [{**g, "betas": tuple(g["betas"])} for g in optimizer["param_groups"]]}
+        self.optimizer.load_state_dict(optimizer)
+
+
 class DistillationTask(TrainingTask):
     """Consistency or progressive distillation (``--method``) of ``--teacher`` (a pipeline folder) into an
     [`ADMConsistencyPipeline`] student.
@@ -121,7 +181,8 @@ class DistillationTask(TrainingTask):
     Each micro-batch: training images x_0 and labels; per example a grid index n, the noisy x = x_0 + sigma_{n+1} z,
     one guided DDIM step of the teacher to sigma_n, and the squared distance between the student's f at
     (x, sigma_{n+1}) and the target network's at the teacher's step (at sigma_min the boundary condition makes it
-    the step itself). Progressive: a student interval of the stage, two teacher steps across it, and the squared
+    the step itself), plus, with ``--adversarial_weight``, the critic's non-saturating loss on the student's f after
+    one critic step on the images against f. Progressive: a student interval of the stage, two teacher steps across it, and the squared
     distance between the student's D and the D whose DDIM step lands where the teacher's two did.
     ``--unconditional_prob`` of the examples get the null label and the unguided teacher, so the student also samples
     without guidance.
@@ -131,6 +192,7 @@ class DistillationTask(TrainingTask):
         super().__init__(args, "diffusion", loadable_entry="model_index.json")
         self.teacher: DiffusionPipeline | None = None
         self.target: _TargetNetwork | None = None
+        self.adversary: _Adversary | None = None
         self.previous: _PreviousStudent | None = None
         self.cm_scheduler: CMStochasticIterativeScheduler | None = None
         self.grid: torch.Tensor | None = None
@@ -198,6 +260,9 @@ class DistillationTask(TrainingTask):
             self.previous = _PreviousStudent(student)
         else:
             self.target = _TargetNetwork(student, args.target_ema_rate)
+        if args.adversarial_weight:
+            num_labels = (self.num_classes + (self.null_class is not None)) if self.num_classes else None
+            self.adversary = _Adversary(unet.config.in_channels, unet.config.sample_size, num_labels, args.learning_rate)
         flags = {"teacher": args.teacher, "method": METHODS[args.method], "guidance": args.guidance}
         self.setup = DiffusionSetup(student, teacher.scheduler, LossType.MSE, unet.config.sample_size, None, self.id2label, flags, label_map)
         self.label_map = label_map
@@ -211,7 +276,8 @@ class DistillationTask(TrainingTask):
         return self.args.num_discretization_steps.bit_length() - 1
 
     def checkpoint_objects(self) -> dict[str, Any]:
-        return {"previous_student": self.previous} if self.previous is not None else {"target_network": self.target}
+        objects = {"previous_student": self.previous} if self.previous is not None else {"target_network": self.target}
+        return {**objects, "adversary": self.adversary} if self.adversary is not None else objects
 
     # -- the loss -----------------------------------------------------------------------------------------------------
 
@@ -225,19 +291,10 @@ class DistillationTask(TrainingTask):
         return c_skip * x + c_out * network(c_in * x, timesteps, **unet_kwargs).sample
 
     @torch.no_grad()
-    def teacher_step(self, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, labels: torch.Tensor | None,
-                     guidance_scale: torch.Tensor | None, guided: torch.Tensor | None) -> torch.Tensor:
-        """One DDIM step of the guided teacher from noise level ``sigma`` to ``sigma_next``, on the variance-exploding
-        x: x_0 = x - sigma eps (clipped where the teacher's scheduler clips), then x_0 + sigma_next (x - x_0) / sigma,
-        with eps the teacher's guided prediction at x / sqrt(1 + sigma^2). Unclipped, this is Euler's step of the ODE.
-
-        Args:
-            x (`torch.Tensor`): the variance-exploding sample.
-            sigma, sigma_next (`torch.Tensor`): (batch,) noise levels.
-            labels (`torch.Tensor`, *optional*): the teacher's labels (the null class for unguided examples).
-            guidance_scale (`torch.Tensor`, *optional*): (batch,) classifier-free weights.
-            guided (`torch.Tensor`, *optional*): (batch,) bool, the examples the classifier guides.
-        """
+    def teacher_denoised(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None, guidance_scale: torch.Tensor | None,
+                         guided: torch.Tensor | None) -> torch.Tensor:
+        """The guided teacher's x_0 at the variance-exploding ``x`` of noise level ``sigma``: x - sigma eps, with eps
+        its guided prediction at x / sqrt(1 + sigma^2), clipped where the teacher's scheduler clips."""
         unet = self.teacher.unet
         view = sigma.view(-1, 1, 1, 1)
         x_t = x / (1.0 + view**2).sqrt()
@@ -257,7 +314,31 @@ class DistillationTask(TrainingTask):
         denoised = x - view * eps
         if self.teacher.scheduler.config.get("clip_sample", True):  # as the teacher's own DDIM clips its x_0
             denoised = denoised.clamp(-1, 1)
-        return denoised + sigma_next.view(-1, 1, 1, 1) * (x - denoised) / view
+        return denoised
+
+    @torch.no_grad()
+    def teacher_step(self, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, labels: torch.Tensor | None,
+                     guidance_scale: torch.Tensor | None, guided: torch.Tensor | None) -> torch.Tensor:
+        """One step of the guided teacher's probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma from noise
+        level ``sigma`` to ``sigma_next`` on the variance-exploding x, with D its x_0 ([`teacher_denoised`]):
+        ``--teacher_solver euler`` is DDIM's step, D + sigma_next (x - D) / sigma; ``heun`` (EDM's and the consistency
+        models' second-order step) averages that slope with the slope at the Euler step's end (a second teacher
+        evaluation), which lands much nearer the ODE's exact solution on a coarse grid.
+
+        Args:
+            x (`torch.Tensor`): the variance-exploding sample.
+            sigma, sigma_next (`torch.Tensor`): (batch,) noise levels, sigma_next > 0.
+            labels (`torch.Tensor`, *optional*): the teacher's labels (the null class for unguided examples).
+            guidance_scale (`torch.Tensor`, *optional*): (batch,) classifier-free weights.
+            guided (`torch.Tensor`, *optional*): (batch,) bool, the examples the classifier guides.
+        """
+        view, view_next = sigma.view(-1, 1, 1, 1), sigma_next.view(-1, 1, 1, 1)
+        slope = (x - self.teacher_denoised(x, sigma, labels, guidance_scale, guided)) / view
+        euler = x + (view_next - view) * slope
+        if self.args.teacher_solver == "euler":
+            return euler
+        slope_next = (euler - self.teacher_denoised(euler, sigma_next, labels, guidance_scale, guided)) / view_next
+        return x + (view_next - view) * (slope + slope_next) / 2
 
     @torch.no_grad()
     def student_step(self, network: nn.Module, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
@@ -273,6 +354,8 @@ class DistillationTask(TrainingTask):
         if self.teacher.unet.device != device:
             self.teacher.to(device)
             (self.previous or self.target).network.to(device)
+            if self.adversary is not None:
+                self.adversary.network.to(device)
             self.grid = self.grid.to(device)
 
     def _conditioning(self, batch: dict[str, torch.Tensor]) -> tuple[Any, Any, Any, dict[str, Any]]:
@@ -308,8 +391,15 @@ class DistillationTask(TrainingTask):
             target = self.consistency_function(self.target.network, x_next, sigma_next, student_kwargs)
         prediction = self.consistency_function(model, x, sigma, student_kwargs)
         loss = ((prediction - target) ** 2).mean(dim=(1, 2, 3))
+        logged = {"loss": loss.detach()}
+        if self.adversary is not None:
+            labels = student_kwargs.get("class_labels")
+            self.adversary.step(x0, prediction.detach(), labels)
+            adversarial = nn.functional.softplus(-self.adversary.network(prediction, labels))
+            logged["adversarial"] = adversarial.detach()
+            loss = loss + self.args.adversarial_weight * adversarial
         # Logged by grid interval, noisiest first: the "timestep" of each example is its index n.
-        return MicroBatchResult(loss.mean(), {"loss": loss.detach()}, index)
+        return MicroBatchResult(loss.mean(), logged, index)
 
     def _progressive_loss(self, model: nn.Module, x0: torch.Tensor, labels: Any, guided: Any, scales: Any,
                           student_kwargs: dict[str, Any]) -> MicroBatchResult:
@@ -346,9 +436,10 @@ class DistillationTask(TrainingTask):
         distillation = {
             "teacher": str(args.teacher), "method": METHODS[args.method], "guidance": args.guidance,
             "num_discretization_steps": args.num_discretization_steps, "unconditional_prob": args.unconditional_prob,
+            "teacher_solver": args.teacher_solver,
         }
         if args.method == "consistency":
-            distillation["target_ema_rate"] = args.target_ema_rate
+            distillation.update(target_ema_rate=args.target_ema_rate, adversarial_weight=args.adversarial_weight)
         if args.guidance == "classifier":
             distillation["classifier_scale"] = self.classifier_scale
         if args.guidance == "classifier-free":
@@ -377,11 +468,15 @@ def write_distilled_card(path: Path, distillation: dict[str, Any], facts: dict[s
         "none": "no guidance",
     }[guidance]
     steps = distillation["num_discretization_steps"]
+    step = {"euler": "DDIM (Euler) step", "heun": "Heun step"}[distillation.get("teacher_solver", "euler")]
     if distillation["method"] == METHODS["consistency"]:
         method = (f"consistency distillation (Song et al. 2023) with an EMA target network (rate {distillation['target_ema_rate']}) "
-                  f"over a Karras grid of {steps} noise levels of the teacher's process, one DDIM step of the guided teacher per example")
+                  f"over a Karras grid of {steps} noise levels of the teacher's process, one {step} of the guided teacher per example")
+        if distillation.get("adversarial_weight"):
+            method += (f", plus an adversarial term (weight {distillation['adversarial_weight']}: a small class-conditional critic trained "
+                       "on the training images against the student's x_0, as in adversarial diffusion distillation, Sauer et al. 2023)")
     else:
-        method = (f"progressive distillation (Salimans & Ho 2022) from {steps} DDIM steps of the guided teacher on a Karras grid "
+        method = (f"progressive distillation (Salimans & Ho 2022) from {steps} {step}s of the guided teacher on a Karras grid "
                   f"of {steps + 1} noise levels of its process to 1 step, halving the steps in each of {steps.bit_length() - 1} "
                   "stages (the student's one step matches two of its teacher's; the student denoises, x-prediction)")
     call = "pipe(class_labels=[0, 1, 2], num_inference_steps=2" if conditional else "pipe(batch_size=4, num_inference_steps=2"
