@@ -1,6 +1,8 @@
 """Distillation (guided-diffusers-distill) and the consistency pipeline: a one-step student approaches its teacher's
-ODE endpoint on a toy distribution, a progressive stage brings the student's one step to its teacher's two, a run
-(consistency or progressive) resumes with identical state, the student folder loads through
+ODE endpoint on a toy distribution, a progressive stage brings the student's one step to its teacher's two, Heun's
+teacher step beats Euler's against an exact ODE, the adversarial critic learns the images and pulls the student
+towards them (one critic over processes), a run (consistency, progressive, or with the critic) resumes with identical
+state, the student folder loads through
 DiffusionPipeline.from_pretrained and samples as the in-memory one, the pipeline gives the U-Net the right timestep,
 and bad arguments are refused in one line before any work."""
 
@@ -164,6 +166,8 @@ def test_heuns_teacher_step_lands_nearer_the_exact_ode_solution_than_eulers(tmp_
     probability-flow ODE's solution is known, x(sigma') = x sqrt((s^2 + sigma'^2) / (s^2 + sigma^2)): on every
     interval of an 18-level Karras grid the Heun step lands nearer it than the Euler (DDIM) step, and under a tenth of
     its error on the intervals that start below half the data's scale s."""
+    from diffusers import CMStochasticIterativeScheduler
+
     from guided_diffusers.cli.distill import parse_distill_args
     from guided_diffusers.training.distillation_task import DistillationTask
 
@@ -171,8 +175,6 @@ def test_heuns_teacher_step_lands_nearer_the_exact_ode_solution_than_eulers(tmp_
     task = DistillationTask(parse_distill_args(["--teacher", str(teacher), "--train_data_dir", str(data), "--max_train_steps", "1"]))
     variance = 0.25
     task.teacher_denoised = lambda x, sigma, *conditioning: x * variance / (variance + sigma.view(-1, 1, 1, 1) ** 2)
-    from diffusers import CMStochasticIterativeScheduler
-
     grid = torch.as_tensor(CMStochasticIterativeScheduler(num_train_timesteps=18, sigma_min=0.002, sigma_max=80.0)._convert_to_karras(
         np.linspace(0, 1, 18)), dtype=torch.float64)
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

@@ -120,8 +120,15 @@ class _PreviousStudent:
 
 class ImageDiscriminator(nn.Module):
     """A small class-conditional convolutional critic of clean images (the adversarial term's): strided
-    convolutions down to 4x4 (channels doubled per halving, at most 512), summed features, a linear score plus a class projection (Miyato & Koyama 2018) over the
-    teacher's labels (the null class included)."""
+    convolutions down to 4x4 (channels doubled per halving, at most 512), summed features, a linear score plus a
+    class projection (Miyato & Koyama 2018) over the teacher's labels (the null class included).
+
+    Args:
+        in_channels (`int`): image channels.
+        resolution (`int`): image size.
+        num_labels (`int`, *optional*): class labels it scores by (with the null class); None: unconditional.
+        channels (`int`, defaults to 64): the first convolution's channels.
+    """
 
     def __init__(self, in_channels: int, resolution: int, num_labels: int | None, channels: int = 64):
         super().__init__()
@@ -179,11 +186,12 @@ class DistillationTask(TrainingTask):
     [`ADMConsistencyPipeline`] student.
 
     Each micro-batch: training images x_0 and labels; per example a grid index n, the noisy x = x_0 + sigma_{n+1} z,
-    one guided DDIM step of the teacher to sigma_n, and the squared distance between the student's f at
+    one guided teacher step (DDIM or Heun) to sigma_n, and the squared distance between the student's f at
     (x, sigma_{n+1}) and the target network's at the teacher's step (at sigma_min the boundary condition makes it
-    the step itself), plus, with ``--adversarial_weight``, the critic's non-saturating loss on the student's f after
-    one critic step on the images against f. Progressive: a student interval of the stage, two teacher steps across it, and the squared
-    distance between the student's D and the D whose DDIM step lands where the teacher's two did.
+    the step itself); with ``--adversarial_weight``, one critic step on the images against the detached f, then the
+    weighted non-saturating critic loss of f added. Progressive: a student interval of the stage, two teacher steps
+    across it, and the squared distance between the student's D and the D whose DDIM step lands where the teacher's
+    two did.
     ``--unconditional_prob`` of the examples get the null label and the unguided teacher, so the student also samples
     without guidance.
     """
