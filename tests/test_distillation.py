@@ -210,6 +210,43 @@ def test_the_critic_learns_the_images_and_its_term_pulls_the_students_x0_towards
     assert float(fake.grad.mean()) < 0.0  # descending the term raises the fakes towards +0.5
 
 
+def test_the_students_adversarial_term_moves_its_x0_where_the_critic_scores_higher(tmp_path):
+    """With a fixed critic that scores brightness (its own step disabled) and the term's weight dominant, one SGD step
+    of the distillation loss makes the student's x_0 brighter on fixed noisy inputs: the student is trained to raise
+    the critic's score, not lower it."""
+    from guided_diffusers.cli.distill import parse_distill_args
+    from guided_diffusers.data import images_from_folder
+    from guided_diffusers.training.distillation_task import DistillationTask
+
+    data, teacher = _toy_digits(tmp_path / "data", 8), _random_teacher(tmp_path / "teacher")
+    task = DistillationTask(parse_distill_args(["--teacher", str(teacher), "--train_data_dir", str(data), "--max_train_steps", "1",
+                                                "--adversarial_weight", "100"]))
+    student = task.build(images_from_folder(data))
+
+    class Brightness(torch.nn.Module):
+        def forward(self, images, labels):
+            return 10 * images.mean(dim=(1, 2, 3))
+
+    task.adversary.network = Brightness()
+    task.adversary.step = lambda *args: None
+    labels = torch.arange(8) % 2
+    x0 = torch.where(labels == 0, 0.5, -0.5).view(-1, 1, 1, 1).expand(8, 1, 8, 8).clone()
+    sigma = task.grid[8].expand(8)
+    x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    kwargs = {"class_labels": labels, "guidance_scale": torch.full((8,), 2.0)}
+
+    def brightness() -> float:
+        with torch.no_grad():
+            return float(task.consistency_function(student, x, sigma, kwargs).mean())
+
+    before = brightness()
+    optimizer = torch.optim.SGD(student.parameters(), lr=1e-4)
+    torch.manual_seed(0)
+    task.compute_loss(student, {"pixel_values": x0, "class_labels": labels}).loss.backward()
+    optimizer.step()
+    assert brightness() > before + 1e-3, (before, brightness())
+
+
 def _critic_worker(rank: int, world_size: int, init_file: str, results) -> None:
     import torch.distributed as dist
 
