@@ -206,7 +206,7 @@ def test_the_critic_learns_the_images_and_its_term_pulls_the_students_x0_towards
         adversary.step(real, fake, labels)
     assert adversary.network(real, labels).mean() > adversary.network(fake, labels).mean()
     fake = fake.requires_grad_(True)
-    torch.nn.functional.softplus(-adversary.network(fake, labels)).mean().backward()
+    adversary.generator_loss(fake, labels).mean().backward()
     assert float(fake.grad.mean()) < 0.0  # descending the term raises the fakes towards +0.5
 
 
@@ -260,6 +260,7 @@ def _critic_worker(rank: int, world_size: int, init_file: str, results) -> None:
         half = slice(rank * 4, rank * 4 + 4)
         adversary.step(real[half], fake[half], labels[half])
         results[rank] = {key: value.clone() for key, value in adversary.network.state_dict().items()}
+        results[f"grad{rank}"] = {name: param.grad.clone() for name, param in adversary.network.named_parameters()}
     finally:
         dist.destroy_process_group()
 
@@ -271,7 +272,7 @@ def _critic_batches() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def test_two_processes_keep_one_critic_the_one_process_critic_of_their_joint_batch(tmp_path):
     """The critic's step under torch.distributed averages its gradients: two processes with half a batch each end
-    with the same weights, those of one process stepping on the whole batch."""
+    with the same weights and gradients, those of one process stepping on the whole batch."""
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
@@ -287,6 +288,8 @@ def test_two_processes_keep_one_critic_the_one_process_critic_of_their_joint_bat
     for key, value in alone.network.state_dict().items():
         assert torch.equal(results[0][key], results[1][key]), key
         torch.testing.assert_close(results[0][key], value, rtol=1e-5, atol=1e-6)
+    for name, param in alone.network.named_parameters():  # averaged, not summed (Adam's first step hides the scale)
+        torch.testing.assert_close(results["grad0"][name], param.grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["consistency", "progressive", "adversarial"])

@@ -168,6 +168,10 @@ class _Adversary:
                 param.grad /= torch.distributed.get_world_size()
         self.optimizer.step()
 
+    def generator_loss(self, fake: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The student's per-example non-saturating term: low where the critic scores its ``fake`` as an image."""
+        return nn.functional.softplus(-self.network(fake, labels))
+
     def state_dict(self) -> dict[str, Any]:
         optimizer = self.optimizer.state_dict()
         return {"weights": {key: value.clone() for key, value in self.network.state_dict().items()},
@@ -175,10 +179,8 @@ class _Adversary:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.network.load_state_dict(state["weights"])
-        optimizer = state["optimizer"]  # JSON keys are strings, its tuples lists
-        optimizer = {"state": {int(k): v for k, v in optimizer["state"].items()},
-                     "param_groups": [{**g, "betas": tuple(g["betas"])} for g in optimizer["param_groups"]]}
-        self.optimizer.load_state_dict(optimizer)
+        optimizer = state["optimizer"]  # JSON object keys are strings: the parameter ids back to ints
+        self.optimizer.load_state_dict({**optimizer, "state": {int(key): value for key, value in optimizer["state"].items()}})
 
 
 class DistillationTask(TrainingTask):
@@ -403,7 +405,7 @@ class DistillationTask(TrainingTask):
         if self.adversary is not None:
             labels = student_kwargs.get("class_labels")
             self.adversary.step(x0, prediction.detach(), labels)
-            adversarial = nn.functional.softplus(-self.adversary.network(prediction, labels))
+            adversarial = self.adversary.generator_loss(prediction, labels)
             logged["adversarial"] = adversarial.detach()
             loss = loss + self.args.adversarial_weight * adversarial
         # Logged by grid interval, noisiest first: the "timestep" of each example is its index n.
